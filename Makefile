@@ -1,0 +1,55 @@
+# vmguard.nwfilter: the two commands of the README, and the steps behind them.
+# Everything is installed here: apt packages on the machine, Python packages
+# into the project-local .venv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD := .build
+COLLECTION := $(BUILD)/collections/ansible_collections/vmguard/nwfilter
+APT_PACKAGES := nftables iptables ebtables iproute2 libvirt-daemon libvirt-daemon-system \
+	libvirt-daemon-config-nwfilter libvirt-clients dnsmasq-base python3-venv git
+PYTEST_ARGS ?=
+
+.PHONY: setup apt venv collection test unit lab sanity demo bench clean
+
+setup: apt venv collection
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing apt packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Ansible finds collections only under ansible_collections/<ns>/<name>: a
+# copy of the tracked (and new, not ignored) files, refreshed on every run.
+collection:
+	@rm -rf $(COLLECTION) && mkdir -p $(COLLECTION)
+	@git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(COLLECTION)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(MAKE) --no-print-directory sanity
+
+unit: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+sanity: setup
+	cd $(COLLECTION) && git init -q . 2>/dev/null; cd $(COLLECTION) && git add -A >/dev/null && \
+		$(abspath $(VENV))/bin/ansible-test sanity --python 3.11 --color no
+
+demo: setup
+	$(PY) -m tests.lab.demo
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(BUILD) $(VENV) .pytest_cache .hypothesis
