@@ -77,6 +77,20 @@ class Ruleset:
     ip_rules: Tuple[ResolvedRule, ...]  # l3 rules (tcp, udp, icmp, all, ...) by priority
     variables: Dict[str, Tuple[str, ...]]  # the effective parameters, MAC included
 
+    def for_direction(self, direction: str) -> Tuple[Chain, ...]:
+        """The chains as they stand for one direction ("in" or "out"): only the
+        rules that apply to it, and a sub-chain (with its jump) only if it has
+        such a rule, as libvirt creates them."""
+        subs = []
+        for chain in self.chains[1:]:
+            rules = tuple(r for r in chain.entries if isinstance(r, ResolvedRule) and r.applies_to(direction))
+            if rules:
+                subs.append(Chain(chain.name, chain.priority, rules))
+        present = {chain.name for chain in subs}
+        root = tuple(e for e in self.chains[0].entries
+                     if (e.chain in present if isinstance(e, Jump) else e.applies_to(direction)))
+        return (Chain("root", 0, root),) + tuple(subs)
+
     def chain(self, name: str) -> Optional[Chain]:
         for chain in self.chains:
             if chain.name == name:

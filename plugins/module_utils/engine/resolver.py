@@ -1,0 +1,243 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The filter-tree resolver: from a binding and the defined filters to the
+flat, ordered rule list a compiler consumes (engine.ruleset.Ruleset).
+
+Ordering follows libvirt 9.0: rule instances are sorted root chain first,
+then by priority (stable, so tree order breaks ties); each sub-chain exists in
+a direction only if one of its rules applies there, and its jump sits in the
+root chain among the root rules by chain priority (before a root rule of the
+same priority).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from . import schema
+from .errors import NwfilterError
+from .model import Binding, Filter, FilterRef, Rule
+from .ruleset import Chain, ChainEntry, Jump, ResolvedRule, Ruleset
+from .values import parse_typed
+from .variables import VarRef, parse_reference
+
+Variables = Dict[str, Tuple[str, ...]]
+MAX_RULE_INSTANCES = 100000  # a cross product beyond this is a mistake, not a filter
+
+
+class MissingVariables(NwfilterError):
+    """Variables the tree uses that no one gave a value. ``only_ip``: the
+    binding can wait for its IP address to be learned."""
+
+    def __init__(self, names: Sequence[str], where: str = "") -> None:
+        self.names = tuple(sorted(names))
+        self.only_ip = self.names == ("IP",)
+        hint = " (it can be learned: CTRL_IP_LEARNING any or dhcp)" if self.only_ip else ""
+        super().__init__(f"missing variable{'s' if len(self.names) > 1 else ''} "
+                         f"{', '.join(self.names)}{hint}", where)
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """A rule of the tree with the variables in force where it stands."""
+
+    rule: Rule
+    chain: str
+    chain_priority: int
+    origin: str
+    variables: Mapping[str, Tuple[str, ...]]
+    order: int  # position in the tree walk, for stable sorting
+
+
+def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[str]]] = None) -> Variables:
+    """The binding's parameters, learned values (``extra``) and MAC."""
+    variables: Variables = dict(binding.parameters)
+    for name, values in (extra or {}).items():
+        variables[name] = tuple(values)
+    return variables
+
+
+def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]],
+         on_rule, path: Tuple[str, ...] = ()) -> None:
+    """Depth-first walk of the tree under ``ref``. A filterref's own parameters
+    are defaults: what comes from above (the binding) overrides them."""
+    if ref.filter in path:
+        raise NwfilterError(f"filter reference loop: {' -> '.join(path + (ref.filter,))}")
+    flt = filters.get(ref.filter)
+    if flt is None:
+        where = f"filter {path[-1]!r}" if path else "binding"
+        raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
+    variables = {**ref.parameters, **inherited}
+    for entry in flt.entries:
+        if isinstance(entry, FilterRef):
+            walk(filters, entry, variables, on_rule, path + (flt.name,))
+        else:
+            on_rule(flt, entry, variables)
+
+
+def _references(rule: Rule) -> List[Tuple[str, VarRef]]:
+    found = []
+    for name, match in rule.attributes.items():
+        ref = parse_reference(match.value)
+        if ref is not None:
+            found.append((name, ref))
+    return found
+
+
+def missing_variables(filters: Mapping[str, Filter], binding: Binding,
+                      extra: Optional[Mapping[str, Sequence[str]]] = None) -> Set[str]:
+    """Every variable the tree uses without a value, over the whole tree."""
+    missing: Set[str] = set()
+
+    def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
+        missing.update(ref.name for _, ref in _references(rule) if ref.name not in variables)
+
+    walk(filters, binding.filterref, effective_variables(binding, extra), visit)
+    return missing
+
+
+def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
+                  where: str) -> Iterator[Dict[str, str]]:
+    """Each distinct assignment of the rule's variable references: one
+    iterator walks its lists in parallel, different iterators give the cross
+    product (the first varies fastest), repeated tuples are skipped."""
+    iterators: Dict[Any, List[str]] = {0: []}
+    for _, ref in _references(rule):
+        if ref.index is not None:
+            values = variables[ref.name]
+            if ref.index >= len(values):
+                raise NwfilterError(f"${ref.name}[{ref.index}] is past the end of its {len(values)} value(s)", where)
+            iterators[("index", ref.name, ref.index)] = [ref.name]
+            continue
+        names = iterators.setdefault(ref.iterator, [])
+        if ref.name not in names:
+            if names and len(variables[names[0]]) != len(variables[ref.name]):
+                raise NwfilterError(
+                    f"lists ${names[0]} and ${ref.name} walked by iterator @{ref.iterator}"
+                    " must have the same number of values", where)
+            names.append(ref.name)
+    axes: List[List[Dict[str, str]]] = []
+    for key, names in iterators.items():
+        if isinstance(key, tuple):
+            axes.append([{f"{names[0]}[{key[2]}]": variables[names[0]][key[2]]}])
+            continue
+        length = len(variables[names[0]]) if names else 1
+        seen: Set[Tuple[str, ...]] = set()
+        axis = []
+        for i in range(length):
+            combo = tuple(variables[name][i] for name in names)
+            if combo not in seen:
+                seen.add(combo)
+                axis.append({f"{name}@{key}": value for name, value in zip(names, combo)})
+        axes.append(axis)
+    total = 1
+    for axis in axes:
+        total *= len(axis)
+    if total > MAX_RULE_INSTANCES:
+        raise NwfilterError(f"variable lists expand to {total} rules, more than {MAX_RULE_INSTANCES}", where)
+    # itertools.product varies the last axis fastest; libvirt varies the first.
+    for picked in itertools.product(*reversed(axes)):
+        assignment: Dict[str, str] = {}
+        for part in picked:
+            assignment.update(part)
+        yield assignment
+
+
+def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple[Tuple[str, Any, bool], ...]:
+    spec = schema.ELEMENTS[rule.protocol] if rule.protocol else None
+    matches = []
+    for name, match in rule.attributes.items():
+        ref = parse_reference(match.value)
+        text = match.value
+        if ref is not None:
+            key = f"{ref.name}[{ref.index}]" if ref.index is not None else f"{ref.name}@{ref.iterator}"
+            text = assignment[key]
+        kind = spec.attribute_type(name) if spec else None
+        try:
+            value = parse_typed(kind, text) if kind else text
+        except NwfilterError as exc:
+            source = f" (from {match.value})" if ref is not None else ""
+            raise exc.within(f"{where} <{rule.protocol} {name}>{source}") from None
+        matches.append((name, value, match.negate))
+    order = list(spec.attributes) if spec else []
+    matches.sort(key=lambda item: order.index(item[0]))
+    return tuple(matches)
+
+
+def _expand(instance: _Instance) -> List[ResolvedRule]:
+    rule = instance.rule
+    where = f"filter {instance.origin!r}"
+    rules = []
+    seen = set()
+    for assignment in _combinations(rule, instance.variables, where):
+        matches = _instantiate(rule, assignment, where)
+        if matches in seen:
+            continue
+        seen.add(matches)
+        rules.append(ResolvedRule(rule.action, rule.direction, rule.priority, rule.protocol,
+                                  matches, rule.statematch, instance.origin))
+    return rules
+
+
+def _sub_chains(instances: Sequence[_Instance], direction: str) -> Dict[str, int]:
+    """Sub-chains with at least one rule for ``direction``, and their priority
+    (libvirt keeps the last one seen when filters of one chain disagree)."""
+    chains: Dict[str, int] = {}
+    for inst in instances:
+        if inst.chain != "root" and inst.rule.direction in (direction, "inout"):
+            chains[inst.chain] = inst.chain_priority
+    return chains
+
+
+def _layer(instance: _Instance) -> str:
+    protocol = instance.rule.protocol
+    return schema.ELEMENTS[protocol].layer if protocol else "l2"
+
+
+def _build_chains(ordered: Sequence[Tuple[_Instance, List[ResolvedRule]]]) -> Tuple[Chain, ...]:
+    l2 = [(inst, rules) for inst, rules in ordered if _layer(inst) == "l2"]
+    subs: Dict[str, int] = {}
+    for direction in ("out", "in"):
+        for name, priority in _sub_chains([inst for inst, _ in l2], direction).items():
+            subs.setdefault(name, priority)
+    jumps = sorted((Jump(name, priority) for name, priority in subs.items()), key=lambda j: j.priority)
+    root_rules = [r for inst, rules in l2 if inst.chain == "root" for r in rules]
+    root: List[ChainEntry] = []
+    pending = list(jumps)
+    for rule in root_rules:
+        while pending and pending[0].priority <= rule.priority:
+            root.append(pending.pop(0))
+        root.append(rule)
+    root.extend(pending)
+    chains = [Chain("root", 0, tuple(root))]
+    for jump in jumps:
+        entries = tuple(r for inst, rules in l2 if inst.chain == jump.chain for r in rules)
+        chains.append(Chain(jump.chain, jump.priority, entries))
+    return tuple(chains)
+
+
+def resolve(filters: Mapping[str, Filter], binding: Binding,
+            extra: Optional[Mapping[str, Sequence[str]]] = None) -> Ruleset:
+    """The binding's tree, flat and ordered; raises MissingVariables when the
+    tree needs variables nobody gave, NwfilterError for anything else."""
+    variables = effective_variables(binding, extra)
+    missing = missing_variables(filters, binding, extra)
+    if missing:
+        raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
+    instances: List[_Instance] = []
+
+    def collect(flt: Filter, rule: Rule, scope: Mapping[str, Tuple[str, ...]]) -> None:
+        instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
+
+    walk(filters, binding.filterref, variables, collect)
+    ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
+    expanded = [(inst, _expand(inst)) for inst in ordered]
+    total = sum(len(rules) for _, rules in expanded)
+    if total > MAX_RULE_INSTANCES:
+        raise NwfilterError(f"the filter tree expands to {total} rules, more than {MAX_RULE_INSTANCES}",
+                            f"binding {binding.portdev!r}")
+    ip_rules = tuple(r for inst, rules in expanded if _layer(inst) == "l3" for r in rules)
+    return Ruleset(_build_chains(expanded), ip_rules, variables)
