@@ -97,8 +97,9 @@ def test_list_iterates_and_duplicates_give_no_duplicate_rules():
 
 def test_one_iterator_walks_lists_in_parallel():
     filters = {"x": Filter("x", entries=[rule(element="ip", srcipaddr="$A", dstipaddr="$B")])}
-    ruleset = resolve(filters, bind("x", A=["192.0.2.1", "192.0.2.2", "192.0.2.1"],
-                                   B=["198.51.100.1", "198.51.100.2", "198.51.100.1"]))
+    ruleset = resolve(filters, bind("x",
+                                    A=["192.0.2.1", "192.0.2.2", "192.0.2.1"],
+                                    B=["198.51.100.1", "198.51.100.2", "198.51.100.1"]))
     pairs = [(r.get("srcipaddr")[0], r.get("dstipaddr")[0]) for r in rules_of(ruleset)]
     assert pairs == [("192.0.2.1", "198.51.100.1"), ("192.0.2.2", "198.51.100.2")]
 

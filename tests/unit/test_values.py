@@ -34,8 +34,9 @@ def test_hostile_values_raise_engine_error(kind, text):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("kind,text", [("port", "65536"), ("dscp", "64"), ("vlanid", "4096"),
-                                        ("ethertype", "0x5ff"), ("ipv4mask", "255.0.255.0")])
+@pytest.mark.parametrize("kind,text", [
+    ("port", "65536"), ("dscp", "64"), ("vlanid", "4096"), ("ethertype", "0x5ff"), ("ipv4mask", "255.0.255.0"),
+])
 def test_out_of_range(kind, text):
     with pytest.raises(NwfilterError):
         parse_typed(kind, text)

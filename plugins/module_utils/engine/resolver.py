@@ -93,7 +93,7 @@ def missing_variables(filters: Mapping[str, Filter], binding: Binding,
     missing: Set[str] = set()
 
     def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
-        missing.update(ref.name for _, ref in _references(rule) if ref.name not in variables)
+        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables)
 
     walk(filters, binding.filterref, effective_variables(binding, extra), visit)
     return missing
@@ -105,7 +105,7 @@ def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
     iterator walks its lists in parallel, different iterators give the cross
     product (the first varies fastest), repeated tuples are skipped."""
     iterators: Dict[Any, List[str]] = {0: []}
-    for _, ref in _references(rule):
+    for _attr, ref in _references(rule):
         if ref.index is not None:
             values = variables[ref.name]
             if ref.index >= len(values):
@@ -201,7 +201,7 @@ def _build_chains(ordered: Sequence[Tuple[_Instance, List[ResolvedRule]]]) -> Tu
     l2 = [(inst, rules) for inst, rules in ordered if _layer(inst) == "l2"]
     subs: Dict[str, int] = {}
     for direction in ("out", "in"):
-        for name, priority in _sub_chains([inst for inst, _ in l2], direction).items():
+        for name, priority in _sub_chains([inst for inst, _where in l2], direction).items():
             subs.setdefault(name, priority)
     jumps = sorted((Jump(name, priority) for name, priority in subs.items()), key=lambda j: j.priority)
     root_rules = [r for inst, rules in l2 if inst.chain == "root" for r in rules]
@@ -235,7 +235,7 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
     walk(filters, binding.filterref, variables, collect)
     ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
     expanded = [(inst, _expand(inst)) for inst in ordered]
-    total = sum(len(rules) for _, rules in expanded)
+    total = sum(len(rules) for _origin, rules in expanded)
     if total > MAX_RULE_INSTANCES:
         raise NwfilterError(f"the filter tree expands to {total} rules, more than {MAX_RULE_INSTANCES}",
                             f"binding {binding.portdev!r}")
