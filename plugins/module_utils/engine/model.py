@@ -56,7 +56,8 @@ def check_priority(value: int, where: str) -> int:
 
 def check_uuid(value: str, where: str) -> str:
     try:
-        return str(uuidlib.UUID(value)) if len(value) <= 40 else ""
+        if len(value) <= 40:
+            return str(uuidlib.UUID(value))
     except (ValueError, TypeError, AttributeError):
         pass
     raise NwfilterError(f"invalid uuid {_shown(str(value))}", where)
