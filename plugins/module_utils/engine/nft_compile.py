@@ -1,0 +1,271 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The nftables compiler: a binding's resolved rules become per-port chains in
+our own two tables, reached through verdict maps keyed by interface name.
+
+Layout (docs/architecture.md):
+- ``table bridge vmguard``: prerouting ``iifname vmap @from_vm`` (frames from
+  the VM, libvirt's direction out) and postrouting ``oifname vmap @to_vm``
+  (frames to the VM, direction in) jump to ``<port> o`` / ``<port> i`` and
+  their sub-chains. Keyed by name, a port's rules are in
+  force before its tap exists and survive its re-creation.
+- ``table inet vmguard``: layer-3/4 rules with connection tracking, which the
+  bridge family lacks here. Bridged IP packets reach it through br_netfilter
+  with the bridge as their interface, so the bridge table tags them: the low
+  12 bits of the packet mark carry the sending port's id, bits 12-23 the
+  receiving port's; verdict maps on those bits lead to the port's ``fi`` (from the
+  VM), ``fo`` (to the VM) and ``hi`` (from the VM to the host).
+Per-port chain names are ``p/<port>/<part>`` (see chain_name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from .errors import NwfilterError
+from .model import Binding
+from .nft_matches import bridge_matches, ct_states, ip_matches
+from .ruleset import Jump, ResolvedRule, Ruleset
+
+TABLE = "vmguard"
+MAX_PORT_ID = 0xFFF
+FROM_MASK, TO_SHIFT, OTHERS_MASK = 0xFFF, 12, 0xFF000000
+BRIDGE_VERDICT = {"accept": "accept", "drop": "drop", "reject": "drop", "return": "return", "continue": ""}
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+BASE = f"""add table bridge {TABLE}
+add map bridge {TABLE} from_vm {{ type ifname : verdict; }}
+add map bridge {TABLE} to_vm {{ type ifname : verdict; }}
+add map bridge {TABLE} mark_to {{ type ifname : verdict; }}
+add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+add chain bridge {TABLE} forward {{ type filter hook forward priority -200; policy accept; }}
+add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 300; policy accept; }}
+flush chain bridge {TABLE} prerouting
+flush chain bridge {TABLE} forward
+flush chain bridge {TABLE} postrouting
+add rule bridge {TABLE} prerouting iifname vmap @from_vm
+add rule bridge {TABLE} forward oifname vmap @mark_to
+add rule bridge {TABLE} postrouting oifname vmap @to_vm
+add table inet {TABLE}
+add map inet {TABLE} fi {{ type mark : verdict; }}
+add map inet {TABLE} fo {{ type mark : verdict; }}
+add map inet {TABLE} hi {{ type mark : verdict; }}
+add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}
+add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
+flush chain inet {TABLE} forward
+flush chain inet {TABLE} input
+add rule inet {TABLE} forward meta mark & 0x{FROM_MASK:x} vmap @fi
+add rule inet {TABLE} forward meta mark & 0x{FROM_MASK << TO_SHIFT:x} vmap @fo
+add rule inet {TABLE} input meta mark & 0x{FROM_MASK:x} vmap @hi
+"""
+
+
+@dataclass(frozen=True)
+class PortProgram:
+    """One port's chains (family, name, rules) and verdict-map elements (family, map, key, chain)."""
+
+    portdev: str
+    port_id: int
+    learning: bool
+    chains: Tuple[Tuple[str, str, Tuple[str, ...]], ...]
+    elements: Tuple[Tuple[str, str, str, str], ...]
+
+    @property
+    def text(self) -> str:
+        """The port's rules as nft statements, for people (nwfilter_info)."""
+        return "\n".join(f"{family} {name}: {rule}" for family, name, rules in self.chains for rule in rules)
+
+
+@dataclass
+class PortLive:
+    """What of one port is in our tables now: chains (family, name) and
+    map elements (family, map, key as nft syntax)."""
+
+    chains: Set[Tuple[str, str]]
+    elements: Set[Tuple[str, str, str]]
+
+
+LiveState = Mapping[str, PortLive]
+
+
+def chain_name(portdev: str, *parts: str) -> str:
+    """``p/<portdev>/<part>...``: nft identifiers allow ``/``, which interface
+    names and libvirt chain names lack (a chain name's ``:`` becomes ``/``)."""
+    return "/".join(("p", portdev) + tuple(part.replace(":", "/") for part in parts))
+
+
+def portdev_of(chain: str) -> Optional[str]:
+    parts = chain.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "p" else None
+
+
+def _rule_text(matches: Sequence[str], verdict: str) -> str:
+    # a comment has to come last in an nft rule
+    comments = [m for m in matches if m.startswith("comment ")]
+    body = [m for m in matches if not m.startswith("comment ")] + ([verdict] if verdict else []) + comments
+    return " ".join(body) if body else "counter"
+
+
+class _Builder:
+    def __init__(self, binding: Binding, port_id: int) -> None:
+        if not 1 <= port_id <= MAX_PORT_ID:
+            raise NwfilterError(f"port id {port_id} out of range 1-{MAX_PORT_ID}", f"binding {binding.portdev!r}")
+        self.binding = binding
+        self.port_id = port_id
+        self.chains: Dict[Tuple[str, str], List[str]] = {}
+        self.elements: List[Tuple[str, str, str, str]] = []
+
+    def chain(self, family: str, *parts: str) -> List[str]:
+        return self.chains.setdefault((family, chain_name(self.binding.portdev, *parts)), [])
+
+    def element(self, family: str, vmap: str, key: str, *parts: str) -> None:
+        self.chain(family, *parts)
+        self.elements.append((family, vmap, key, chain_name(self.binding.portdev, *parts)))
+
+    def program(self, learning: bool) -> PortProgram:
+        return PortProgram(self.binding.portdev, self.port_id, learning,
+                           tuple((f, n, tuple(r)) for (f, n), r in self.chains.items()), tuple(self.elements))
+
+
+def _bridge_direction(builder: _Builder, ruleset: Ruleset, direction: str, vmap: str, key: str) -> None:
+    side = "o" if direction == "out" else "i"
+    builder.element("bridge", vmap, key, side)
+    reverse = direction == "out"  # an inout rule is written for frames to the VM (libvirt)
+    for chain in ruleset.for_direction(direction):
+        rules = builder.chain("bridge", side) if chain.name == "root" else builder.chain("bridge", side, chain.name)
+        for entry in chain.entries:
+            if isinstance(entry, Jump):
+                sub = f"jump {chain_name(builder.binding.portdev, side, entry.chain)}"
+                rules.append(f"ether type 0x{entry.ethertype:04x} {sub}" if entry.ethertype else sub)
+                continue
+            matches = bridge_matches(entry, reverse and entry.direction == "inout")
+            rules.append(_rule_text(matches, BRIDGE_VERDICT[entry.action]))
+        if chain.name != "root":
+            rules.append("accept")  # libvirt's sub-chains end without a policy: ebtables accepts
+
+
+# libvirt's three halves of a layer-3/4 rule: (chain, swap, state, accept verdict, may skip icmp)
+def _halves(rule: ResolvedRule) -> List[Tuple[str, bool, Optional[str], str, bool]]:
+    d_in = rule.direction in ("in", "inout")
+    inout = rule.direction == "inout"
+    state = rule.get("state")
+    if state is not None and rule.statematch:
+        states = ct_states(state[0])
+        halves = []
+        if not (d_in and not inout):
+            halves.append(("fi", d_in, states, "return", d_in or inout))
+        if d_in:
+            halves.append(("fo", False, states, "accept", inout))
+        if not (d_in and not inout):
+            halves.append(("hi", d_in, states, "return", d_in))
+        return halves
+    need = rule.statematch and not inout
+    return [
+        ("fi", d_in, ("established" if d_in else "new, established") if need else None, "return", d_in or inout),
+        ("fo", not d_in, ("new, established" if d_in else "established") if need else None, "accept",
+         not d_in or inout),
+        ("hi", d_in, ("established" if d_in else "new, established") if need else None, "return", d_in),
+    ]
+
+
+def _ip_rule(rule: ResolvedRule, swap: bool, state: Optional[str], accept: str, may_skip: bool,
+             default_state: bool) -> Optional[str]:
+    matches = ip_matches(rule, swap, may_skip)
+    connlimit = rule.get("connlimit-above")
+    if matches is None or (connlimit is not None and swap):
+        return None  # libvirt limits connections only on the VM's own side
+    verdict = {"accept": accept, "drop": "drop", "reject": "reject", "return": "return", "continue": ""}[rule.action]
+    # libvirt's default state matching applies only to accept rules, and not next to connlimit
+    if state and not (default_state and (rule.action != "accept" or connlimit is not None)):
+        matches.append(f"ct state {{ {state} }}")
+        if default_state and rule.direction != "inout" and rule.get("type") is None:
+            matches.append(f"ct direction {'reply' if swap else 'original'}")
+    if connlimit is not None:
+        # per rule and port: every packet of the VM's own side has the VM's source address
+        matches.append(f"ct count {connlimit[0]}" if connlimit[1] else f"ct count over {connlimit[0]}")
+    comment = rule.get("comment")
+    if comment:
+        matches.append(f'comment "{comment[0]}"')
+    return _rule_text(matches, verdict)
+
+
+def _ip_layer(builder: _Builder, ruleset: Ruleset) -> None:
+    if not ruleset.ip_rules:
+        return
+    pid = builder.port_id
+    builder.element("inet", "fi", f"0x{pid:x}", "fi")
+    builder.element("inet", "fo", f"0x{pid << TO_SHIFT:x}", "fo")
+    builder.element("inet", "hi", f"0x{pid:x}", "hi")
+    builder.element("bridge", "mark_to", f'"{builder.binding.portdev}"', "mark")
+    builder.chain("bridge", "mark").append(
+        f"meta mark set meta mark & 0x{(OTHERS_MASK | FROM_MASK):08x} | 0x{pid << TO_SHIFT:08x}")
+    # tag frames from the VM before any of its bridge rules can end the chain
+    builder.chain("bridge", "o").insert(
+        0, f"meta mark set meta mark & 0x{(OTHERS_MASK | FROM_MASK << TO_SHIFT):08x} | 0x{pid:08x}")
+    for rule in ruleset.ip_rules:
+        default_state = rule.get("state") is None or not rule.statematch
+        for side, swap, state, accept, may_skip in _halves(rule):
+            text = _ip_rule(rule, swap, state, accept, may_skip, default_state)
+            if text is not None:
+                builder.chain("inet", side).append(text)
+
+
+def compile_port(binding: Binding, ruleset: Ruleset, port_id: int) -> PortProgram:
+    builder = _Builder(binding, port_id)
+    try:
+        _bridge_direction(builder, ruleset, "out", "from_vm", f'"{binding.portdev}"')
+        _bridge_direction(builder, ruleset, "in", "to_vm", f'"{binding.portdev}"')
+        _ip_layer(builder, ruleset)
+    except NwfilterError as exc:
+        raise exc.within(f"binding {binding.portdev!r}") from None
+    return builder.program(learning=False)
+
+
+def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int) -> PortProgram:
+    """libvirt's rules while the VM's IP address is being learned: only its own
+    MAC may send; mode any lets IPv4 and ARP through, mode dhcp only DHCP."""
+    builder = _Builder(binding, port_id)
+    key = f'"{binding.portdev}"'
+    builder.element("bridge", "from_vm", key, "o")
+    builder.element("bridge", "to_vm", key, "i")
+    out, into = builder.chain("bridge", "o"), builder.chain("bridge", "i")
+    mac = binding.mac
+    out.append(f"ether saddr != {mac} drop")
+    mode = (variables.get("CTRL_IP_LEARNING") or ("any",))[0].lower()
+    if mode == "dhcp":
+        out.append("ether type 0x0800 udp sport 68 udp dport 67 accept")
+        servers = variables.get("DHCPSERVER") or ()
+        source = f"ip saddr {{ {', '.join(servers)} }} " if servers else ""
+        into.append(f"ether daddr {{ {mac}, {BROADCAST} }} ether type 0x0800 {source}udp sport 67 udp dport 68 accept")
+        into.append("drop")
+    else:
+        out.append("ether type 0x0800 accept")
+        out.append("ether type 0x0806 accept")
+    out.append("drop")
+    return builder.program(learning=True)
+
+
+def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState) -> str:
+    """One nft script: our tables and base chains (idempotent), then every
+    installed port's chains and map elements replaced, and every removed
+    port's deleted. Nothing outside our two tables is named."""
+    lines = [BASE.rstrip("\n")]
+    wanted = {p.portdev: {(f, n) for f, n, _ in p.chains} for p in install}
+    empty = PortLive(set(), set())
+    touched = sorted(set(wanted) | set(remove))
+    for portdev in touched:
+        now = live.get(portdev, empty)
+        lines += [f"delete element {family} {TABLE} {vmap} {{ {key} }}" for family, vmap, key in sorted(now.elements)]
+        lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
+    for portdev in touched:
+        stale = live.get(portdev, empty).chains - wanted.get(portdev, set())
+        lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(stale)]
+    for program in install:
+        lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains]
+        for family, name, rules in program.chains:
+            lines += [f"add rule {family} {TABLE} {name} {rule}" for rule in rules]
+        lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {target} }}"
+                  for family, vmap, key, target in program.elements]
+    return "\n".join(lines) + "\n"

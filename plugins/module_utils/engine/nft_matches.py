@@ -1,0 +1,246 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""nftables match expressions for one resolved rule.
+
+Only typed values (checked by values.parse_typed) are rendered, never text a
+user wrote, so a value can never become firewall syntax. ``swap`` exchanges
+source and destination, as libvirt does for the mirrored half of a rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import schema
+from .errors import NwfilterError
+from .ruleset import ResolvedRule
+
+STP_DESTINATION = "01:80:c2:00:00:00"
+ETHERTYPE = {"arp": 0x0806, "rarp": 0x8035, "vlan": 0x8100}
+# STP BPDU fields as (bit offset from the start of the frame, width): 14 bytes
+# of 802.3 header and 3 of LLC come first.
+STP_FIELDS: Dict[str, Tuple[int, int]] = {
+    "type": (160, 8), "flags": (168, 8), "root-priority": (176, 16), "root-address": (192, 48),
+    "root-cost": (240, 32), "sender-priority": (272, 16), "sender-address": (288, 48), "port": (336, 16),
+    "age": (352, 16), "max-age": (368, 16), "hello-time": (384, 16), "forward-delay": (400, 16),
+}
+# ARP/RARP header fields (bit offset from the network header, width). Raw
+# payload works for both ethertypes; nft's arp expression knows only 0x0806.
+ARP_FIELDS: Dict[str, Tuple[int, int]] = {
+    "hwtype": (0, 16), "protocoltype": (16, 16), "opcode": (48, 16), "arpsrcmacaddr": (64, 48),
+    "arpsrcipaddr": (112, 32), "arpdstmacaddr": (144, 48), "arpdstipaddr": (192, 32),
+}
+SWAPS = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
+CT_STATES = {"NEW": "new", "ESTABLISHED": "established", "RELATED": "related", "INVALID": "invalid",
+             "NONE": "untracked"}
+
+
+def unsupported(element: str, attribute: str) -> NwfilterError:
+    return NwfilterError(f"not supported by the nftables backend: {element} {attribute}")
+
+
+def _op(negate: bool) -> str:
+    return "!= " if negate else ""
+
+
+def _mac_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+class Attrs:
+    """A rule's matches by attribute name, with libvirt's src/dst swap applied."""
+
+    def __init__(self, rule: ResolvedRule, swap: bool) -> None:
+        self.element = rule.protocol or ""
+        self.values: Dict[str, Tuple[Any, bool]] = {}
+        for name, value, negate in rule.matches:
+            self.values[_swapped(name) if swap else name] = (value, negate)
+        self.used: set = set()
+
+    def take(self, name: str) -> Optional[Tuple[Any, bool]]:
+        self.used.add(name)
+        return self.values.get(name)
+
+    def check_all_used(self) -> None:
+        for name in self.values:
+            if name not in self.used:
+                raise unsupported(self.element, name)
+
+
+def _swapped(name: str) -> str:
+    for old, new in (("srcport", "dstport"), ("dstport", "srcport"), ("srcip", "dstip"), ("dstip", "srcip"),
+                     ("srcmac", "dstmac"), ("dstmac", "srcmac"), ("arpsrc", "arpdst"), ("arpdst", "arpsrc")):
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _mac(attrs: Attrs, which: str, expr: str) -> List[str]:
+    found = attrs.take(f"{which}macaddr")
+    mask = attrs.take(f"{which}macmask")
+    if found is None:
+        return []
+    mac, negate = found
+    if mask is None:
+        return [f"{expr} {_op(negate)}{mac}"]
+    masked = f"{_mac_int(mac) & _mac_int(mask[0]):012x}"
+    network = ":".join(masked[i:i + 2] for i in range(0, 12, 2))
+    return [f"{expr} & {mask[0]} {'!=' if negate else '=='} {network}"]
+
+
+def _network(addr: str, prefix: Optional[int]) -> str:
+    if prefix is None:
+        return addr
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+def _address(attrs: Attrs, which: str, expr: str) -> List[str]:
+    out = []
+    found = attrs.take(f"{which}ipaddr")
+    mask = attrs.take(f"{which}ipmask")
+    if found is not None:
+        out.append(f"{expr} {_op(found[1])}{_network(found[0], mask[0] if mask else None)}")
+    low, high = attrs.take(f"{which}ipfrom"), attrs.take(f"{which}ipto")
+    if low is not None:
+        out.append(f"{expr} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else ""))
+    return out
+
+
+def _range(attrs: Attrs, start: str, end: str, expr: str) -> List[str]:
+    low, high = attrs.take(start), attrs.take(end)
+    if low is None:
+        return []
+    return [f"{expr} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else "")]
+
+
+def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: Optional[str] = None) -> List[str]:
+    found = attrs.take(name)
+    if found is None:
+        return []
+    value, negate = found
+    offset, width = field
+    number = _mac_int(value) if width == 48 else int(ipaddress.IPv4Address(value)) if width == 32 and "ip" in name \
+        else int(value)
+    mask = attrs.take(mask_name) if mask_name else None
+    expr = f"@{base},{offset},{width}"
+    if mask is None:
+        return [f"{expr} {_op(negate)}0x{number:x}"]
+    bits = _mac_int(mask[0]) if width == 48 else (0xFFFFFFFF << (32 - mask[0])) & 0xFFFFFFFF
+    return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
+
+
+def _comment(attrs: Attrs) -> List[str]:
+    found = attrs.take("comment")
+    return [f'comment "{found[0]}"'] if found else []
+
+
+def _ports(attrs: Attrs) -> List[str]:
+    return _range(attrs, "srcportstart", "srcportend", "th sport") + \
+        _range(attrs, "dstportstart", "dstportend", "th dport")
+
+
+def _stp(attrs: Attrs) -> List[str]:
+    out = [f"ether daddr {STP_DESTINATION}"]
+    for name, field in STP_FIELDS.items():
+        if name.endswith("-address"):
+            out += _raw(attrs, name, "ll", field, f"{name}-mask")
+            continue
+        low, high = attrs.take(name), attrs.take(f"{name}-hi")
+        if low is not None:
+            out.append(f"@ll,{field[0]},{field[1]} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else ""))
+    return out
+
+
+def _arp(attrs: Attrs, ethertype: int) -> List[str]:
+    found = attrs.take("gratuitous")
+    if found is not None:
+        raise unsupported(attrs.element, "gratuitous")
+    out = [f"ether type 0x{ethertype:04x}"]
+    for name, field in ARP_FIELDS.items():
+        mask_name = name.replace("addr", "mask") if name.endswith("ipaddr") else None
+        out += _raw(attrs, name, "nh", field, mask_name)
+    return out
+
+
+def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
+    """Expressions for a layer-2 rule in the bridge family (libvirt's ebtables rules)."""
+    if rule.protocol is None:
+        return []
+    attrs = Attrs(rule, reverse)
+    element = rule.protocol
+    if element == "stp" and reverse and attrs.values.get("dstmacaddr"):
+        raise NwfilterError("stp in direction inout with srcmacaddr set is not supported (as in libvirt)")
+    out = _mac(attrs, "src", "ether saddr") + _mac(attrs, "dst", "ether daddr")
+    if element == "mac":
+        found = attrs.take("protocolid")
+        if found is not None:
+            out.append(f"ether type {_op(found[1])}0x{found[0]:04x}")
+    elif element == "vlan":
+        out.append("ether type 0x8100")
+        out += [f"vlan id {_op(v[1])}{v[0]}" for v in [attrs.take("vlanid")] if v]
+        out += [f"vlan type {_op(v[1])}0x{v[0]:04x}" for v in [attrs.take("encap-protocol")] if v]
+    elif element == "stp":
+        out += _stp(attrs)
+    elif element in ("arp", "rarp"):
+        out += _arp(attrs, ETHERTYPE[element])
+    elif element in ("ip", "ipv6"):
+        family = "ip" if element == "ip" else "ip6"
+        out.append(f"ether type {'0x0800' if element == 'ip' else '0x86dd'}")
+        out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
+        proto = attrs.take("protocol")
+        if proto is not None:
+            out.append(f"{'ip protocol' if element == 'ip' else 'meta l4proto'} {_op(proto[1])}{proto[0]}")
+        out += _ports(attrs)
+        out += [f"ip dscp {_op(v[1])}{v[0]}" for v in [attrs.take("dscp")] if v]
+        out += _range(attrs, "type", "typeend", "icmpv6 type") + _range(attrs, "code", "codeend", "icmpv6 code")
+    out += _comment(attrs)
+    attrs.check_all_used()
+    return out
+
+
+def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool) -> Optional[List[str]]:
+    """Expressions for a layer-3/4 rule in the inet family (libvirt's
+    iptables/ip6tables rules), or None where libvirt leaves this half out."""
+    spec = schema.ELEMENTS[rule.protocol or "all"]
+    attrs = Attrs(rule, swap)
+    family = "ip" if spec.family == "ipv4" else "ip6"
+    out = [f"meta nfproto {'ipv4' if family == 'ip' else 'ipv6'}"]
+    if spec.ip_protocol is not None:
+        out.append(f"meta l4proto {spec.ip_protocol}")
+    source_mac = attrs.take("dstmacaddr" if swap else "srcmacaddr")
+    if source_mac is not None and not swap:
+        out.append(f"ether saddr {_op(source_mac[1])}{source_mac[0]}")
+    out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
+    out += [f"{family} dscp {_op(v[1])}{v[0]}" for v in [attrs.take("dscp")] if v]
+    flags = attrs.take("flags")
+    if flags is not None:
+        (mask, wanted), negate = flags
+        out.append(f"tcp flags & ({_flag_list(mask)}) {'!=' if negate else '=='} {_flag_list(wanted)}")
+    out += _ports(attrs)
+    icmp_type, icmp_code = attrs.take("type"), attrs.take("code")
+    if icmp_type is not None:
+        if may_skip_icmp:
+            return None
+        proto = "icmp" if family == "ip" else "icmpv6"
+        out.append(f"{proto} type {_op(icmp_type[1])}{icmp_type[0]}")
+        if icmp_code is not None:
+            out.append(f"{proto} code {_op(icmp_code[1])}{icmp_code[0]}")
+    if attrs.take("ipset") or attrs.take("ipsetflags"):
+        raise unsupported(spec.name, "ipset")
+    attrs.take("state")
+    attrs.take("connlimit-above")
+    attrs.take("comment")
+    attrs.check_all_used()
+    if source_mac is not None and swap and len(out) == (2 if spec.ip_protocol is not None else 1):
+        return None  # libvirt drops a mirrored rule whose only match was the source MAC
+    return out
+
+
+def _flag_list(flags: frozenset) -> str:
+    return "0x0" if not flags else "|".join(sorted(f.lower() for f in flags))
+
+
+def ct_states(states: frozenset) -> str:
+    return ", ".join(CT_STATES[s] for s in sorted(states))
