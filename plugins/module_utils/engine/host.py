@@ -1,0 +1,278 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``Host``: the one facade the modules, the learner and the tests use.
+
+Every change runs the same cycle under the store's lock: load the stored
+state, compute the new one, compile every port it touches (any error: nothing
+changes), apply one nft transaction, then write the store.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from .builtin_filters import BUILTIN_FILTERS
+from .errors import NwfilterError
+from .model import Binding, Filter, FilterRef
+from .nft_compile import MAX_PORT_ID, PortProgram, compile_learning, compile_port, transaction
+from .nft_run import Nft
+from .resolver import missing_variables, resolve
+from .ruleset import Jump, ResolvedRule, Ruleset
+from .store import DEFAULT_ROOT, Store
+from .xml_form import binding_to_xml, filter_to_xml
+
+
+@dataclass
+class ChangeResult:
+    changed: bool
+    rebuilt: List[str] = field(default_factory=list)
+    learning: List[str] = field(default_factory=list)
+    before: Optional[str] = None
+    after: Optional[str] = None
+
+
+@dataclass
+class _State:
+    filters: Dict[str, Filter]  # the user's own (built-ins are overlaid, not stored)
+    bindings: Dict[str, Binding]
+    learned: Dict[str, Dict[str, List[str]]]
+    port_ids: Dict[str, int]
+
+    def all_filters(self) -> Dict[str, Filter]:
+        return {**BUILTIN_FILTERS, **self.filters}
+
+
+def _tree(filters: Mapping[str, Filter], name: str) -> Set[str]:
+    """Names of the filters reachable from ``name`` (missing ones included)."""
+    seen: Set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            if current in filters:
+                todo.extend(filters[current].references())
+    return seen
+
+
+def _check_loops(filters: Mapping[str, Filter], name: str, path: Tuple[str, ...] = ()) -> None:
+    if name in path:
+        raise NwfilterError(f"filter reference loop: {' -> '.join(path + (name,))}")
+    if name in filters:
+        for ref in filters[name].references():
+            _check_loops(filters, ref, path + (name,))
+
+
+def _learning_mode(binding: Binding) -> str:
+    return (binding.parameters.get("CTRL_IP_LEARNING") or ("any",))[0].lower()
+
+
+def _bindings_xml(bindings: Mapping[str, Binding]) -> str:
+    return "".join(binding_to_xml(bindings[p]) for p in sorted(bindings))
+
+
+def describe(ruleset: Ruleset) -> List[str]:
+    """The resolved rules, one readable line each (nwfilter_info)."""
+    lines = []
+    for direction in ("out", "in"):
+        for chain in ruleset.for_direction(direction):
+            for entry in chain.entries:
+                if isinstance(entry, Jump):
+                    lines.append(f"{direction} {chain.name}: jump {entry.chain} (priority {entry.priority})")
+                else:
+                    lines.append(f"{direction} {chain.name}: {_rule_line(entry)}")
+    lines += [f"{rule.direction} ip: {_rule_line(rule)}" for rule in ruleset.ip_rules]
+    return lines
+
+
+def _rule_line(rule: ResolvedRule) -> str:
+    matches = " ".join(f"{name}{'!=' if negate else '='}{value}" for name, value, negate in rule.matches)
+    return f"{rule.priority} {rule.action} {rule.protocol or 'all-frames'} {matches}".rstrip()
+
+
+class Host:
+    def __init__(self, root: str = DEFAULT_ROOT, nft_argv: Sequence[str] = ("nft",)) -> None:
+        self.store = Store(root)
+        self.nft = Nft(nft_argv)
+
+    # ---- reading -------------------------------------------------------
+    def _load(self) -> _State:
+        return _State(self.store.filters(), self.store.bindings(), self.store.learned(), self.store.port_ids())
+
+    def filters(self) -> Dict[str, Filter]:
+        return {**BUILTIN_FILTERS, **self.store.filters()}
+
+    def user_filters(self) -> Dict[str, Filter]:
+        return self.store.filters()
+
+    def bindings(self) -> Dict[str, Binding]:
+        return self.store.bindings()
+
+    def _extra(self, state: _State, binding: Binding) -> Dict[str, List[str]]:
+        learned = state.learned.get(binding.portdev, {})
+        return {name: values for name, values in learned.items() if values and name not in binding.parameters}
+
+    def _program(self, state: _State, portdev: str) -> PortProgram:
+        binding = state.bindings[portdev]
+        filters = state.all_filters()
+        extra = self._extra(state, binding)
+        missing = missing_variables(filters, binding, extra)
+        if missing == {"IP"} and _learning_mode(binding) != "none":
+            return compile_learning(binding, binding.parameters, state.port_ids[portdev])
+        return compile_port(binding, resolve(filters, binding, extra), state.port_ids[portdev])
+
+    def status(self, portdev: str) -> Dict[str, object]:
+        state = self._load()
+        binding = state.bindings.get(portdev)
+        if binding is None:
+            raise NwfilterError(f"no binding for {portdev!r}")
+        program = self._program(state, portdev)
+        rules: List[str] = []
+        if not program.learning:
+            rules = describe(resolve(state.all_filters(), binding, self._extra(state, binding)))
+        return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
+                "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+
+    def waiting(self) -> Dict[str, Binding]:
+        """Bindings whose IP address is being learned."""
+        state = self._load()
+        return {p: state.bindings[p] for p in state.bindings if self._program(state, p).learning}
+
+    # ---- changing --------------------------------------------------------
+    def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool) -> List[str]:
+        """Compile, apply as one transaction and store; returns the ports now learning."""
+        for portdev in remove:
+            new.port_ids.pop(portdev, None)
+            new.learned.pop(portdev, None)
+        used = set(new.port_ids.values())
+        free = (i for i in range(1, MAX_PORT_ID + 1) if i not in used)
+        for portdev in sorted(rebuild):
+            if portdev not in new.port_ids:
+                new.port_ids[portdev] = next(free, 0)
+                if not new.port_ids[portdev]:
+                    raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
+        programs = [self._program(new, portdev) for portdev in sorted(rebuild)]
+        if not check:
+            self.nft.apply(transaction(programs, sorted(remove), self.nft.live()))
+            try:
+                self.store.save(new.filters, new.bindings, new.learned, new.port_ids)
+            except OSError as exc:
+                # the kernel has the new rules but the store could not follow: put the old ones back
+                old_programs = [self._program(old, p) for p in sorted(rebuild | remove) if p in old.bindings]
+                gone = sorted((rebuild | remove) - set(old.bindings))
+                self.nft.apply(transaction(old_programs, gone, self.nft.live()))
+                raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
+        return [p.portdev for p in programs if p.learning]
+
+    def _users(self, state: _State, name: str) -> List[str]:
+        filters = state.all_filters()
+        return sorted(p for p, b in state.bindings.items() if name in _tree(filters, b.filterref.filter))
+
+    def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
+        with self.store.locked():
+            old = self._load()
+            current = old.all_filters().get(flt.name)
+            before = filter_to_xml(current) if current else None
+            if current == flt:
+                return ChangeResult(False, before=before, after=before)
+            new = copy.deepcopy(old)
+            new.filters[flt.name] = flt
+            _check_loops(new.all_filters(), flt.name)
+            rebuild = set(self._users(new, flt.name))
+            try:
+                learning = self._commit(old, new, rebuild, set(), check)
+            except NwfilterError as exc:
+                raise exc.within(f"filter {flt.name!r} not changed") from None
+            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt))
+
+    def undefine_filter(self, name: str, check: bool = False) -> ChangeResult:
+        with self.store.locked():
+            old = self._load()
+            if name not in old.filters:
+                if name in BUILTIN_FILTERS:
+                    raise NwfilterError(f"{name!r} is a built-in filter and cannot be undefined")
+                return ChangeResult(False)
+            new = copy.deepcopy(old)
+            del new.filters[name]
+            before = filter_to_xml(old.filters[name])
+            fallback = BUILTIN_FILTERS.get(name)
+            if fallback is None:
+                users = [f for f, flt in new.filters.items() if name in flt.references()] + \
+                    [f"binding {p}" for p in self._users(old, name)]
+                if users:
+                    raise NwfilterError(f"filter {name!r} is in use by {', '.join(users)}")
+            rebuild = set(self._users(new, name)) if fallback else set()
+            learning = self._commit(old, new, rebuild, set(), check)
+            return ChangeResult(True, sorted(rebuild), learning, before,
+                                filter_to_xml(fallback) if fallback else None)
+
+    def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False) -> ChangeResult:
+        """Add or replace these bindings (and with ``exclusive`` remove all
+        others) in one transaction."""
+        wanted = {}
+        for binding in bindings:
+            if binding.portdev in wanted:
+                raise NwfilterError(f"portdev {binding.portdev!r} given twice")
+            wanted[binding.portdev] = binding
+        with self.store.locked():
+            old = self._load()
+            new = copy.deepcopy(old)
+            remove = set(old.bindings) - set(wanted) if exclusive else set()
+            rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
+            for portdev in remove:
+                del new.bindings[portdev]
+            new.bindings.update(wanted)
+            if not rebuild and not remove:
+                return ChangeResult(False, before=_bindings_xml(old.bindings), after=_bindings_xml(old.bindings))
+            for portdev in rebuild:
+                new.learned.pop(portdev, None)  # a changed binding learns afresh
+            learning = self._commit(old, new, rebuild, remove, check)
+            return ChangeResult(True, sorted(rebuild), learning, _bindings_xml(old.bindings),
+                                _bindings_xml(new.bindings))
+
+    def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
+        with self.store.locked():
+            old = self._load().bindings.get(binding.portdev)
+        result = self.set_bindings([binding], exclusive=False, check=check)
+        result.before = binding_to_xml(old) if old else None
+        result.after = binding_to_xml(binding)
+        return result
+
+    def unbind(self, portdev: str, check: bool = False) -> ChangeResult:
+        with self.store.locked():
+            old = self._load()
+            if portdev not in old.bindings:
+                return ChangeResult(False)
+            new = copy.deepcopy(old)
+            del new.bindings[portdev]
+            self._commit(old, new, set(), {portdev}, check)
+            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None)
+
+    def learned(self, portdev: str, ipv4: Sequence[str], ipv6: Sequence[str] = ()) -> ChangeResult:
+        """Addresses the learner found: enforce the full rules (or, with none
+        left, the learning rules again)."""
+        with self.store.locked():
+            old = self._load()
+            if portdev not in old.bindings:
+                raise NwfilterError(f"no binding for {portdev!r}")
+            new = copy.deepcopy(old)
+            addresses = {name: list(values) for name, values in (("IP", ipv4), ("IPV6", ipv6)) if values}
+            if new.learned.get(portdev, {}) == addresses:
+                return ChangeResult(False)
+            if addresses:
+                new.learned[portdev] = addresses
+            else:
+                new.learned.pop(portdev, None)
+            learning = self._commit(old, new, {portdev}, set(), False)
+            return ChangeResult(True, [portdev], learning)
+
+    def restore(self) -> ChangeResult:
+        """Re-apply every stored binding (at boot) and drop ports of ours the store does not know."""
+        with self.store.locked():
+            state = self._load()
+            stale = set(self.nft.live()) - set(state.bindings)
+            learning = self._commit(state, copy.deepcopy(state), set(state.bindings), stale, False)
+            return ChangeResult(True, sorted(state.bindings), learning)

@@ -1,0 +1,138 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The on-host store: filters and bindings as libvirt XML under one root
+directory, plus the port ids and learned addresses the host keeps.
+
+Every file is replaced atomically (write, fsync, rename, fsync the directory),
+and one lock serialises whole read-change-apply-write cycles, so concurrent
+Ansible runs and the learner never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from typing import Dict, Iterator, List, Optional
+
+from .errors import NwfilterError
+from .model import Binding, Filter
+from .xml_form import binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
+
+DEFAULT_ROOT = "/etc/vmguard"
+
+
+def atomic_write(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _text_of(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class Store:
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+        self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned")}
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        try:
+            for path in self.dirs.values():
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            handle = open(os.path.join(self.root, ".lock"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        except OSError as exc:
+            raise NwfilterError(f"cannot use the store {self.root}: {exc.strerror}") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _read_all(self, kind: str) -> List[tuple]:
+        directory = self.dirs[kind]
+        if not os.path.isdir(directory):
+            return []
+        found = []
+        for name in sorted(os.listdir(directory)):
+            if name.startswith("."):
+                continue
+            path = os.path.join(directory, name)
+            text = _text_of(path)
+            if text is not None:
+                found.append((path, text))
+        return found
+
+    def filters(self) -> Dict[str, Filter]:
+        result = {}
+        for path, text in self._read_all("filters"):
+            try:
+                flt = filter_from_xml(text)
+            except NwfilterError as exc:
+                raise exc.within(f"stored file {path}") from None
+            result[flt.name] = flt
+        return result
+
+    def bindings(self) -> Dict[str, Binding]:
+        result = {}
+        for path, text in self._read_all("bindings"):
+            try:
+                binding = binding_from_xml(text)
+            except NwfilterError as exc:
+                raise exc.within(f"stored file {path}") from None
+            result[binding.portdev] = binding
+        return result
+
+    def learned(self) -> Dict[str, Dict[str, List[str]]]:
+        return {os.path.basename(path)[:-5]: json.loads(text) for path, text in self._read_all("learned")}
+
+    def port_ids(self) -> Dict[str, int]:
+        text = _text_of(os.path.join(self.root, "ports.json"))
+        return {str(k): int(v) for k, v in json.loads(text).items()} if text else {}
+
+    def save(self, filters: Dict[str, Filter], bindings: Dict[str, Binding],
+             learned: Dict[str, Dict[str, List[str]]], port_ids: Dict[str, int]) -> None:
+        """Make the store hold exactly this state (only changed files are written)."""
+        self._sync("filters", {f"{n}.xml": filter_to_xml(f) for n, f in filters.items()})
+        self._sync("bindings", {f"{p}.xml": binding_to_xml(b) for p, b in bindings.items()})
+        self._sync("learned", {f"{p}.json": json.dumps(v, sort_keys=True) + "\n" for p, v in learned.items()})
+        ports = json.dumps(port_ids, sort_keys=True, indent=1) + "\n"
+        path = os.path.join(self.root, "ports.json")
+        if _text_of(path) != ports:
+            atomic_write(path, ports)
+
+    def _sync(self, kind: str, files: Dict[str, str]) -> None:
+        directory = self.dirs[kind]
+        current = {os.path.basename(path): text for path, text in self._read_all(kind)}
+        for name, text in files.items():
+            if current.get(name) != text:
+                atomic_write(os.path.join(directory, name), text)
+        for name in set(current) - set(files):
+            _remove(os.path.join(directory, name))
