@@ -1,0 +1,30 @@
+"""Fixtures for real-packet tests: a fresh lab (host with br0, a VM, a peer)
+in namespaces of its own, and a Host whose nft runs inside the lab."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
+from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
+
+VM = ("52:54:00:00:00:01", "192.0.2.10", "2001:db8::10")
+PEER = ("52:54:00:00:00:02", "192.0.2.20", "2001:db8::20")
+
+
+@pytest.fixture
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    with Lab() as built:
+        built.add_vm("vm", *VM)
+        built.add_vm("peer", *PEER)
+        yield built
+
+
+@pytest.fixture
+def host(lab, tmp_path):
+    return Host(str(tmp_path / "store"), lab.nft_argv)
