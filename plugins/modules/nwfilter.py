@@ -1,0 +1,141 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: nwfilter
+short_description: Define or undefine a libvirt-style network filter
+version_added: 0.1.0
+description:
+  - Defines a network filter on the host from libvirt nwfilter XML or from the equivalent YAML form,
+    or removes it.
+  - Redefining a filter rebuilds, in the same nftables transaction, every binding whose filter tree uses it;
+    if any of them cannot be built, nothing changes.
+  - A filter with the name of a built-in filter overrides it; undefining the override restores the built-in.
+author: vmguard developers
+options:
+  name:
+    description:
+      - The filter's name. With O(xml) it may be omitted; if given it must match the XML's name.
+    type: str
+  state:
+    description: Whether the filter should be defined.
+    type: str
+    choices: [present, absent]
+    default: present
+  xml:
+    description: The filter as libvirt nwfilter XML (C(<filter>)).
+    type: str
+  chain:
+    description: The filter's chain (YAML form).
+    type: str
+  priority:
+    description: The filter's chain priority (YAML form).
+    type: int
+  uuid:
+    description: The filter's UUID (YAML form).
+    type: str
+  rules:
+    description:
+      - The filter's rules and filter references in the YAML form (see docs/yaml-form.md).
+      - Each item is either C({filterref, parameters}) or C({action, direction, priority, statematch, <element>}).
+    type: list
+    elements: dict
+  root:
+    description: Directory of the on-host store.
+    type: path
+    default: /etc/vmguard
+notes:
+  - Supports check mode and diff mode (canonical XML before and after).
+"""
+
+EXAMPLES = r"""
+- name: Define a filter from libvirt XML
+  vmguard.nwfilter.nwfilter:
+    xml: "{{ lookup('file', 'web.xml') }}"
+
+- name: Define the same kind of filter in YAML
+  vmguard.nwfilter.nwfilter:
+    name: web-vm
+    rules:
+      - filterref: clean-traffic
+      - action: accept
+        direction: in
+        tcp: {dstportstart: 22}
+      - action: drop
+        direction: inout
+        all: {}
+
+- name: Remove it
+  vmguard.nwfilter.nwfilter:
+    name: web-vm
+    state: absent
+"""
+
+RETURN = r"""
+filter:
+  description: The filter's canonical XML after the change (absent after removal).
+  returned: success
+  type: str
+rebuilt:
+  description: The bindings (portdev) whose rules were, or in check mode would be, rebuilt.
+  returned: success
+  type: list
+  elements: str
+  sample: [vnet0, vnet1]
+learning:
+  description: Rebuilt bindings that now wait for their IP address to be learned.
+  returned: success
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            xml=dict(type="str"),
+            chain=dict(type="str"),
+            priority=dict(type="int"),
+            uuid=dict(type="str"),
+            rules=dict(type="list", elements="dict"),
+            root=ROOT_OPTION,
+        ),
+        mutually_exclusive=[("xml", "rules"), ("xml", "chain"), ("xml", "priority"), ("xml", "uuid")],
+        required_if=[("state", "present", ("xml", "rules"), True), ("state", "absent", ("name",))],
+        supports_check_mode=True,
+    )
+    params = module.params
+    host = Host(params["root"])
+    if params["state"] == "absent":
+        result = engine_call(module, host.undefine_filter, params["name"], check=module.check_mode)
+    else:
+        if params["xml"] is not None:
+            flt = engine_call(module, filter_from_xml, params["xml"])
+            if params["name"] and params["name"] != flt.name:
+                module.fail_json(msg=f"name {params['name']!r} does not match the XML's filter name {flt.name!r}")
+        else:
+            data = {key: params[key] for key in ("name", "chain", "priority", "uuid", "rules") if params[key] is not None}
+            flt = engine_call(module, filter_from_dict, data)
+        result = engine_call(module, host.define_filter, flt, check=module.check_mode)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning)
+    if result.after is not None:
+        output["filter"] = result.after
+    if module._diff:  # pylint: disable=protected-access
+        output["diff"] = dict(before=result.before or "", after=result.after or "")
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

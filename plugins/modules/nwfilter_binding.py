@@ -1,0 +1,161 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: nwfilter_binding
+short_description: Bind network filters to VM interfaces
+version_added: 0.1.0
+description:
+  - Binds a filter, with its parameters, to a VM's interface (its tap, C(portdev)), or removes the binding.
+  - The rules match the interface by name, so they are in force before the tap exists and stay in force when it
+    is deleted and re-created.
+  - The bulk form O(bindings) sets many bindings in one nftables transaction; with O(exclusive=true) the host's
+    bindings become exactly that list.
+  - When the only variable missing from the filter tree is C(IP) and C(CTRL_IP_LEARNING) is not C(none), the
+    binding is stored, restrictive learning rules are enforced at once and RV(learning) is true.
+author: vmguard developers
+options:
+  portdev:
+    description: The VM's interface on the host (for example C(vnet0)).
+    type: str
+  mac:
+    description: The VM's MAC address on that interface (fills the C(MAC) variable).
+    type: str
+  filter:
+    description: The filter to bind.
+    type: str
+  parameters:
+    description: Variables for the filter tree; a value is a string or a list of strings.
+    type: dict
+    default: {}
+  owner:
+    description: The VM that owns the interface.
+    type: dict
+    suboptions:
+      name:
+        description: The VM's name.
+        type: str
+      uuid:
+        description: The VM's UUID.
+        type: str
+  linkdev:
+    description: The lower device of a macvtap interface.
+    type: str
+  state:
+    description: Whether the binding should exist (single form).
+    type: str
+    choices: [present, absent]
+    default: present
+  bindings:
+    description: Bulk form, a list of bindings with the keys C(portdev), C(mac), C(filter), C(parameters), C(owner), C(linkdev).
+    type: list
+    elements: dict
+  exclusive:
+    description: With O(bindings), remove every binding not in the list.
+    type: bool
+    default: false
+  root:
+    description: Directory of the on-host store.
+    type: path
+    default: /etc/vmguard
+notes:
+  - Supports check mode and diff mode (canonical binding XML before and after).
+"""
+
+EXAMPLES = r"""
+- name: Anti-spoofing for one VM interface
+  vmguard.nwfilter.nwfilter_binding:
+    portdev: vnet0
+    mac: 52:54:00:aa:00:01
+    filter: clean-traffic
+    parameters:
+      IP: [192.0.2.10, 192.0.2.11]
+
+- name: Let the host learn the address (DHCP snooping, trusted server only)
+  vmguard.nwfilter.nwfilter_binding:
+    portdev: vnet1
+    mac: 52:54:00:aa:00:02
+    filter: clean-traffic
+    parameters: {CTRL_IP_LEARNING: dhcp, DHCPSERVER: 192.0.2.1}
+
+- name: Exactly these bindings on the host, in one transaction
+  vmguard.nwfilter.nwfilter_binding:
+    exclusive: true
+    bindings:
+      - {portdev: vnet0, mac: "52:54:00:aa:00:01", filter: clean-traffic, parameters: {IP: 192.0.2.10}}
+      - {portdev: vnet1, mac: "52:54:00:aa:00:02", filter: clean-traffic, parameters: {IP: 192.0.2.11}}
+"""
+
+RETURN = r"""
+learning:
+  description: Single form, whether the binding waits for its IP address; bulk form, the portdevs that do.
+  returned: success
+  type: raw
+rebuilt:
+  description: The portdevs whose rules were, or in check mode would be, (re)built.
+  returned: success
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+
+FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
+
+
+def _binding(module: AnsibleModule, data: dict):
+    data = {key: value for key, value in data.items() if value not in (None, {}) or key == "filter"}
+    if isinstance(data.get("owner"), dict):
+        data["owner"] = {k: v for k, v in data["owner"].items() if v is not None}
+    return engine_call(module, binding_from_dict, data)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            portdev=dict(type="str"),
+            mac=dict(type="str"),
+            filter=dict(type="str"),
+            parameters=dict(type="dict", default={}),
+            owner=dict(type="dict", options=dict(name=dict(type="str"), uuid=dict(type="str"))),
+            linkdev=dict(type="str"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            bindings=dict(type="list", elements="dict"),
+            exclusive=dict(type="bool", default=False),
+            root=ROOT_OPTION,
+        ),
+        mutually_exclusive=[("bindings", name) for name in ("portdev", "mac", "filter", "owner", "linkdev")],
+        required_one_of=[("bindings", "portdev")],
+        required_if=[("state", "present", ("mac", "filter", "bindings"), True)],
+        supports_check_mode=True,
+    )
+    params = module.params
+    host = Host(params["root"])
+    check = module.check_mode
+    if params["bindings"] is not None:
+        wanted = [_binding(module, item) for item in params["bindings"]]
+        result = engine_call(module, host.set_bindings, wanted, exclusive=params["exclusive"], check=check)
+        learning = result.learning
+    elif params["state"] == "absent":
+        result = engine_call(module, host.unbind, params["portdev"], check=check)
+        learning = False
+    else:
+        binding = _binding(module, {key: params[key] for key in FIELDS})
+        result = engine_call(module, host.bind, binding, check=check)
+        learning = binding.portdev in result.learning or (
+            not result.changed and binding.portdev in engine_call(module, host.waiting))
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
+    if module._diff:  # pylint: disable=protected-access
+        output["diff"] = dict(before=result.before or "", after=result.after or "")
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

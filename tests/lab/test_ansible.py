@@ -1,0 +1,107 @@
+"""The modules through ansible-playbook itself, run inside the lab's host
+namespace: idempotency, check mode, diff, info and clear failures."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PLAYBOOK_BIN = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory):
+    """The collection as Ansible finds it: ansible_collections/vmguard/nwfilter."""
+    base = tmp_path_factory.mktemp("collections")
+    target = base / "ansible_collections" / "vmguard" / "nwfilter"
+    target.mkdir(parents=True)
+    for part in ("galaxy.yml", "meta", "plugins"):
+        source = os.path.join(REPO, part)
+        if os.path.isdir(source):
+            shutil.copytree(source, target / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / part)
+    return str(base)
+
+
+def play(lab, collections, tmp_path, tasks, *args):
+    """Run the tasks; return each task's registered result (failures included)."""
+    out = tmp_path / "results.json"
+    steps = [dict(task, register=f"r{i}", ignore_errors=True) for i, task in enumerate(tasks)]
+    names = ", ".join(f"r{i}" for i in range(len(tasks)))
+    steps.append({"ansible.builtin.copy": {"dest": str(out), "content": "{{ [%s] | to_json }}" % names},
+                  "check_mode": False, "diff": False})
+    book = tmp_path / "play.yml"
+    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": steps}]))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_HOME=str(tmp_path / "ansible-home"))
+    done = subprocess.run(["ip", "netns", "exec", lab.host, PLAYBOOK_BIN, "-i", "localhost,", "-c", "local",
+                           str(book), *args], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def tasks(root, vm_port="vnet0", ip="192.0.2.10"):
+    return [
+        {"vmguard.nwfilter.nwfilter": {"root": root, "name": "web", "rules": [
+            {"filterref": "clean-traffic"},
+            {"action": "accept", "direction": "in", "tcp": {"dstportstart": 22}}]}},
+        {"vmguard.nwfilter.nwfilter_binding": {"root": root, "portdev": vm_port, "mac": "52:54:00:00:00:01",
+                                               "filter": "web", "parameters": {"IP": ip}}},
+    ]
+
+
+def test_idempotent_check_and_diff(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    checked = play(lab, collections, tmp_path, tasks(root)[:1], "--check")
+    assert checked[0]["changed"] and not os.path.exists(os.path.join(root, "filters", "web.xml"))
+    first = play(lab, collections, tmp_path, tasks(root), "--diff")
+    assert [t["changed"] for t in first] == [True, True]
+    assert "<filter name=\"web\"" in first[0]["diff"]["after"]
+    assert "p/vnet0/o" in lab.nft_list()
+    second = play(lab, collections, tmp_path, tasks(root))
+    assert [t["changed"] for t in second] == [False, False]
+    ruleset = lab.nft_list()
+    predicted = play(lab, collections, tmp_path, tasks(root, ip="192.0.2.11"), "--check")
+    assert [t["changed"] for t in predicted] == [False, True] and lab.nft_list() == ruleset
+    info = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": root, "portdev": "vnet0"}}])
+    binding = info[0]["bindings"]["vnet0"]
+    assert "chain p/vnet0/o/mac" in binding["nft"] and "tcp sport 22" in binding["nft"] and not binding["learning"]
+    assert info[0]["filters"]["web"]["builtin"] is False
+
+
+@pytest.mark.parametrize("bad,words", [
+    ({"vmguard.nwfilter.nwfilter": {"name": "x", "rules": [{"action": "drop", "direction": "in",
+                                                             "tcp": {"dstport": 1}}]}}, "unknown attribute 'dstport'"),
+    ({"vmguard.nwfilter.nwfilter_binding": {"portdev": "vnet0", "mac": "52:54:00:00:00:01", "filter": "clean-traffic",
+                                            "parameters": {"IP": "1.2.3.4; flush ruleset"}}}, "invalid value"),
+    ({"vmguard.nwfilter.nwfilter_binding": {"portdev": "vnet0", "mac": "52:54:00:00:00:01",
+                                            "filter": "clean-traffic-gateway"}}, "missing variable"),
+    ({"vmguard.nwfilter.nwfilter": {"name": "clean-traffic", "state": "absent"}}, "built-in"),
+])
+def test_bad_input_fails_clearly_and_applies_nothing(lab, collections, tmp_path, bad, words):
+    root = str(tmp_path / "store")
+    module, args = next(iter(bad.items()))
+    before = lab.nft_list()
+    result = play(lab, collections, tmp_path, [{module: dict(args, root=root)}])[0]
+    assert result.get("failed") and words in result["msg"] and "Traceback" not in result["msg"]
+    assert lab.nft_list() == before
+
+
+def test_bulk_exclusive(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    play(lab, collections, tmp_path, tasks(root))
+    bulk = [{"vmguard.nwfilter.nwfilter_binding": {"root": root, "exclusive": True, "bindings": [
+        {"portdev": "vnet1", "mac": "52:54:00:00:00:02", "filter": "clean-traffic"},
+        {"portdev": "vnet2", "mac": "52:54:00:00:00:03", "filter": "clean-traffic", "parameters": {"IP": "192.0.2.3"}},
+    ]}}]
+    result = play(lab, collections, tmp_path, bulk)[0]
+    assert result["changed"] and result["learning"] == ["vnet1"]
+    ruleset = lab.nft_list()
+    assert "p/vnet0" not in ruleset and "p/vnet1/o" in ruleset and "p/vnet2/o" in ruleset
+    assert not play(lab, collections, tmp_path, bulk)[0]["changed"]
