@@ -50,7 +50,7 @@ sanity: setup
 		$(abspath $(VENV))/bin/ansible-test sanity --python 3.11 --color no
 
 demo: setup
-	$(PY) -m tests.lab.demo
+	$(PY) -m lab.demo
 
 bench: setup
 	$(PY) -m bench.run

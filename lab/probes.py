@@ -84,10 +84,10 @@ def standard_probes(vm: Guest, peer: Guest, vm_name: str = "vm", peer_name: str 
         "spoofed mac": Ether(src=spoof_mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=5000),
         "spoofed ipv4": eth / IP(src="192.0.2.99", dst=peer.ip) / UDP(sport=4000, dport=5000),
         "arp request": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=vm.mac, psrc=vm.ip, pdst=peer.ip),
-        "arp spoofed ip": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=vm.mac, psrc="192.0.2.99",
-                                                                          pdst=peer.ip),
-        "arp spoofed mac": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=spoof_mac, psrc=vm.ip,
-                                                                           pdst=peer.ip),
+        "arp spoofed ip": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=1, hwsrc=vm.mac, psrc="192.0.2.99", pdst=peer.ip),
+        "arp spoofed mac": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=2, hwsrc=spoof_mac, psrc=vm.ip, pdst=peer.ip),
         "rarp": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff", type=0x8035) / ARP(op=3, hwsrc=vm.mac, hwdst=vm.mac),
         "dhcp discover": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
         / UDP(sport=68, dport=67) / BOOTP(chaddr=bytes.fromhex(vm.mac.replace(":", ""))) / DHCP(

@@ -76,8 +76,8 @@ def test_idempotent_check_and_diff(lab, collections, tmp_path):
 
 
 @pytest.mark.parametrize("bad,words", [
-    ({"vmguard.nwfilter.nwfilter": {"name": "x", "rules": [{"action": "drop", "direction": "in",
-                                                             "tcp": {"dstport": 1}}]}}, "unknown attribute 'dstport'"),
+    ({"vmguard.nwfilter.nwfilter": {"name": "x", "rules": [
+        {"action": "drop", "direction": "in", "tcp": {"dstport": 1}}]}}, "unknown attribute 'dstport'"),
     ({"vmguard.nwfilter.nwfilter_binding": {"portdev": "vnet0", "mac": "52:54:00:00:00:01", "filter": "clean-traffic",
                                             "parameters": {"IP": "1.2.3.4; flush ruleset"}}}, "invalid value"),
     ({"vmguard.nwfilter.nwfilter_binding": {"portdev": "vnet0", "mac": "52:54:00:00:00:01",

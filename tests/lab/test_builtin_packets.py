@@ -16,18 +16,18 @@ ORDER = ["ipv4 udp", "ipv4 tcp syn", "ipv4 icmp echo", "spoofed mac", "spoofed i
 ALL = "P" * len(ORDER)
 # P: arrives, .: dropped; one letter per probe in ORDER.
 EXPECTED = {
-    "clean-traffic":         "PPP..P...PP....P.",
+    "clean-traffic": "PPP..P...PP....P.",
     "clean-traffic-gateway": "PPP..P.....PPPPPP",
-    "no-arp-ip-spoofing":    "PPPPPP.PPPPPPPPPP",
-    "no-arp-mac-spoofing":   "PPPPPPP.PPPPPPPPP",
-    "no-arp-spoofing":       "PPPPPP..PPPPPPPPP",
-    "no-ip-spoofing":        "PPPP.PPPPPPPPPPPP",
+    "no-arp-ip-spoofing": "PPPPPP.PPPPPPPPPP",
+    "no-arp-mac-spoofing": "PPPPPPP.PPPPPPPPP",
+    "no-arp-spoofing": "PPPPPP..PPPPPPPPP",
+    "no-ip-spoofing": "PPPP.PPPPPPPPPPPP",
     "no-ipv6-spoofing":      "PPPPPPPPPPPPPP.PP",
-    "no-mac-broadcast":      "PPPPPPPPP..PPPPPP",
-    "no-mac-spoofing":       "PPP.PPPPPPPPPPPPP",
+    "no-mac-broadcast": "PPPPPPPPP..PPPPPP",
+    "no-mac-spoofing": "PPP.PPPPPPPPPPPPP",
     "no-other-l2-traffic":   ".................",
     "no-other-rarp-traffic": "PPPPPPPP.PPPPPPPP",
-    "qemu-announce-self":    "PPPPPPPP.PPPPPPPP",
+    "qemu-announce-self": "PPPPPPPP.PPPPPPPP",
 }
 
 

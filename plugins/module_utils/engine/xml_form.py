@@ -145,11 +145,18 @@ def filter_from_xml(text: str) -> Filter:
         raise exc if str(exc).startswith("filter") else exc.within(where) from None
 
 
-def _single(root: ET.Element, tag: str, where: str, required: bool = True) -> Optional[ET.Element]:
+def _single(root: ET.Element, tag: str, where: str) -> Optional[ET.Element]:
     found = root.findall(tag)
-    if len(found) > 1 or (required and not found):
-        raise NwfilterError(f"needs exactly one <{tag}>", where)
+    if len(found) > 1:
+        raise NwfilterError(f"has more than one <{tag}>", where)
     return found[0] if found else None
+
+
+def _required(root: ET.Element, tag: str, where: str) -> ET.Element:
+    found = _single(root, tag, where)
+    if found is None:
+        raise NwfilterError(f"needs a <{tag}>", where)
+    return found
 
 
 def binding_from_xml(text: str) -> Binding:
@@ -161,17 +168,15 @@ def binding_from_xml(text: str) -> Binding:
     for child in root:
         if child.tag not in known:
             raise NwfilterError(f"unknown element <{child.tag}>", "binding")
-    owner = _single(root, "owner", "binding")
-    assert owner is not None
+    owner = _required(root, "owner", "binding")
     _only(owner, (), "binding owner")
-    name_elem = _single(owner, "name", "binding owner", required=False)
-    uuid_elem = _single(owner, "uuid", "binding owner", required=False)
-    portdev = _only(_single(root, "portdev", "binding"), ("name",), "binding portdev").get("name", "")
-    linkdev_elem = _single(root, "linkdev", "binding", required=False)
+    name_elem = _single(owner, "name", "binding owner")
+    uuid_elem = _single(owner, "uuid", "binding owner")
+    portdev = _only(_required(root, "portdev", "binding"), ("name",), "binding portdev").get("name", "")
+    linkdev_elem = _single(root, "linkdev", "binding")
     linkdev = _only(linkdev_elem, ("name",), "binding linkdev").get("name") if linkdev_elem is not None else None
-    mac = _only(_single(root, "mac", "binding"), ("address",), "binding mac").get("address", "")
-    ref = _single(root, "filterref", "binding")
-    assert ref is not None
+    mac = _only(_required(root, "mac", "binding"), ("address",), "binding mac").get("address", "")
+    ref = _required(root, "filterref", "binding")
     return Binding(portdev, mac, _filterref(ref, f"binding {portdev!r}"),
                    owner_name=(name_elem.text or "").strip() if name_elem is not None else "",
                    owner_uuid=(uuid_elem.text or "").strip() if uuid_elem is not None else None,
