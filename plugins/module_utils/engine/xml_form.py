@@ -178,7 +178,7 @@ def binding_from_xml(text: str) -> Binding:
     mac = _only(_required(root, "mac", "binding"), ("address",), "binding mac").get("address", "")
     ref = _required(root, "filterref", "binding")
     return Binding(portdev, mac, _filterref(ref, f"binding {portdev!r}"),
-                   owner_name=(name_elem.text or "").strip() if name_elem is not None else "",
+                   owner_name=(name_elem.text or "") if name_elem is not None else "",
                    owner_uuid=(uuid_elem.text or "").strip() if uuid_elem is not None else None,
                    linkdev=linkdev)
 
