@@ -25,10 +25,10 @@ SHOWN = ["ipv4 udp", "ipv4 tcp syn", "arp request", "dhcp discover", "incoming i
 def main() -> int:
     with Lab("d") as lab, tempfile.TemporaryDirectory() as root:
         guests = [lab.add_vm(name, mac, ip, ipv6) for name, mac, ip, ipv6 in VMS]
-        extra = {"vmguard_root": root, "vms": [{"portdev": g.port, "mac": g.mac, "parameters": {"IP": g.ip}}
-                                                for g in guests]}
+        vms = [{"portdev": g.port, "mac": g.mac, "parameters": {"IP": g.ip}} for g in guests]
+        extra = {"vmguard_root": root, "vms": vms}
         print(f"lab: bridge br0 in namespace {lab.host}; VMs " +
-              ", ".join(f"{name} ({g.port}, {g.mac}, {g.ip})" for (name, *_), g in zip(VMS, guests)))
+              ", ".join(f"{vm[0]} ({g.port}, {g.mac}, {g.ip})" for vm, g in zip(VMS, guests)))
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_LOCALHOST_WARNING="false",
                    ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_PYTHON_INTERPRETER=sys.executable)
         playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")

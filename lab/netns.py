@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
 
 CLONE_NEWNET = 0x40000000
+# (mac, ipv4, ipv6) of the standard lab's VM and of its unfiltered peer
+VM = ("52:54:00:00:00:01", "192.0.2.10", "2001:db8::10")
+PEER = ("52:54:00:00:00:02", "192.0.2.20", "2001:db8::20")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

@@ -15,7 +15,7 @@ description:
   - Redefining a filter rebuilds, in the same nftables transaction, every binding whose filter tree uses it;
     if any of them cannot be built, nothing changes.
   - A filter with the name of a built-in filter overrides it; undefining the override restores the built-in.
-author: vmguard developers
+author: vmguard developers (@vmguard)
 options:
   name:
     description:

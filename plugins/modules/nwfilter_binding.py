@@ -17,7 +17,7 @@ description:
     bindings become exactly that list.
   - When the only variable missing from the filter tree is C(IP) and C(CTRL_IP_LEARNING) is not C(none), the
     binding is stored, restrictive learning rules are enforced at once and RV(learning) is true.
-author: vmguard developers
+author: vmguard developers (@vmguard)
 options:
   portdev:
     description: The VM's interface on the host (for example C(vnet0)).

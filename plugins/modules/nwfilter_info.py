@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Returns every filter (built-in or defined) as canonical XML, and every binding with its resolved rules
     and the exact nftables rules in force for it.
-author: vmguard developers
+author: vmguard developers (@vmguard)
 options:
   name:
     description: Report only this filter.

@@ -8,11 +8,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import PEER, VM, Lab  # noqa: E402  pylint: disable=wrong-import-position
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
-
-VM = ("52:54:00:00:00:01", "192.0.2.10", "2001:db8::10")
-PEER = ("52:54:00:00:00:02", "192.0.2.20", "2001:db8::20")
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ EXPECTED = {
     "no-arp-mac-spoofing": "PPPPPPP.PPPPPPPPP",
     "no-arp-spoofing": "PPPPPP..PPPPPPPPP",
     "no-ip-spoofing": "PPPP.PPPPPPPPPPPP",
-    "no-ipv6-spoofing":      "PPPPPPPPPPPPPP.PP",
+    "no-ipv6-spoofing": "PPPPPPPPPPPPPP.PP",
     "no-mac-broadcast": "PPPPPPPPP..PPPPPP",
     "no-mac-spoofing": "PPP.PPPPPPPPPPPPP",
-    "no-other-l2-traffic":   ".................",
+    "no-other-l2-traffic": ".................",
     "no-other-rarp-traffic": "PPPPPPPP.PPPPPPPP",
     "qemu-announce-self": "PPPPPPPP.PPPPPPPP",
 }

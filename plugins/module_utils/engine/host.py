@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
-from .model import Binding, Filter, FilterRef
+from .model import Binding, Filter
 from .nft_compile import MAX_PORT_ID, PortProgram, compile_learning, compile_port, transaction
 from .nft_run import Nft
 from .resolver import missing_variables, resolve

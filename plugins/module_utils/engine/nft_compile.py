@@ -252,7 +252,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     installed port's chains and map elements replaced, and every removed
     port's deleted. Nothing outside our two tables is named."""
     lines = [BASE.rstrip("\n")]
-    wanted = {p.portdev: {(f, n) for f, n, _ in p.chains} for p in install}
+    wanted = {p.portdev: {(family, name) for family, name, _rules in p.chains} for p in install}
     empty = PortLive(set(), set())
     touched = sorted(set(wanted) | set(remove))
     for portdev in touched:

@@ -41,8 +41,30 @@ def unsupported(element: str, attribute: str) -> NwfilterError:
     return NwfilterError(f"not supported by the nftables backend: {element} {attribute}")
 
 
-def _op(negate: bool) -> str:
-    return "!= " if negate else ""
+ALL_ONES = {"ether type": "0xffff", "ether": "ff:ff:ff:ff:ff:ff", "ip saddr": "255.255.255.255", "ip daddr": "255.255.255.255",
+            "ip6": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"}
+
+
+def _ones(expr: str) -> str:
+    for prefix, mask in ALL_ONES.items():
+        if expr.startswith(prefix):
+            return mask
+    if expr.startswith("@"):
+        return hex((1 << int(expr.split(",")[2])) - 1)
+    return "0xff" if expr.split()[-1] in ("type", "code", "protocol") and expr != "vlan type" else "0xffff"
+
+
+def _is(expr: str, value: object, negate: bool) -> str:
+    """``expr value`` or ``expr != value``. A plain negated header match gets
+    an all-ones mask: nft 1.0.6 sorts and merges adjacent header fields into
+    one comparison, which turns ``a != x b != y`` into "not both" instead of
+    "neither"; a masked comparison is left alone. Meta expressions, ranges
+    and prefixes are never merged."""
+    if not negate:
+        return f"{expr} {value}"
+    if expr.startswith("meta") or any(c in str(value) for c in "-/"):
+        return f"{expr} != {value}"
+    return f"{expr} & {_ones(expr)} != {value}"
 
 
 def _mac_int(mac: str) -> int:
@@ -84,7 +106,7 @@ def _mac(attrs: Attrs, which: str, expr: str) -> List[str]:
         return []
     mac, negate = found
     if mask is None:
-        return [f"{expr} {_op(negate)}{mac}"]
+        return [_is(expr, mac, negate)]
     masked = f"{_mac_int(mac) & _mac_int(mask[0]):012x}"
     network = ":".join(masked[i:i + 2] for i in range(0, 12, 2))
     return [f"{expr} & {mask[0]} {'!=' if negate else '=='} {network}"]
@@ -101,10 +123,10 @@ def _address(attrs: Attrs, which: str, expr: str) -> List[str]:
     found = attrs.take(f"{which}ipaddr")
     mask = attrs.take(f"{which}ipmask")
     if found is not None:
-        out.append(f"{expr} {_op(found[1])}{_network(found[0], mask[0] if mask else None)}")
+        out.append(_is(expr, _network(found[0], mask[0] if mask else None), found[1]))
     low, high = attrs.take(f"{which}ipfrom"), attrs.take(f"{which}ipto")
     if low is not None:
-        out.append(f"{expr} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else ""))
+        out.append(_is(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1]))
     return out
 
 
@@ -112,7 +134,7 @@ def _range(attrs: Attrs, start: str, end: str, expr: str) -> List[str]:
     low, high = attrs.take(start), attrs.take(end)
     if low is None:
         return []
-    return [f"{expr} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else "")]
+    return [_is(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1])]
 
 
 def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: Optional[str] = None) -> List[str]:
@@ -126,7 +148,7 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
     mask = attrs.take(mask_name) if mask_name else None
     expr = f"@{base},{offset},{width}"
     if mask is None:
-        return [f"{expr} {_op(negate)}0x{number:x}"]
+        return [_is(expr, f"0x{number:x}", negate)]
     bits = _mac_int(mask[0]) if width == 48 else (0xFFFFFFFF << (32 - mask[0])) & 0xFFFFFFFF
     return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
 
@@ -149,7 +171,7 @@ def _stp(attrs: Attrs) -> List[str]:
             continue
         low, high = attrs.take(name), attrs.take(f"{name}-hi")
         if low is not None:
-            out.append(f"@ll,{field[0]},{field[1]} {_op(low[1])}{low[0]}" + (f"-{high[0]}" if high else ""))
+            out.append(_is(f"@ll,{field[0]},{field[1]}", f"{low[0]}-{high[0]}" if high else low[0], low[1]))
     return out
 
 
@@ -176,11 +198,11 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
     if element == "mac":
         found = attrs.take("protocolid")
         if found is not None:
-            out.append(f"ether type {_op(found[1])}0x{found[0]:04x}")
+            out.append(_is("ether type", f"0x{found[0]:04x}", found[1]))
     elif element == "vlan":
         out.append("ether type 0x8100")
-        out += [f"vlan id {_op(v[1])}{v[0]}" for v in [attrs.take("vlanid")] if v]
-        out += [f"vlan type {_op(v[1])}0x{v[0]:04x}" for v in [attrs.take("encap-protocol")] if v]
+        out += [_is("vlan id", v[0], v[1]) for v in [attrs.take("vlanid")] if v]
+        out += [_is("vlan type", f"0x{v[0]:04x}", v[1]) for v in [attrs.take("encap-protocol")] if v]
     elif element == "stp":
         out += _stp(attrs)
     elif element in ("arp", "rarp"):
@@ -191,9 +213,9 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
         out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
         proto = attrs.take("protocol")
         if proto is not None:
-            out.append(f"{'ip protocol' if element == 'ip' else 'meta l4proto'} {_op(proto[1])}{proto[0]}")
+            out.append(_is("ip protocol" if element == "ip" else "meta l4proto", proto[0], proto[1]))
         out += _ports(attrs)
-        out += [f"ip dscp {_op(v[1])}{v[0]}" for v in [attrs.take("dscp")] if v]
+        out += [_is("ip dscp", v[0], v[1]) for v in [attrs.take("dscp")] if v]
         out += _range(attrs, "type", "typeend", "icmpv6 type") + _range(attrs, "code", "codeend", "icmpv6 code")
     out += _comment(attrs)
     attrs.check_all_used()
@@ -211,9 +233,9 @@ def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool) -> Optional[
         out.append(f"meta l4proto {spec.ip_protocol}")
     source_mac = attrs.take("dstmacaddr" if swap else "srcmacaddr")
     if source_mac is not None and not swap:
-        out.append(f"ether saddr {_op(source_mac[1])}{source_mac[0]}")
+        out.append(_is("ether saddr", source_mac[0], source_mac[1]))
     out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
-    out += [f"{family} dscp {_op(v[1])}{v[0]}" for v in [attrs.take("dscp")] if v]
+    out += [_is(f"{family} dscp", v[0], v[1]) for v in [attrs.take("dscp")] if v]
     flags = attrs.take("flags")
     if flags is not None:
         (mask, wanted), negate = flags
@@ -224,9 +246,9 @@ def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool) -> Optional[
         if may_skip_icmp:
             return None
         proto = "icmp" if family == "ip" else "icmpv6"
-        out.append(f"{proto} type {_op(icmp_type[1])}{icmp_type[0]}")
+        out.append(_is(f"{proto} type", icmp_type[0], icmp_type[1]))
         if icmp_code is not None:
-            out.append(f"{proto} code {_op(icmp_code[1])}{icmp_code[0]}")
+            out.append(_is(f"{proto} code", icmp_code[0], icmp_code[1]))
     if attrs.take("ipset") or attrs.take("ipsetflags"):
         raise unsupported(spec.name, "ipset")
     attrs.take("state")

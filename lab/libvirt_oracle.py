@@ -1,0 +1,98 @@
+"""libvirt 9.0's real nwfilter driver as an oracle: libvirtd runs inside a
+lab's host namespace, so its ebtables/iptables rules land there and nowhere
+else. Its sockets live in /run/libvirt (shared with the machine), so one
+oracle at a time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Mapping, Sequence
+
+from .netns import Lab, run
+
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+PIDFILE = "/run/libvirtd.pid"
+
+
+def prepare_machine() -> None:
+    """What libvirtd needs before it starts here (idempotent)."""
+    os.makedirs("/var/log/libvirt", exist_ok=True)
+    if run(["getent", "group", "kvm"], check=False).returncode != 0:
+        run(["groupadd", "-r", "kvm"])
+    if run(["id", "libvirt-qemu"], check=False).returncode != 0:
+        run(["useradd", "-r", "-g", "kvm", "-s", "/usr/sbin/nologin", "libvirt-qemu"])
+    with open(QEMU_CONF, encoding="utf-8") as handle:
+        conf = handle.read()
+    if 'user = "root"' not in conf.splitlines():
+        with open(QEMU_CONF, "a", encoding="utf-8") as handle:
+            handle.write('\nuser = "root"\ngroup = "root"\n')
+
+
+class Oracle:
+    """``with Oracle(lab) as oracle: oracle.bind(...)``"""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.defined: list = []
+
+    def __enter__(self) -> "Oracle":
+        if run(["pgrep", "-x", "libvirtd"], check=False).returncode == 0:
+            raise RuntimeError("a libvirtd is already running; the oracle needs its own")
+        prepare_machine()
+        run(["ip", "netns", "exec", self.lab.host, "libvirtd", "-d", "-p", PIDFILE])
+        deadline = time.monotonic() + 20
+        while self.virsh(["nwfilter-list"], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("libvirtd did not answer within 20 s")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # libvirt keeps defined filters in /etc/libvirt/nwfilter: leave it as found
+        for name in self.defined:
+            self.virsh(["nwfilter-undefine", name], check=False)
+        try:
+            with open(PIDFILE, encoding="utf-8") as handle:
+                os.kill(int(handle.read().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            run(["pkill", "-x", "libvirtd"], check=False)
+        for _wait in range(50):
+            if run(["pgrep", "-x", "libvirtd"], check=False).returncode != 0:
+                break
+            time.sleep(0.1)
+
+    def virsh(self, args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
+        return run(["ip", "netns", "exec", self.lab.host, "virsh", "-q", "-c", "qemu:///system"] + list(args),
+                   check=check)
+
+    def _with_file(self, command: str, xml: str) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".xml") as handle:
+            handle.write(xml)
+            handle.flush()
+            self.virsh([command, handle.name])
+
+    def define_filter(self, name: str, xml: str) -> None:
+        self.virsh(["nwfilter-undefine", name], check=False)
+        self._with_file("nwfilter-define", xml)
+        self.defined.append(name)
+
+    def bind(self, portdev: str, mac: str, filter_name: str, params: Mapping[str, Sequence[str]]) -> None:
+        parameters = "".join(f"<parameter name='{name}' value='{value}'/>"
+                             for name, values in params.items() for value in values)
+        self._with_file("nwfilter-binding-create", f"""<filterbinding>
+  <owner><name>vm-{portdev}</name><uuid>{_uuid(portdev)}</uuid></owner>
+  <portdev name='{portdev}'/><mac address='{mac}'/>
+  <filterref filter='{filter_name}'>{parameters}</filterref>
+</filterbinding>""")
+
+    def unbind(self, portdev: str) -> None:
+        self.virsh(["nwfilter-binding-delete", portdev])
+
+
+def _uuid(portdev: str) -> str:
+    digits = portdev.encode().hex()[:12].ljust(12, "0")
+    return f"00000000-0000-4000-8000-{digits}"
