@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .nft_compile import MAX_PORT_ID, PortProgram, compile_learning, compile_port, transaction
+from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, transaction
 from .nft_run import Nft
 from .resolver import missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
@@ -40,6 +40,12 @@ class _State:
     bindings: Dict[str, Binding]
     learned: Dict[str, Dict[str, List[str]]]
     port_ids: Dict[str, int]
+    installed: Dict[str, PortLive]  # what each port has in our tables, as last applied
+
+    def records(self) -> Dict[str, dict]:
+        return {p: {"id": i, "chains": sorted(map(list, self.installed[p].chains)) if p in self.installed else [],
+                    "elements": sorted(map(list, self.installed[p].elements)) if p in self.installed else []}
+                for p, i in self.port_ids.items()}
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.filters}
@@ -100,7 +106,11 @@ class Host:
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:
-        return _State(self.store.filters(), self.store.bindings(), self.store.learned(), self.store.port_ids())
+        ports = self.store.ports()
+        return _State(self.store.filters(), self.store.bindings(), self.store.learned(),
+                      {p: r["id"] for p, r in ports.items()},
+                      {p: PortLive({tuple(c) for c in r["chains"]}, {tuple(e) for e in r["elements"]})
+                       for p, r in ports.items()})
 
     def filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.store.filters()}
@@ -142,11 +152,15 @@ class Host:
         return {p: state.bindings[p] for p in state.bindings if self._program(state, p).learning}
 
     # ---- changing --------------------------------------------------------
-    def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool) -> List[str]:
-        """Compile, apply as one transaction and store; returns the ports now learning."""
+    def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
+                live: Optional[Mapping[str, PortLive]] = None) -> List[str]:
+        """Compile, apply as one transaction and store; returns the ports now
+        learning. What a port has in the kernel is taken from the store
+        (``installed``) unless ``live`` (read from nft) is given."""
         for portdev in remove:
             new.port_ids.pop(portdev, None)
             new.learned.pop(portdev, None)
+            new.installed.pop(portdev, None)
         used = set(new.port_ids.values())
         free = (i for i in range(1, MAX_PORT_ID + 1) if i not in used)
         for portdev in sorted(rebuild):
@@ -156,14 +170,19 @@ class Host:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
         programs = [self._program(new, portdev) for portdev in sorted(rebuild)]
         if not check:
-            self.nft.apply(transaction(programs, sorted(remove), self.nft.live()))
+            touched = rebuild | remove
+            before = live if live is not None else {p: old.installed[p] for p in touched if p in old.installed}
+            self.nft.apply(transaction(programs, sorted(remove), before))
+            for program in programs:
+                new.installed[program.portdev] = PortLive({(f, n) for f, n, _rules in program.chains},
+                                                          {(f, m, k) for f, m, k, _target in program.elements})
             try:
-                self.store.save(new.filters, new.bindings, new.learned, new.port_ids)
+                self.store.save(new.filters, new.bindings, new.learned, new.records())
             except OSError as exc:
                 # the kernel has the new rules but the store could not follow: put the old ones back
-                old_programs = [self._program(old, p) for p in sorted(rebuild | remove) if p in old.bindings]
-                gone = sorted((rebuild | remove) - set(old.bindings))
-                self.nft.apply(transaction(old_programs, gone, self.nft.live()))
+                old_programs = [self._program(old, p) for p in sorted(touched) if p in old.bindings]
+                self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)),
+                                           {p: new.installed[p] for p in touched if p in new.installed}))
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
         return [p.portdev for p in programs if p.learning]
 
@@ -273,6 +292,7 @@ class Host:
         """Re-apply every stored binding (at boot) and drop ports of ours the store does not know."""
         with self.store.locked():
             state = self._load()
-            stale = set(self.nft.live()) - set(state.bindings)
-            learning = self._commit(state, copy.deepcopy(state), set(state.bindings), stale, False)
+            live = self.nft.live()
+            stale = set(live) - set(state.bindings)
+            learning = self._commit(state, copy.deepcopy(state), set(state.bindings), stale, False, live)
             return ChangeResult(True, sorted(state.bindings), learning)

@@ -96,6 +96,10 @@ def chain_name(portdev: str, *parts: str) -> str:
     return "/".join(("p", portdev) + tuple(part.replace(":", "/") for part in parts))
 
 
+def _target(portdev: str, vmap: str) -> str:
+    return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
+
+
 def portdev_of(chain: str) -> Optional[str]:
     parts = chain.split("/")
     return parts[1] if len(parts) > 2 and parts[0] == "p" else None
@@ -255,8 +259,13 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     wanted = {p.portdev: {(family, name) for family, name, _rules in p.chains} for p in install}
     empty = PortLive(set(), set())
     touched = sorted(set(wanted) | set(remove))
+    # What a port had may be gone from the kernel (a reboot, a lost store):
+    # create it first (``add`` is idempotent), so flush and delete never fail.
     for portdev in touched:
         now = live.get(portdev, empty)
+        lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
+        lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}"
+                  for family, vmap, key in sorted(now.elements)]
         lines += [f"delete element {family} {TABLE} {vmap} {{ {key} }}" for family, vmap, key in sorted(now.elements)]
         lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
     for portdev in touched:

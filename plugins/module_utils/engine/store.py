@@ -23,6 +23,17 @@ from .model import Binding, Filter
 from .xml_form import binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 DEFAULT_ROOT = "/etc/vmguard"
+# parsed objects by file text: a change reads every file, parsing only what changed
+_PARSED: Dict[str, object] = {}
+
+
+def _parse_cached(text: str, parse) -> object:
+    found = _PARSED.get(text)
+    if found is None:
+        if len(_PARSED) > 100000:
+            _PARSED.clear()
+        found = _PARSED[text] = parse(text)
+    return found
 
 
 def atomic_write(path: str, text: str) -> None:
@@ -94,7 +105,7 @@ class Store:
         result = {}
         for path, text in self._read_all("filters"):
             try:
-                flt = filter_from_xml(text)
+                flt = _parse_cached(text, filter_from_xml)
             except NwfilterError as exc:
                 raise exc.within(f"stored file {path}") from None
             result[flt.name] = flt
@@ -104,7 +115,7 @@ class Store:
         result = {}
         for path, text in self._read_all("bindings"):
             try:
-                binding = binding_from_xml(text)
+                binding = _parse_cached(text, binding_from_xml)
             except NwfilterError as exc:
                 raise exc.within(f"stored file {path}") from None
             result[binding.portdev] = binding
@@ -113,20 +124,21 @@ class Store:
     def learned(self) -> Dict[str, Dict[str, List[str]]]:
         return {os.path.basename(path)[:-5]: json.loads(text) for path, text in self._read_all("learned")}
 
-    def port_ids(self) -> Dict[str, int]:
+    def ports(self) -> Dict[str, dict]:
+        """Per port: its id and what of it was installed (``chains``, ``elements``)."""
         text = _text_of(os.path.join(self.root, "ports.json"))
-        return {str(k): int(v) for k, v in json.loads(text).items()} if text else {}
+        return json.loads(text) if text else {}
 
     def save(self, filters: Dict[str, Filter], bindings: Dict[str, Binding],
-             learned: Dict[str, Dict[str, List[str]]], port_ids: Dict[str, int]) -> None:
+             learned: Dict[str, Dict[str, List[str]]], ports: Dict[str, dict]) -> None:
         """Make the store hold exactly this state (only changed files are written)."""
         self._sync("filters", {f"{n}.xml": filter_to_xml(f) for n, f in filters.items()})
         self._sync("bindings", {f"{p}.xml": binding_to_xml(b) for p, b in bindings.items()})
         self._sync("learned", {f"{p}.json": json.dumps(v, sort_keys=True) + "\n" for p, v in learned.items()})
-        ports = json.dumps(port_ids, sort_keys=True, indent=1) + "\n"
+        text = json.dumps(ports, sort_keys=True) + "\n"
         path = os.path.join(self.root, "ports.json")
-        if _text_of(path) != ports:
-            atomic_write(path, ports)
+        if _text_of(path) != text:
+            atomic_write(path, text)
 
     def _sync(self, kind: str, files: Dict[str, str]) -> None:
         directory = self.dirs[kind]
