@@ -10,7 +10,6 @@ changes), apply one nft transaction, then write the store.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -40,12 +39,23 @@ class _State:
     bindings: Dict[str, Binding]
     learned: Dict[str, Dict[str, List[str]]]
     port_ids: Dict[str, int]
-    installed: Dict[str, PortLive]  # what each port has in our tables, as last applied
+    installed: Dict[str, dict]  # per port, what it has in our tables as last applied ({"chains", "elements"})
+
+    def copy(self) -> "_State":
+        """A state to change; model objects are immutable, so the maps are enough."""
+        return _State(dict(self.filters), dict(self.bindings), {p: dict(v) for p, v in self.learned.items()},
+                      dict(self.port_ids), dict(self.installed))
 
     def records(self) -> Dict[str, dict]:
-        return {p: {"id": i, "chains": sorted(map(list, self.installed[p].chains)) if p in self.installed else [],
-                    "elements": sorted(map(list, self.installed[p].elements)) if p in self.installed else []}
-                for p, i in self.port_ids.items()}
+        return {p: {"id": i, **self.installed.get(p, {"chains": [], "elements": []})} for p, i in self.port_ids.items()}
+
+    def live(self, ports: Set[str]) -> Dict[str, PortLive]:
+        return {p: PortLive({tuple(c) for c in self.installed[p]["chains"]},
+                            {tuple(e) for e in self.installed[p]["elements"]}) for p in ports if p in self.installed}
+
+    def as_files(self) -> Tuple[Dict[str, Filter], Dict[str, Binding], Dict[str, Dict[str, List[str]]],
+                                Dict[str, dict]]:
+        return self.filters, self.bindings, self.learned, self.records()
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.filters}
@@ -109,8 +119,7 @@ class Host:
         ports = self.store.ports()
         return _State(self.store.filters(), self.store.bindings(), self.store.learned(),
                       {p: r["id"] for p, r in ports.items()},
-                      {p: PortLive({tuple(c) for c in r["chains"]}, {tuple(e) for e in r["elements"]})
-                       for p, r in ports.items()})
+                      {p: {"chains": r["chains"], "elements": r["elements"]} for p, r in ports.items()})
 
     def filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.store.filters()}
@@ -171,18 +180,19 @@ class Host:
         programs = [self._program(new, portdev) for portdev in sorted(rebuild)]
         if not check:
             touched = rebuild | remove
-            before = live if live is not None else {p: old.installed[p] for p in touched if p in old.installed}
+            before = live if live is not None else old.live(touched)
             self.nft.apply(transaction(programs, sorted(remove), before))
             for program in programs:
-                new.installed[program.portdev] = PortLive({(f, n) for f, n, _rules in program.chains},
-                                                          {(f, m, k) for f, m, k, _target in program.elements})
+                new.installed[program.portdev] = {
+                    "chains": sorted([f, n] for f, n, _rules in program.chains),
+                    "elements": sorted([f, m, k] for f, m, k, _target in program.elements)}
             try:
-                self.store.save(new.filters, new.bindings, new.learned, new.records())
+                self.store.save(old.as_files(), new.as_files())
             except OSError as exc:
                 # the kernel has the new rules but the store could not follow: put the old ones back
                 old_programs = [self._program(old, p) for p in sorted(touched) if p in old.bindings]
                 self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)),
-                                           {p: new.installed[p] for p in touched if p in new.installed}))
+                                           new.live(touched)))
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
         return [p.portdev for p in programs if p.learning]
 
@@ -197,7 +207,7 @@ class Host:
             before = filter_to_xml(current) if current else None
             if current == flt:
                 return ChangeResult(False, before=before, after=before)
-            new = copy.deepcopy(old)
+            new = old.copy()
             new.filters[flt.name] = flt
             _check_loops(new.all_filters(), flt.name)
             rebuild = set(self._users(new, flt.name))
@@ -214,7 +224,7 @@ class Host:
                 if name in BUILTIN_FILTERS:
                     raise NwfilterError(f"{name!r} is a built-in filter and cannot be undefined")
                 return ChangeResult(False)
-            new = copy.deepcopy(old)
+            new = old.copy()
             del new.filters[name]
             before = filter_to_xml(old.filters[name])
             fallback = BUILTIN_FILTERS.get(name)
@@ -238,34 +248,31 @@ class Host:
             wanted[binding.portdev] = binding
         with self.store.locked():
             old = self._load()
-            new = copy.deepcopy(old)
+            new = old.copy()
             remove = set(old.bindings) - set(wanted) if exclusive else set()
             rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
             for portdev in remove:
                 del new.bindings[portdev]
             new.bindings.update(wanted)
             if not rebuild and not remove:
-                return ChangeResult(False, before=_bindings_xml(old.bindings), after=_bindings_xml(old.bindings))
+                return ChangeResult(False)
             for portdev in rebuild:
                 new.learned.pop(portdev, None)  # a changed binding learns afresh
             learning = self._commit(old, new, rebuild, remove, check)
-            return ChangeResult(True, sorted(rebuild), learning, _bindings_xml(old.bindings),
-                                _bindings_xml(new.bindings))
+            changed = rebuild | remove
+            return ChangeResult(True, sorted(rebuild), learning,
+                                _bindings_xml({p: b for p, b in old.bindings.items() if p in changed}),
+                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}))
 
     def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
-        with self.store.locked():
-            old = self._load().bindings.get(binding.portdev)
-        result = self.set_bindings([binding], exclusive=False, check=check)
-        result.before = binding_to_xml(old) if old else None
-        result.after = binding_to_xml(binding)
-        return result
+        return self.set_bindings([binding], exclusive=False, check=check)
 
     def unbind(self, portdev: str, check: bool = False) -> ChangeResult:
         with self.store.locked():
             old = self._load()
             if portdev not in old.bindings:
                 return ChangeResult(False)
-            new = copy.deepcopy(old)
+            new = old.copy()
             del new.bindings[portdev]
             self._commit(old, new, set(), {portdev}, check)
             return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None)
@@ -277,7 +284,7 @@ class Host:
             old = self._load()
             if portdev not in old.bindings:
                 raise NwfilterError(f"no binding for {portdev!r}")
-            new = copy.deepcopy(old)
+            new = old.copy()
             addresses = {name: list(values) for name, values in (("IP", ipv4), ("IPV6", ipv6)) if values}
             if new.learned.get(portdev, {}) == addresses:
                 return ChangeResult(False)
@@ -294,5 +301,5 @@ class Host:
             state = self._load()
             live = self.nft.live()
             stale = set(live) - set(state.bindings)
-            learning = self._commit(state, copy.deepcopy(state), set(state.bindings), stale, False, live)
+            learning = self._commit(state, state.copy(), set(state.bindings), stale, False, live)
             return ChangeResult(True, sorted(state.bindings), learning)

@@ -253,28 +253,31 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
 
 def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState) -> str:
     """One nft script: our tables and base chains (idempotent), then every
-    installed port's chains and map elements replaced, and every removed
-    port's deleted. Nothing outside our two tables is named."""
+    installed port's chains refilled and map elements replaced where they
+    change, and every removed port's deleted. Nothing outside our two tables
+    is named."""
     lines = [BASE.rstrip("\n")]
-    wanted = {p.portdev: {(family, name) for family, name, _rules in p.chains} for p in install}
+    programs = {p.portdev: p for p in install}
     empty = PortLive(set(), set())
-    touched = sorted(set(wanted) | set(remove))
-    # What a port had may be gone from the kernel (a reboot, a lost store):
-    # create it first (``add`` is idempotent), so flush and delete never fail.
-    for portdev in touched:
+    for portdev in sorted(set(programs) | set(remove)):
         now = live.get(portdev, empty)
+        program = programs.get(portdev)
+        chains = {(f, n) for f, n, _rules in program.chains} if program else set()
+        elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
+        # What a port had may be gone from the kernel (a reboot, a lost store):
+        # ``add`` first (idempotent), so flush and delete never fail.
         lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
-        lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}"
-                  for family, vmap, key in sorted(now.elements)]
-        lines += [f"delete element {family} {TABLE} {vmap} {{ {key} }}" for family, vmap, key in sorted(now.elements)]
+        for family, vmap, key in sorted(now.elements - elements):
+            lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}")
+            lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")
         lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
-    for portdev in touched:
-        stale = live.get(portdev, empty).chains - wanted.get(portdev, set())
-        lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(stale)]
-    for program in install:
-        lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains]
+        lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(now.chains - chains)]
+        if program is None:
+            continue
+        lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains
+                  if (family, name) not in now.chains]
         for family, name, rules in program.chains:
             lines += [f"add rule {family} {TABLE} {name} {rule}" for rule in rules]
         lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {target} }}"
-                  for family, vmap, key, target in program.elements]
+                  for family, vmap, key, target in program.elements if (family, vmap, key) not in now.elements]
     return "\n".join(lines) + "\n"

@@ -129,22 +129,19 @@ class Store:
         text = _text_of(os.path.join(self.root, "ports.json"))
         return json.loads(text) if text else {}
 
-    def save(self, filters: Dict[str, Filter], bindings: Dict[str, Binding],
-             learned: Dict[str, Dict[str, List[str]]], ports: Dict[str, dict]) -> None:
-        """Make the store hold exactly this state (only changed files are written)."""
-        self._sync("filters", {f"{n}.xml": filter_to_xml(f) for n, f in filters.items()})
-        self._sync("bindings", {f"{p}.xml": binding_to_xml(b) for p, b in bindings.items()})
-        self._sync("learned", {f"{p}.json": json.dumps(v, sort_keys=True) + "\n" for p, v in learned.items()})
-        text = json.dumps(ports, sort_keys=True) + "\n"
-        path = os.path.join(self.root, "ports.json")
-        if _text_of(path) != text:
-            atomic_write(path, text)
+    def save(self, old: tuple, new: tuple) -> None:
+        """Go from the stored state ``old`` to ``new`` (filters, bindings,
+        learned, ports), writing only the files that change."""
+        renders = ((lambda n, f: (f"{n}.xml", filter_to_xml(f))),
+                   (lambda p, b: (f"{p}.xml", binding_to_xml(b))),
+                   (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")))
+        for kind, render, before, after in zip(("filters", "bindings", "learned"), renders, old, new):
+            directory = self.dirs[kind]
+            for key, value in after.items():
+                if key not in before or before[key] != value:
+                    atomic_write(os.path.join(directory, render(key, value)[0]), render(key, value)[1])
+            for key in set(before) - set(after):
+                _remove(os.path.join(directory, render(key, before[key])[0]))
+        if old[3] != new[3]:
+            atomic_write(os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n")
 
-    def _sync(self, kind: str, files: Dict[str, str]) -> None:
-        directory = self.dirs[kind]
-        current = {os.path.basename(path): text for path, text in self._read_all(kind)}
-        for name, text in files.items():
-            if current.get(name) != text:
-                atomic_write(os.path.join(directory, name), text)
-        for name in set(current) - set(files):
-            _remove(os.path.join(directory, name))
