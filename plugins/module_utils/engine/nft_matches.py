@@ -62,7 +62,8 @@ def _is(expr: str, value: object, negate: bool) -> str:
     and prefixes are never merged."""
     if not negate:
         return f"{expr} {value}"
-    if expr.startswith("meta") or any(c in str(value) for c in "-/"):
+    # bitfields (dscp, vlan id) are already masked; meta, ranges and prefixes never merge
+    if expr.startswith("meta") or expr.endswith(("dscp", "vlan id")) or any(c in str(value) for c in "-/"):
         return f"{expr} != {value}"
     return f"{expr} & {_ones(expr)} != {value}"
 
