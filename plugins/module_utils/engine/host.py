@@ -10,13 +10,16 @@ changes), apply one nft transaction, then write the store.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, transaction
+from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, transaction
 from .nft_run import Nft
 from .resolver import missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
@@ -50,8 +53,10 @@ class _State:
         return {p: {"id": i, **self.installed.get(p, {"chains": [], "elements": []})} for p, i in self.port_ids.items()}
 
     def live(self, ports: Set[str]) -> Dict[str, PortLive]:
-        return {p: PortLive({tuple(c) for c in self.installed[p]["chains"]},
-                            {tuple(e) for e in self.installed[p]["elements"]}) for p in ports if p in self.installed}
+        return {p: PortLive({(c[0], c[1]) for c in self.installed[p]["chains"]},
+                            {tuple(e) for e in self.installed[p]["elements"]},
+                            {(c[0], c[1]): c[2] for c in self.installed[p]["chains"] if len(c) > 2})
+                for p in ports if p in self.installed}
 
     def as_files(self) -> Tuple[Dict[str, Filter], Dict[str, Binding], Dict[str, Dict[str, List[str]]],
                                 Dict[str, dict]]:
@@ -109,6 +114,17 @@ def _rule_line(rule: ResolvedRule) -> str:
     return f"{rule.priority} {rule.action} {rule.protocol or 'all-frames'} {matches}".rstrip()
 
 
+PARALLEL_MIN = 200  # below this many ports a worker process costs more than it saves
+
+
+def _compile_chunk(host: "Host", state: _State, ports: List[str]):
+    """Worker: the programs, or the first error's message (exceptions do not cross processes intact)."""
+    try:
+        return [host._program(state, portdev) for portdev in ports]  # pylint: disable=protected-access
+    except NwfilterError as exc:
+        return str(exc)
+
+
 class Host:
     def __init__(self, root: str = DEFAULT_ROOT, nft_argv: Sequence[str] = ("nft",)) -> None:
         self.store = Store(root)
@@ -142,6 +158,21 @@ class Host:
         if missing == {"IP"} and _learning_mode(binding) != "none":
             return compile_learning(binding, binding.parameters, state.port_ids[portdev])
         return compile_port(binding, resolve(filters, binding, extra), state.port_ids[portdev])
+
+    def _programs(self, state: _State, ports: List[str]) -> List[PortProgram]:
+        """Compile many ports, on every core when there are enough of them."""
+        workers = min(os.cpu_count() or 1, len(ports) // PARALLEL_MIN)
+        if workers < 2:
+            return [self._program(state, portdev) for portdev in ports]
+        chunks = [ports[i::workers] for i in range(workers)]
+        context = multiprocessing.get_context("fork")
+        with context.Pool(workers) as pool:
+            results = pool.map(functools.partial(_compile_chunk, self, state), chunks)
+        for result in results:
+            if isinstance(result, str):
+                raise NwfilterError(result)
+        by_port = {program.portdev: program for result in results for program in result}
+        return [by_port[portdev] for portdev in ports]
 
     def status(self, portdev: str) -> Dict[str, object]:
         state = self._load()
@@ -177,14 +208,14 @@ class Host:
                 new.port_ids[portdev] = next(free, 0)
                 if not new.port_ids[portdev]:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
-        programs = [self._program(new, portdev) for portdev in sorted(rebuild)]
+        programs = self._programs(new, sorted(rebuild))
         if not check:
             touched = rebuild | remove
             before = live if live is not None else old.live(touched)
             self.nft.apply(transaction(programs, sorted(remove), before))
             for program in programs:
                 new.installed[program.portdev] = {
-                    "chains": sorted([f, n] for f, n, _rules in program.chains),
+                    "chains": sorted([f, n, digest(rules)] for f, n, rules in program.chains),
                     "elements": sorted([f, m, k] for f, m, k, _target in program.elements)}
             try:
                 self.store.save(old.as_files(), new.as_files())

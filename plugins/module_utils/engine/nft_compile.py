@@ -21,7 +21,8 @@ Per-port chain names are ``p/<port>/<part>`` (see chain_name).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
@@ -80,11 +81,17 @@ class PortProgram:
 
 @dataclass
 class PortLive:
-    """What of one port is in our tables now: chains (family, name) and
-    map elements (family, map, key as nft syntax)."""
+    """What of one port is in our tables now: chains (family, name), map
+    elements (family, map, key as nft syntax) and, where known, a digest of
+    each chain's rules (a chain whose rules do not change is left alone)."""
 
     chains: Set[Tuple[str, str]]
     elements: Set[Tuple[str, str, str]]
+    digests: Dict[Tuple[str, str], str] = field(default_factory=dict)
+
+
+def digest(rules: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(rules).encode()).hexdigest()[:16]
 
 
 LiveState = Mapping[str, PortLive]
@@ -130,7 +137,15 @@ class _Builder:
 
     def program(self, learning: bool) -> PortProgram:
         return PortProgram(self.binding.portdev, self.port_id, learning,
-                           tuple((f, n, tuple(r)) for (f, n), r in self.chains.items()), tuple(self.elements))
+                           tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements))
+
+
+def _reachable(rules: List[str]) -> Tuple[str, ...]:
+    """The rules up to the first that ends the chain for every packet."""
+    for index, rule in enumerate(rules):
+        if rule in ("accept", "drop"):
+            return tuple(rules[:index + 1])
+    return tuple(rules)
 
 
 def _bridge_direction(builder: _Builder, ruleset: Ruleset, direction: str, vmap: str, key: str) -> None:
@@ -266,18 +281,21 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
         # What a port had may be gone from the kernel (a reboot, a lost store):
         # ``add`` first (idempotent), so flush and delete never fail.
-        lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
+        rules = {(f, n): r for f, n, r in program.chains} if program else {}
+        same = {c for c in now.chains & chains if c in now.digests and now.digests[c] == digest(rules[c])}
+        lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         for family, vmap, key in sorted(now.elements - elements):
             lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}")
             lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")
-        lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains)]
+        lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(now.chains - chains)]
         if program is None:
             continue
         lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains
                   if (family, name) not in now.chains]
-        for family, name, rules in program.chains:
-            lines += [f"add rule {family} {TABLE} {name} {rule}" for rule in rules]
+        for family, name, chain_rules in program.chains:
+            if (family, name) not in same:
+                lines += [f"add rule {family} {TABLE} {name} {rule}" for rule in chain_rules]
         lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {target} }}"
                   for family, vmap, key, target in program.elements if (family, vmap, key) not in now.elements]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,17 @@ def _parse_cached(text: str, parse) -> object:
     return found
 
 
-def atomic_write(path: str, text: str) -> None:
+def fsync_dir(directory: str) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write(path: str, text: str, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``text``: never a half-written file. With
+    ``sync_dir`` false the caller fsyncs the directory once for many files."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
@@ -50,11 +60,8 @@ def atomic_write(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if sync_dir:
+        fsync_dir(directory)
 
 
 def _text_of(path: str) -> Optional[str]:
@@ -137,11 +144,16 @@ class Store:
                    (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")))
         for kind, render, before, after in zip(("filters", "bindings", "learned"), renders, old, new):
             directory = self.dirs[kind]
+            touched = False
             for key, value in after.items():
                 if key not in before or before[key] != value:
-                    atomic_write(os.path.join(directory, render(key, value)[0]), render(key, value)[1])
+                    atomic_write(os.path.join(directory, render(key, value)[0]), render(key, value)[1], False)
+                    touched = True
             for key in set(before) - set(after):
                 _remove(os.path.join(directory, render(key, before[key])[0]))
+                touched = True
+            if touched:
+                fsync_dir(directory)
         if old[3] != new[3]:
             atomic_write(os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n")
 
