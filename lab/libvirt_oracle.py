@@ -38,9 +38,15 @@ class Oracle:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.defined: list = []
+        self.bound: set = set()
+
+    @staticmethod
+    def busy() -> bool:
+        """A libvirtd of the machine's own runs: its sockets are the ones we would need."""
+        return run(["pgrep", "-x", "libvirtd"], check=False).returncode == 0
 
     def __enter__(self) -> "Oracle":
-        if run(["pgrep", "-x", "libvirtd"], check=False).returncode == 0:
+        if self.busy():
             raise RuntimeError("a libvirtd is already running; the oracle needs its own")
         prepare_machine()
         run(["ip", "netns", "exec", self.lab.host, "libvirtd", "-d", "-p", PIDFILE])
@@ -52,7 +58,9 @@ class Oracle:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # libvirt keeps defined filters in /etc/libvirt/nwfilter: leave it as found
+        # libvirt keeps bindings and filters under /etc and /run: leave them as found
+        for portdev in sorted(self.bound):
+            self.virsh(["nwfilter-binding-delete", portdev], check=False)
         for name in self.defined:
             self.virsh(["nwfilter-undefine", name], check=False)
         try:
@@ -76,9 +84,14 @@ class Oracle:
             self.virsh([command, handle.name])
 
     def define_filter(self, name: str, xml: str) -> None:
-        self.virsh(["nwfilter-undefine", name], check=False)
+        """Define or redefine: libvirt takes a redefinition only with the filter's uuid."""
+        for line in self.virsh(["nwfilter-list"]).stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[1] == name and "<uuid>" not in xml:
+                xml = xml.replace(">", f"><uuid>{fields[0]}</uuid>", 1)
         self._with_file("nwfilter-define", xml)
-        self.defined.append(name)
+        if name not in self.defined:
+            self.defined.append(name)
 
     def bind(self, portdev: str, mac: str, filter_name: str, params: Mapping[str, Sequence[str]]) -> None:
         parameters = "".join(f"<parameter name='{name}' value='{value}'/>"
@@ -88,9 +101,11 @@ class Oracle:
   <portdev name='{portdev}'/><mac address='{mac}'/>
   <filterref filter='{filter_name}'>{parameters}</filterref>
 </filterbinding>""")
+        self.bound.add(portdev)
 
     def unbind(self, portdev: str) -> None:
         self.virsh(["nwfilter-binding-delete", portdev])
+        self.bound.discard(portdev)
 
 
 def _uuid(portdev: str) -> str:

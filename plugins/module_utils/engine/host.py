@@ -186,6 +186,19 @@ class Host:
         return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
                 "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
 
+    def learnable(self) -> Dict[str, Tuple[Binding, str, List[str]]]:
+        """Bindings whose IP address is the learner's to find: (binding,
+        mode any or dhcp, addresses learned so far)."""
+        state = self._load()
+        found = {}
+        for portdev, binding in state.bindings.items():
+            mode = _learning_mode(binding)
+            if mode == "none" or "IP" in binding.parameters:
+                continue
+            if "IP" in missing_variables(state.all_filters(), binding):
+                found[portdev] = (binding, mode, state.learned.get(portdev, {}).get("IP", []))
+        return found
+
     def waiting(self) -> Dict[str, Binding]:
         """Bindings whose IP address is being learned."""
         state = self._load()

@@ -1,0 +1,109 @@
+"""What a captured frame says about a VM's address (pure parsing, no I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+ETH_ARP, ETH_IPV4 = 0x0806, 0x0800
+DHCP_MAGIC = b"\x63\x82\x53\x63"
+DHCP_TYPES = {1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak", 7: "release", 8: "inform"}
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    kind: str                 # discover, offer, ack, release, ...
+    client_mac: str           # chaddr
+    your_ip: str              # yiaddr
+    client_ip: str            # ciaddr
+    server: Optional[str]     # option 54, else the IP source
+    lease: Optional[int]      # option 51, seconds
+
+
+def mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def usable_ipv4(address: str) -> bool:
+    """An address a VM may own: not 0.0.0.0, multicast, class E or broadcast."""
+    ip = ipaddress.IPv4Address(address)
+    return not (ip.is_unspecified or ip.is_multicast or ip.is_reserved or int(ip) == 0xFFFFFFFF)
+
+
+def ethertype(frame: bytes) -> int:
+    return struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else 0
+
+
+def source_mac(frame: bytes) -> str:
+    return mac_text(frame[6:12])
+
+
+def arp_sender(frame: bytes) -> Optional[tuple]:
+    """(sender MAC, sender IP) of an ARP request or reply."""
+    if ethertype(frame) != ETH_ARP or len(frame) < 42:
+        return None
+    htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", frame, 14)
+    if (htype, ptype, hlen, plen) != (1, ETH_IPV4, 6, 4) or op not in (1, 2):
+        return None
+    return mac_text(frame[22:28]), str(ipaddress.IPv4Address(frame[28:32]))
+
+
+def ipv4_source(frame: bytes) -> Optional[str]:
+    if ethertype(frame) != ETH_IPV4 or len(frame) < 34 or frame[14] >> 4 != 4:
+        return None
+    return str(ipaddress.IPv4Address(frame[26:30]))
+
+
+def dhcp(frame: bytes) -> Optional[Dhcp]:
+    """A DHCP message carried in an IPv4/UDP frame (ports 67/68)."""
+    if ethertype(frame) != ETH_IPV4 or len(frame) < 42 or frame[23] != 17:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    udp = 14 + ihl
+    sport, dport = struct.unpack_from("!HH", frame, udp)
+    if {sport, dport} != {67, 68}:
+        return None
+    bootp = udp + 8
+    if len(frame) < bootp + 240 or frame[bootp + 236:bootp + 240] != DHCP_MAGIC:
+        return None
+    options, kind, server, lease = bootp + 240, None, None, None
+    while options < len(frame) and frame[options] != 255:
+        code = frame[options]
+        if code == 0:
+            options += 1
+            continue
+        if options + 1 >= len(frame):
+            break
+        length = frame[options + 1]
+        value = frame[options + 2:options + 2 + length]
+        if code == 53 and length == 1:
+            kind = DHCP_TYPES.get(value[0])
+        elif code == 54 and length == 4:
+            server = str(ipaddress.IPv4Address(value))
+        elif code == 51 and length == 4:
+            lease = struct.unpack("!I", value)[0]
+        options += 2 + length
+    if kind is None:
+        return None
+    return Dhcp(kind, mac_text(frame[bootp + 28:bootp + 34]), str(ipaddress.IPv4Address(frame[bootp + 16:bootp + 20])),
+                str(ipaddress.IPv4Address(frame[bootp + 12:bootp + 16])),
+                server or str(ipaddress.IPv4Address(frame[26:30])), lease)
+
+
+def learn_any(frame: bytes, vm_mac: str) -> Optional[str]:
+    """Mode any: the first of the VM's own IPv4 source, its ARP sender
+    address, or a DHCP OFFER/ACK for its MAC gives the address."""
+    message = dhcp(frame)
+    if message is not None:
+        if message.kind in ("offer", "ack") and message.client_mac == vm_mac and usable_ipv4(message.your_ip):
+            return message.your_ip
+        return None
+    if source_mac(frame) != vm_mac:
+        return None
+    arp = arp_sender(frame)
+    if arp is not None:
+        return arp[1] if arp[0] == vm_mac and usable_ipv4(arp[1]) else None
+    source = ipv4_source(frame)
+    return source if source is not None and usable_ipv4(source) else None

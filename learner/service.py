@@ -1,0 +1,154 @@
+"""The service loop: one process, one selector, one AF_PACKET socket per
+port that is learning, with a kernel-side filter so only ARP and IPv4 frames
+(what learning needs) ever reach user space."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import selectors
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from engine.errors import NwfilterError
+from engine.host import Host
+from engine.model import Binding
+
+from .leases import Leases
+from .packets import dhcp, learn_any
+
+LOG = logging.getLogger("vmguard-learner")
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+# classic BPF: accept ethertype 0x0806 (ARP) or 0x0800 (IPv4), drop the rest
+ARP_OR_IPV4 = [(0x28, 0, 0, 12), (0x15, 1, 0, 0x0806), (0x15, 0, 1, 0x0800), (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]
+RATE, BURST = 10.0, 50.0  # snooped frames per second and burst, per port (as libvirt)
+
+
+@dataclass
+class Watch:
+    binding: Binding
+    mode: str
+    sock: socket.socket
+    tokens: float = BURST
+    stamp: float = field(default_factory=time.monotonic)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.stamp) * RATE)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def open_capture(portdev: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        # struct sock_fprog {len, pointer to the instructions}; the kernel copies them
+        program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in ARP_OR_IPV4))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        struct.pack("HL", len(ARP_OR_IPV4), ctypes.addressof(program)))
+        sock.bind((portdev, 0))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class Learner:
+    def __init__(self, host: Host, leases: Leases) -> None:
+        self.host = host
+        self.leases = leases
+        self.selector = selectors.DefaultSelector()
+        self.watches: Dict[str, Watch] = {}
+
+    def rescan(self) -> None:
+        """Watch exactly the ports that learn now and whose interface exists."""
+        wanted = {}
+        for portdev, (binding, mode, learned) in self.host.learnable().items():
+            if mode == "dhcp" or not learned:
+                wanted[portdev] = (binding, mode)
+        for portdev in list(self.watches):
+            if portdev not in wanted or self.watches[portdev].binding != wanted[portdev][0]:
+                self._stop(portdev)
+        for portdev, (binding, mode) in wanted.items():
+            if portdev not in self.watches:
+                try:
+                    sock = open_capture(portdev)
+                except OSError:
+                    continue  # no such interface yet: try again at the next rescan
+                self.watches[portdev] = Watch(binding, mode, sock)
+                self.selector.register(sock, selectors.EVENT_READ, portdev)
+                LOG.info("learning the address of %s (%s)", portdev, mode)
+
+    def _stop(self, portdev: str) -> None:
+        watch = self.watches.pop(portdev)
+        self.selector.unregister(watch.sock)
+        watch.sock.close()
+
+    def on_frame(self, portdev: str, frame: bytes) -> None:
+        watch = self.watches[portdev]
+        if not watch.allow():
+            return
+        if watch.mode == "dhcp":
+            self._snoop(watch, portdev, frame)
+            return
+        address = learn_any(frame, watch.binding.mac)
+        if address is not None:
+            self._apply(portdev, [address])
+            self._stop(portdev)
+
+    def _snoop(self, watch: Watch, portdev: str, frame: bytes) -> None:
+        message = dhcp(frame)
+        if message is None or message.client_mac != watch.binding.mac:
+            return
+        trusted = watch.binding.parameters.get("DHCPSERVER")
+        now = time.time()
+        if message.kind == "ack" and (not trusted or message.server in trusted):
+            self.leases.add(portdev, message.your_ip, now + (message.lease or 3600), message.server or "")
+        elif message.kind in ("release", "decline"):
+            self.leases.remove(portdev, message.client_ip if message.kind == "release" else message.your_ip)
+        else:
+            return
+        self._apply(portdev, self.leases.addresses(portdev, now))
+
+    def _apply(self, portdev: str, addresses: List[str]) -> None:
+        try:
+            self.host.learned(portdev, addresses)
+            LOG.info("%s: %s", portdev, ", ".join(addresses) or "no address left, back to learning rules")
+        except NwfilterError as exc:
+            LOG.error("%s: cannot apply the learned rules (%s); setting the interface down", portdev, exc)
+            set_down(portdev)
+
+    def run(self, rescan_every: float = 1.0, until: Optional[float] = None) -> None:
+        next_scan = 0.0
+        while until is None or time.monotonic() < until:
+            if time.monotonic() >= next_scan:
+                self.rescan()
+                for portdev in self.leases.expire(time.time()):
+                    self._apply(portdev, self.leases.addresses(portdev, time.time()))
+                next_scan = time.monotonic() + rescan_every
+            for key, _events in self.selector.select(timeout=min(rescan_every, 0.2)):
+                portdev = key.data
+                try:
+                    frame = key.fileobj.recv(2048)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._stop(portdev)  # the interface went away; rescan picks it up again
+                    continue
+                self.on_frame(portdev, frame)
+
+
+def set_down(portdev: str) -> None:
+    from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=portdev)
+        if found:
+            ipr.link("set", index=found[0], state="down")
