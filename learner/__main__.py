@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 
+from engine.errors import NwfilterError
 from engine.host import Host
 from engine.store import DEFAULT_ROOT
 
@@ -14,17 +15,48 @@ from .leases import Leases
 from .service import Learner
 
 
+DEFAULTS = {"root": DEFAULT_ROOT, "leases": "/var/lib/vmguard/leases.json", "nft": "nft", "rescan": "1.0"}
+
+
+def read_config(path: str) -> dict:
+    """``key = value`` lines (the file the role templates); # starts a comment."""
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            key, sep, value = (part.strip() for part in line.partition("="))
+            if not sep or key not in DEFAULTS:
+                raise SystemExit(f"{path}:{number}: expected one of {', '.join(DEFAULTS)} = value")
+            values[key] = value
+    return values
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vmguard-learner", description=__doc__)
-    parser.add_argument("--root", default=DEFAULT_ROOT, help="the store directory (default %(default)s)")
-    parser.add_argument("--leases", default="/var/lib/vmguard/leases.json", help="DHCP lease file")
-    parser.add_argument("--nft", default="nft", help="the nft command (default %(default)s)")
-    parser.add_argument("--rescan", type=float, default=1.0, help="seconds between store rescans")
+    parser.add_argument("--config", help="configuration file (key = value); options given here win")
+    parser.add_argument("--root", help=f"the store directory (default {DEFAULTS['root']})")
+    parser.add_argument("--leases", help=f"DHCP lease file (default {DEFAULTS['leases']})")
+    parser.add_argument("--nft", help="the nft command (default nft)")
+    parser.add_argument("--rescan", type=float, help="seconds between store rescans (default 1)")
+    parser.add_argument("--restore", action="store_true", help="re-apply every stored binding and exit (boot)")
     args = parser.parse_args(argv)
+    settings = {**DEFAULTS, **(read_config(args.config) if args.config else {}),
+                **{k: str(v) for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    learner = Learner(Host(args.root, shlex.split(args.nft)), Leases(args.leases))
+    host = Host(settings["root"], shlex.split(settings["nft"]))
+    if args.restore:
+        try:
+            result = host.restore()
+        except NwfilterError as exc:
+            logging.getLogger("vmguard-learner").error("restore failed: %s", exc)
+            return 1
+        logging.getLogger("vmguard-learner").info("restored %d bindings", len(result.rebuilt))
+        return 0
+    learner = Learner(host, Leases(settings["leases"]))
     try:
-        learner.run(args.rescan)
+        learner.run(float(settings["rescan"]))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -1,0 +1,66 @@
+"""The learner role's files, checked without a systemd host: the units pass
+`systemd-analyze verify`, and their ExecStart command lines, deployed as the
+role deploys them, run in a lab namespace (restore, then the service)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jinja2
+import pytest
+import yaml
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ROLE = os.path.join(REPO, "roles", "learner")
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    """The role's deployment into tmp_path: code, command, config and units."""
+    with open(os.path.join(ROLE, "defaults", "main.yml"), encoding="utf-8") as handle:
+        variables = yaml.safe_load(handle)
+    variables.update(vmguard_learner_root=str(tmp_path / "store"), vmguard_learner_state_dir=str(tmp_path / "state"),
+                     vmguard_learner_install_dir=str(tmp_path / "lib"), vmguard_learner_python=sys.executable,
+                     vmguard_learner_command=str(tmp_path / "vmguard-learner"), ansible_managed="managed by test")
+    for directory in ("store", "state"):
+        (tmp_path / directory).mkdir()
+    shutil.copytree(os.path.join(REPO, "plugins", "module_utils", "engine"), tmp_path / "lib" / "engine")
+    shutil.copytree(os.path.join(REPO, "learner"), tmp_path / "lib" / "learner")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROLE, "templates")), undefined=jinja2.StrictUndefined)
+    for template, target in (("learner.conf.j2", tmp_path / "store" / "learner.conf"),
+                             ("vmguard-learner.j2", tmp_path / "vmguard-learner"),
+                             ("vmguard-learner.service.j2", tmp_path / "vmguard-learner.service"),
+                             ("vmguard-restore.service.j2", tmp_path / "vmguard-restore.service")):
+        target.write_text(env.get_template(template).render(**variables))
+    os.chmod(tmp_path / "vmguard-learner", 0o755)
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_units_verify(deployed):
+    done = subprocess.run(["systemd-analyze", "verify", str(deployed / "vmguard-learner.service"),
+                           str(deployed / "vmguard-restore.service")], capture_output=True, text=True, check=False)
+    problems = [line for line in done.stderr.splitlines() if "vmguard" in line]
+    assert done.returncode == 0 and not problems, done.stderr
+
+
+def _exec_start(unit):
+    for line in unit.read_text().splitlines():
+        if line.startswith("ExecStart="):
+            return line[len("ExecStart="):].split()
+    raise AssertionError("no ExecStart")
+
+
+def test_exec_start_lines_run_in_the_lab(lab, deployed):
+    restore = subprocess.run(["ip", "netns", "exec", lab.host] + _exec_start(deployed / "vmguard-restore.service"),
+                             capture_output=True, text=True, check=False)
+    assert restore.returncode == 0 and "restored 0 bindings" in restore.stderr
+    service = subprocess.Popen(["ip", "netns", "exec", lab.host] + _exec_start(deployed / "vmguard-learner.service"),
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    assert service.poll() is None  # runs in the foreground
+    service.send_signal(signal.SIGINT)
+    assert service.wait(timeout=10) == 0
