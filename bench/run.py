@@ -43,7 +43,7 @@ def _timed(call: Callable[[], object]) -> float:
 
 def ours(n: int, lab: Lab, bulk: bool) -> Dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
-        host = Host(root, lab.nft_argv)
+        host = Host(root, netns=lab.host)
         host.define_filter(filter_from_xml(FILTER.format(port=22)))
         bindings = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(n)]
         if bulk:
@@ -123,7 +123,7 @@ def data_plane(count: int, many: int) -> Dict[str, float]:
     with Lab("dp") as lab, tempfile.TemporaryDirectory() as root:
         vm = lab.add_vm("vm", *VM)
         lab.add_vm("peer", *PEER)
-        host = Host(root, lab.nft_argv)
+        host = Host(root, netns=lab.host)
         host.define_filter(filter_from_xml(FILTER.format(port=22)))
         mine = Binding(vm.port, vm.mac, FilterRef("bench-vm", {"IP": (vm.ip,)}))
         others = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(many - 1)]

@@ -15,7 +15,7 @@ from .leases import Leases
 from .service import Learner
 
 
-DEFAULTS = {"root": DEFAULT_ROOT, "leases": "/var/lib/vmguard/leases.json", "nft": "nft", "rescan": "1.0"}
+DEFAULTS = {"root": DEFAULT_ROOT, "leases": "/var/lib/vmguard/leases.json", "nft": "", "rescan": "1.0"}
 
 
 def read_config(path: str) -> dict:
@@ -38,14 +38,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="configuration file (key = value); options given here win")
     parser.add_argument("--root", help=f"the store directory (default {DEFAULTS['root']})")
     parser.add_argument("--leases", help=f"DHCP lease file (default {DEFAULTS['leases']})")
-    parser.add_argument("--nft", help="the nft command (default nft)")
+    parser.add_argument("--nft", help="an nft command to run instead of libnftables in-process")
     parser.add_argument("--rescan", type=float, help="seconds between store rescans (default 1)")
     parser.add_argument("--restore", action="store_true", help="re-apply every stored binding and exit (boot)")
     args = parser.parse_args(argv)
     settings = {**DEFAULTS, **(read_config(args.config) if args.config else {}),
                 **{k: str(v) for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    host = Host(settings["root"], shlex.split(settings["nft"]))
+    host = Host(settings["root"], shlex.split(settings["nft"]) or None)
     if args.restore:
         try:
             result = host.restore()

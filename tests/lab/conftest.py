@@ -24,4 +24,4 @@ def lab():
 
 @pytest.fixture
 def host(lab, tmp_path):
-    return Host(str(tmp_path / "store"), lab.nft_argv)
+    return Host(str(tmp_path / "store"), netns=lab.host)

@@ -52,7 +52,7 @@ def labs(tmp_path_factory):
         with Oracle(theirs) as oracle:
             for name, xml in CUSTOM.items():
                 oracle.define_filter(name, xml)
-            host = Host(str(tmp_path_factory.mktemp("store")), ours.nft_argv)
+            host = Host(str(tmp_path_factory.mktemp("store")), netns=ours.host)
             for xml in CUSTOM.values():
                 host.define_filter(filter_from_xml(xml))
             yield ours, theirs, host, oracle

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from engine.errors import NwfilterError
+from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.resolver import MissingVariables
 from engine.xml_form import filter_from_xml
@@ -54,6 +55,15 @@ def test_define_bind_redefine_identical_and_unbind(lab, host):
     assert host.unbind(vm.port).changed
     assert "p/vnet0" not in lab.nft_list()
     assert host.undefine_filter("f").changed
+
+
+def test_the_nft_command_works_as_well_as_the_library(lab, tmp_path):
+    vm = lab.guests["vm"]
+    host = Host(str(tmp_path / "cmd"), lab.nft_argv)
+    host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
+    assert "p/vnet0/o" in host.status(vm.port)["nft"]
+    verdicts = run_probes(lab, standard_probes(vm, lab.guests["peer"]))
+    assert verdicts["ipv4 udp"] and not verdicts["spoofed ipv4"]
 
 
 def test_check_mode_changes_nothing(lab, host):

@@ -126,9 +126,13 @@ def _compile_chunk(host: "Host", state: _State, ports: List[str]):
 
 
 class Host:
-    def __init__(self, root: str = DEFAULT_ROOT, nft_argv: Sequence[str] = ("nft",)) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, nft_argv: Optional[Sequence[str]] = None,
+                 netns: Optional[str] = None) -> None:
+        """``nft_argv``: run this nft command instead of libnftables in-process;
+        ``netns``: work in that named network namespace (tests, labs)."""
         self.store = Store(root)
-        self.nft = Nft(nft_argv)
+        self.nft = Nft(nft_argv, netns)
+        self._tables_seen = False
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:
@@ -158,6 +162,20 @@ class Host:
         if missing == {"IP"} and _learning_mode(binding) != "none":
             return compile_learning(binding, binding.parameters, state.port_ids[portdev])
         return compile_port(binding, resolve(filters, binding, extra), state.port_ids[portdev])
+
+    def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
+               force_base: bool) -> None:
+        """One transaction. Our base chains are rewritten only when our tables
+        are missing (rewriting them makes the kernel re-validate every port);
+        if they vanished since we last looked, the retry puts them back."""
+        base = force_base or not (self._tables_seen or self.nft.has_tables())
+        try:
+            self.nft.apply(transaction(programs, remove, before, base=base))
+        except NwfilterError:
+            if base:
+                raise
+            self.nft.apply(transaction(programs, remove, before, base=True))
+        self._tables_seen = True
 
     def _programs(self, state: _State, ports: List[str]) -> List[PortProgram]:
         """Compile many ports, on every core when there are enough of them."""
@@ -225,7 +243,7 @@ class Host:
         if not check:
             touched = rebuild | remove
             before = live if live is not None else old.live(touched)
-            self.nft.apply(transaction(programs, sorted(remove), before))
+            self._apply(programs, sorted(remove), before, force_base=live is not None)
             for program in programs:
                 new.installed[program.portdev] = {
                     "chains": sorted([f, n, digest(rules)] for f, n, rules in program.chains),

@@ -266,12 +266,13 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
     return builder.program(learning=True)
 
 
-def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState) -> str:
+def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True) -> str:
     """One nft script: our tables and base chains (idempotent), then every
     installed port's chains refilled and map elements replaced where they
     change, and every removed port's deleted. Nothing outside our two tables
-    is named."""
-    lines = [BASE.rstrip("\n")]
+    is named. ``base`` (re)creates our tables and base chains: needed when
+    they are missing; it costs a validation of every port's jumps."""
+    lines = [BASE.rstrip("\n")] if base else []
     programs = {p.portdev: p for p in install}
     empty = PortLive(set(), set())
     for portdev in sorted(set(programs) | set(remove)):

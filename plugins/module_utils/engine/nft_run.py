@@ -8,31 +8,50 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
+from .libnftables import LIB, LibNftables
 from .nft_compile import TABLE, PortLive, portdev_of
 
 FAMILIES = ("bridge", "inet")
 
 
 class Nft:
-    def __init__(self, argv: Sequence[str] = ("nft",)) -> None:
-        self.argv = list(argv)
+    """nftables through libnftables in-process (optionally in a named network
+    namespace), or through the nft command ``argv`` when one is given or the
+    library is missing."""
+
+    def __init__(self, argv: Optional[Sequence[str]] = None, netns: Optional[str] = None) -> None:
+        self.argv = list(argv or ("nft",))
+        self.lib = LibNftables(netns) if argv is None and LIB is not None else None
+        if netns is not None and self.lib is None:
+            self.argv = ["ip", "netns", "exec", netns] + self.argv
 
     def _run(self, args: List[str], stdin: str = "") -> str:
-        try:
-            done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, check=False)
-        except OSError as exc:
-            raise NwfilterError(f"cannot run {self.argv[0]}: {exc.strerror}") from None
-        if done.returncode != 0:
-            message = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+        if self.lib is not None:
+            json_output = args[:1] == ["-j"]
+            commands = stdin if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
+            code, output, error = self.lib.run(commands, json_output)
+        else:
+            try:
+                done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, check=False)
+            except OSError as exc:
+                raise NwfilterError(f"cannot run {self.argv[0]}: {exc.strerror}") from None
+            code, output, error = done.returncode, done.stdout, done.stderr
+        if code != 0:
+            message = " ".join(line.strip() for line in error.splitlines() if line.strip())
             raise NwfilterError(f"nft refused the change: {message[:600]}")
-        return done.stdout
+        return output
 
     def apply(self, script: str) -> None:
         """Run ``script`` as one transaction; on error nothing of it is in force."""
         self._run(["-f", "-"], script)
+
+    def has_tables(self) -> bool:
+        """Both our tables exist (they are created with their base chains, in one transaction)."""
+        tables = self._run(["list", "tables"])
+        return all(f"table {family} {TABLE}" in tables for family in FAMILIES)
 
     def _tables(self) -> List[Dict[str, Any]]:
         items: List[Dict[str, Any]] = []
