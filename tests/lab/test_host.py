@@ -188,3 +188,35 @@ def test_stateful_rules_through_conntrack(lab, host):
     finally:
         for sock in listeners:
             sock.close()
+
+
+def _bind_many(root, netns, prefix, count):
+    host = Host(root, netns=netns)
+    for index in range(count):
+        host.bind(Binding(f"{prefix}{index}", f"52:54:00:00:{0x10 if prefix == 'a' else 0x20:02x}:{index:02x}",
+                          FilterRef("clean-traffic", {"IP": (f"192.0.2.{index + 100}",)})))
+
+
+def test_concurrent_runs_lose_no_update(lab, tmp_path):
+    """Two processes (two Ansible runs, or a run and the learner) changing the same host at once."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    root = str(tmp_path / "shared")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_bind_many, args=(root, lab.host, prefix, 12)) for prefix in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    host = Host(root, netns=lab.host)
+    assert len(host.bindings()) == 24
+    assert set(host.nft.live()) == set(host.bindings())
+
+
+def test_restore_after_the_rules_are_gone(lab, host):
+    vm = lab.guests["vm"]
+    host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
+    lab.nft("delete table bridge vmguard\ndelete table inet vmguard\n")  # what a reboot does
+    assert run_probes(lab, standard_probes(vm, lab.guests["peer"]))["spoofed ipv4"]
+    assert host.restore().rebuilt == [vm.port]
+    assert not run_probes(lab, standard_probes(vm, lab.guests["peer"]))["spoofed ipv4"]
