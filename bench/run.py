@@ -150,7 +150,7 @@ def main() -> int:
         us_large = ours(large, lab, bulk=False)
         us_large_bulk = ours(large, lab, bulk=True)
     them = None if args.no_libvirt else libvirt(small)
-    print(f"\n| case | vmguard | libvirt 9.0 | ratio |\n| --- | --- | --- | --- |")
+    print("\n| case | vmguard | libvirt 9.0 | ratio |\n| --- | --- | --- | --- |")
     for what in ("bind", "redefine"):
         theirs = f"{them[what]:.2f} s" if them else "-"
         ratio = f"{them[what] / us_small[what]:.0f}x" if them else "-"

@@ -156,4 +156,3 @@ class Store:
                 fsync_dir(directory)
         if old[3] != new[3]:
             atomic_write(os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n")
-
