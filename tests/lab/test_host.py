@@ -218,5 +218,6 @@ def test_restore_after_the_rules_are_gone(lab, host):
     host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
     lab.nft("delete table bridge vmguard\ndelete table inet vmguard\n")  # what a reboot does
     assert run_probes(lab, standard_probes(vm, lab.guests["peer"]))["spoofed ipv4"]
-    assert host.restore().rebuilt == [vm.port]
+    assert host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("clean-traffic"))).changed  # tables come back
+    assert host.restore().rebuilt == ["other0", vm.port]
     assert not run_probes(lab, standard_probes(vm, lab.guests["peer"]))["spoofed ipv4"]

@@ -21,7 +21,7 @@ from .errors import NwfilterError
 from .model import Binding, Filter
 from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, transaction
 from .nft_run import Nft
-from .resolver import missing_variables, resolve
+from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
 from .store import DEFAULT_ROOT, Store
 from .xml_form import binding_to_xml, filter_to_xml
@@ -158,10 +158,13 @@ class Host:
         binding = state.bindings[portdev]
         filters = state.all_filters()
         extra = self._extra(state, binding)
-        missing = missing_variables(filters, binding, extra)
-        if missing == {"IP"} and _learning_mode(binding) != "none":
-            return compile_learning(binding, binding.parameters, state.port_ids[portdev])
-        return compile_port(binding, resolve(filters, binding, extra), state.port_ids[portdev])
+        try:
+            ruleset = resolve(filters, binding, extra)
+        except MissingVariables as exc:
+            if exc.only_ip and _learning_mode(binding) != "none":
+                return compile_learning(binding, binding.parameters, state.port_ids[portdev])
+            raise
+        return compile_port(binding, ruleset, state.port_ids[portdev])
 
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
                force_base: bool) -> None:

@@ -21,6 +21,7 @@ Per-port chain names are ``p/<port>/<part>`` (see chain_name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
@@ -97,6 +98,7 @@ def digest(rules: Sequence[str]) -> str:
 LiveState = Mapping[str, PortLive]
 
 
+@functools.lru_cache(maxsize=65536)
 def chain_name(portdev: str, *parts: str) -> str:
     """``p/<portdev>/<part>...``: nft identifiers allow ``/``, which interface
     names and libvirt chain names lack (a chain name's ``:`` becomes ``/``)."""
@@ -280,11 +282,12 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         program = programs.get(portdev)
         chains = {(f, n) for f, n, _rules in program.chains} if program else set()
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
-        # What a port had may be gone from the kernel (a reboot, a lost store):
-        # ``add`` first (idempotent), so flush and delete never fail.
         rules = {(f, n): r for f, n, r in program.chains} if program else {}
         same = {c for c in now.chains & chains if c in now.digests and now.digests[c] == digest(rules[c])}
-        lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
+        # What a port had may be gone from the kernel (a reboot, a flush): with
+        # ``base``, ``add`` it first (idempotent) so flush and delete never fail.
+        if base:
+            lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         for family, vmap, key in sorted(now.elements - elements):
             lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}")
             lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")

@@ -11,6 +11,7 @@ Compilers only ever see these typed values.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any, Callable, Dict, FrozenSet, Tuple
@@ -221,4 +222,10 @@ def parse_typed(kind: str, text: str) -> Any:
         raise NwfilterError(f"expected text, got {type(text).__name__}")
     if len(text) > MAX_TEXT:
         raise NwfilterError(f"value of {len(text)} characters is longer than {MAX_TEXT}")
+    return _parse_cached(kind, text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_cached(kind: str, text: str) -> Any:
+    # typed values are immutable, and the same values recur in every binding
     return PARSERS[kind](text)

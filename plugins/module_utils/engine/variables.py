@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import NwfilterError
@@ -26,6 +27,13 @@ class VarRef:
 
 def parse_reference(text: str) -> Optional[VarRef]:
     """The reference ``text`` spells, or None if it is a literal."""
+    if not isinstance(text, str):
+        raise NwfilterError(f"expected text, got {type(text).__name__}")
+    return _reference(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _reference(text: str) -> Optional[VarRef]:
     if not text.startswith("$"):
         return None
     match = _REF_RE.fullmatch(text)
