@@ -67,11 +67,20 @@ class Learner:
         self.leases = leases
         self.selector = selectors.DefaultSelector()
         self.watches: Dict[str, Watch] = {}
+        self.links = _link_events()
+        if self.links is not None:
+            self.selector.register(self.links, selectors.EVENT_READ, None)
 
     def rescan(self) -> None:
         """Watch exactly the ports that learn now and whose interface exists."""
         wanted = {}
         for portdev, (binding, mode, learned) in self.host.learnable().items():
+            if mode == "any" and learned and not _exists(binding.linkdev or portdev):
+                # the interface went away: its address is learned afresh when it comes back
+                # (dhcp keeps its unexpired leases)
+                LOG.info("%s: interface gone, its address will be learned again", portdev)
+                self._apply(portdev, [])
+                learned = []
             if mode == "dhcp" or not learned:
                 wanted[portdev] = (binding, mode)
         for portdev in list(self.watches):
@@ -80,7 +89,8 @@ class Learner:
         for portdev, (binding, mode) in wanted.items():
             if portdev not in self.watches:
                 try:
-                    sock = open_capture(portdev)
+                    # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
+                    sock = open_capture(binding.linkdev or portdev)
                 except OSError:
                     continue  # no such interface yet: try again at the next rescan
                 self.watches[portdev] = Watch(binding, mode, sock)
@@ -136,6 +146,10 @@ class Learner:
                 next_scan = time.monotonic() + rescan_every
             for key, _events in self.selector.select(timeout=min(rescan_every, 0.2)):
                 portdev = key.data
+                if portdev is None:  # an interface came or went: look again now
+                    self.links.get()
+                    next_scan = 0.0
+                    continue
                 try:
                     frame = key.fileobj.recv(2048)
                 except BlockingIOError:
@@ -144,6 +158,25 @@ class Learner:
                     self._stop(portdev)  # the interface went away; rescan picks it up again
                     continue
                 self.on_frame(portdev, frame)
+
+
+def _exists(ifname: str) -> bool:
+    try:
+        socket.if_nametoindex(ifname)
+        return True
+    except OSError:
+        return False
+
+
+def _link_events():
+    """A netlink socket that reports interfaces appearing and disappearing."""
+    try:
+        from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
+        links = IPRoute()
+        links.bind()
+        return links
+    except (ImportError, OSError):
+        return None  # the periodic rescan still finds new interfaces
 
 
 def set_down(portdev: str) -> None:
