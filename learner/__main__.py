@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import shlex
 import sys
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = {**DEFAULTS, **(read_config(args.config) if args.config else {}),
                 **{k: str(v) for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("VMGUARD_DEBUG") else logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     host = Host(settings["root"], shlex.split(settings["nft"]) or None)
     if args.restore:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import selectors
 import socket
 import struct
@@ -23,8 +24,34 @@ from .packets import dhcp, learn_any
 LOG = logging.getLogger("vmguard-learner")
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
-# classic BPF: accept ethertype 0x0806 (ARP) or 0x0800 (IPv4), drop the rest
-ARP_OR_IPV4 = [(0x28, 0, 0, 12), (0x15, 1, 0, 0x0806), (0x15, 0, 1, 0x0800), (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]
+
+
+def capture_filter(mac: str) -> list:
+    """Classic BPF run in the kernel: keep ARP and IPv4 frames sent by the VM
+    (source MAC), and IPv4/UDP to port 68 (DHCP replies to a client); drop
+    everything else, such as frames of other VMs flooded to this port."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    high, low = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
+    return [
+        (0x28, 0, 0, 12),           # 0: A = ethertype
+        (0x15, 1, 0, 0x0806),       # 1: ARP -> 3
+        (0x15, 0, 14, 0x0800),      # 2: IPv4 -> 3, else drop
+        (0x20, 0, 0, 6),            # 3: A = source MAC, high 4 bytes
+        (0x15, 0, 2, high),         # 4: ours? else -> 7
+        (0x28, 0, 0, 10),           # 5: A = source MAC, low 2 bytes
+        (0x15, 9, 0, low),          # 6: ours -> accept
+        (0x28, 0, 0, 12),           # 7: A = ethertype
+        (0x15, 0, 8, 0x0800),       # 8: IPv4, else drop
+        (0x30, 0, 0, 23),           # 9: A = IP protocol
+        (0x15, 0, 6, 17),           # 10: UDP, else drop
+        (0x28, 0, 0, 20),           # 11: A = fragment offset
+        (0x45, 4, 0, 0x1FFF),       # 12: a fragment -> drop
+        (0xB1, 0, 0, 14),           # 13: X = IP header length
+        (0x48, 0, 0, 16),           # 14: A = UDP destination port
+        (0x15, 0, 1, 68),           # 15: 68 -> accept, else drop
+        (0x06, 0, 0, 0xFFFF),       # 16: accept
+        (0x06, 0, 0, 0),            # 17: drop
+    ]
 RATE, BURST = 10.0, 50.0  # snooped frames per second and burst, per port (as libvirt)
 
 
@@ -46,14 +73,15 @@ class Watch:
         return True
 
 
-def open_capture(portdev: str) -> socket.socket:
+def open_capture(ifname: str, mac: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     try:
         # struct sock_fprog {len, pointer to the instructions}; the kernel copies them
-        program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in ARP_OR_IPV4))
+        instructions = capture_filter(mac)
+        program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in instructions))
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                        struct.pack("HL", len(ARP_OR_IPV4), ctypes.addressof(program)))
-        sock.bind((portdev, 0))
+                        struct.pack("HL", len(instructions), ctypes.addressof(program)))
+        sock.bind((ifname, 0))
     except OSError:
         sock.close()
         raise
@@ -67,12 +95,22 @@ class Learner:
         self.leases = leases
         self.selector = selectors.DefaultSelector()
         self.watches: Dict[str, Watch] = {}
+        self.signature: tuple = ()
         self.links = _link_events()
         if self.links is not None:
             self.selector.register(self.links, selectors.EVENT_READ, None)
 
-    def rescan(self) -> None:
-        """Watch exactly the ports that learn now and whose interface exists."""
+    def _store_signature(self) -> tuple:
+        # every store change replaces or removes a file, which touches its directory
+        return tuple(os.stat(d).st_mtime_ns if os.path.isdir(d) else 0 for d in self.host.store.dirs.values())
+
+    def rescan(self, force: bool = False) -> None:
+        """Watch exactly the ports that learn now and whose interface exists.
+        Without ``force`` nothing is done unless the store changed."""
+        signature = self._store_signature()
+        if not force and signature == self.signature:
+            return
+        self.signature = signature
         wanted = {}
         for portdev, (binding, mode, learned) in self.host.learnable().items():
             if mode == "any" and learned and not _exists(binding.linkdev or portdev):
@@ -90,7 +128,7 @@ class Learner:
             if portdev not in self.watches:
                 try:
                     # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
-                    sock = open_capture(binding.linkdev or portdev)
+                    sock = open_capture(binding.linkdev or portdev, binding.mac)
                 except OSError:
                     continue  # no such interface yet: try again at the next rescan
                 self.watches[portdev] = Watch(binding, mode, sock)
@@ -103,6 +141,7 @@ class Learner:
         watch.sock.close()
 
     def on_frame(self, portdev: str, frame: bytes) -> None:
+        LOG.debug("%s: frame of %d bytes", portdev, len(frame))
         watch = self.watches[portdev]
         if not watch.allow():
             return
@@ -137,10 +176,11 @@ class Learner:
             set_down(portdev)
 
     def run(self, rescan_every: float = 1.0, until: Optional[float] = None) -> None:
-        next_scan = 0.0
+        next_scan, force = 0.0, True
         while until is None or time.monotonic() < until:
             if time.monotonic() >= next_scan:
-                self.rescan()
+                self.rescan(force)
+                force = False
                 for portdev in self.leases.expire(time.time()):
                     self._apply(portdev, self.leases.addresses(portdev, time.time()))
                 next_scan = time.monotonic() + rescan_every
@@ -148,7 +188,7 @@ class Learner:
                 portdev = key.data
                 if portdev is None:  # an interface came or went: look again now
                     self.links.get()
-                    next_scan = 0.0
+                    next_scan, force = 0.0, True
                     continue
                 try:
                     frame = key.fileobj.recv(2048)
@@ -172,8 +212,9 @@ def _link_events():
     """A netlink socket that reports interfaces appearing and disappearing."""
     try:
         from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
+        from pyroute2.netlink.rtnl import RTMGRP_LINK  # pylint: disable=import-outside-toplevel
         links = IPRoute()
-        links.bind()
+        links.bind(groups=RTMGRP_LINK)  # link events only: neighbour and route chatter would keep us awake
         return links
     except (ImportError, OSError):
         return None  # the periodic rescan still finds new interfaces

@@ -84,6 +84,19 @@ class Nft:
         return ports
 
     def port_rules(self, portdev: str) -> str:
-        """The exact rules in force for a port, as nft prints them."""
-        chains = sorted(self.live().get(portdev, PortLive(set(), set())).chains)
-        return "".join(self._run(["list", "chain", family, TABLE, name]) for family, name in chains)
+        """The exact rules in force for a port, as nft prints them. One listing
+        per table, so a change running at the same time cannot make it fail."""
+        prefix = f"p/{portdev}"
+        shown = []
+        for family in FAMILIES:
+            try:
+                text = self._run(["list", "table", family, TABLE])
+            except NwfilterError:
+                continue  # the table does not exist
+            text = text.rstrip()[:-1]  # without the table's closing brace
+            chains = [block for block in text.split("\n\tchain ")[1:]
+                      if block.split(" ", 1)[0] == prefix or block.startswith(prefix + "/")]
+            if chains:
+                body = "\n".join(f"\tchain {block.rstrip()}" for block in chains)
+                shown.append(f"table {family} {TABLE} {{\n{body}\n}}\n")
+        return "".join(shown)

@@ -1,0 +1,125 @@
+"""`python -m bench.learner`: the IP-learning service's latency from the first
+revealing packet to the full rules applied (100 ports, p50/p99), and its
+resident memory and idle CPU with 1000 ports waiting.
+
+    python -m bench.learner [--ports 100] [--waiting 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "module_utils"))
+
+from scapy.all import IP, UDP, Ether, Raw  # noqa: E402  pylint: disable=wrong-import-position,no-name-in-module
+
+from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
+from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _mac(i: int) -> str:
+    return f"52:54:00:20:{i >> 8:02x}:{i & 0xff:02x}"
+
+
+def _ports(lab: Lab, count: int) -> None:
+    """Bridge ports lp<i>, each with its VM side lq<i> left in the host namespace to send from."""
+    script = "".join(f"link add lp{i} type veth peer name lq{i}\nlink set lp{i} master br0 up\nlink set lq{i} up\n"
+                     for i in range(count))
+    run(["ip", "netns", "exec", lab.host, "ip", "-batch", "-"], stdin=script)
+
+
+def _service(lab: Lab, root: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}")
+    return subprocess.Popen(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", root,
+                             "--leases", os.path.join(root, "leases.json"), "--rescan", "0.5"],
+                            env=env, stderr=subprocess.DEVNULL)
+
+
+def latency(count: int) -> list:
+    with Lab("bl") as lab, tempfile.TemporaryDirectory() as root:
+        _ports(lab, count)
+        host = Host(root, netns=lab.host)
+        host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
+        service = _service(lab, root)
+        samples = []
+        try:
+            time.sleep(2.0)  # the service opens its captures
+            for i in range(count):
+                with inside(lab.host):
+                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                    sock.bind((f"lq{i}", 0))
+                frame = bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=f"10.9.{i >> 8}.{i & 0xff}",
+                                                                                  dst="10.9.255.254")
+                              / UDP(dport=9) / Raw(b"x" * 16))
+                learned = os.path.join(root, "learned", f"lp{i}.json")
+                start = time.perf_counter()
+                sock.send(frame)
+                sock.close()
+                while not os.path.exists(learned):  # written once nft has accepted the full rules
+                    if time.perf_counter() - start > 5:
+                        raise RuntimeError(f"lp{i} not learned within 5 s")
+                    time.sleep(0.0005)
+                samples.append(time.perf_counter() - start)
+        finally:
+            service.terminate()
+            service.wait()
+        return samples
+
+
+def idle(count: int, seconds: float) -> tuple:
+    with Lab("bi") as lab, tempfile.TemporaryDirectory() as root:
+        _ports(lab, count)
+        host = Host(root, netns=lab.host)
+        host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
+        service = _service(lab, root)
+        try:
+            time.sleep(5.0)  # settle: all captures open
+            pid = int(run(["pgrep", "-P", str(service.pid)], check=False).stdout.split()[0]) \
+                if run(["pgrep", "-P", str(service.pid)], check=False).stdout.strip() else service.pid
+            ticks = os.sysconf("SC_CLK_TCK")
+
+            def cpu() -> float:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / ticks
+            before = cpu()
+            time.sleep(seconds)
+            used = cpu() - before
+            with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+                rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS"))
+        finally:
+            service.terminate()
+            service.wait()
+        return rss / 1024, 100 * used / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ports", type=int, default=100)
+    parser.add_argument("--waiting", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    samples = sorted(latency(args.ports))
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
+    print(f"# vmguard learner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"learn latency over {args.ports} ports (first packet -> full rules applied): "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1] * 1000:.1f} ms")
+    rss, cpu = idle(args.waiting, args.idle_seconds)
+    print(f"{args.waiting} ports waiting: resident memory {rss:.1f} MB, idle CPU {cpu:.2f}% of a core "
+          f"over {args.idle_seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
