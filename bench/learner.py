@@ -58,8 +58,8 @@ def latency(count: int) -> list:
                 with inside(lab.host):
                     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
                     sock.bind((f"lq{i}", 0))
-                frame = bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=f"10.9.{i >> 8}.{i & 0xff}",
-                                                                                  dst="10.9.255.254")
+                address = f"10.9.{i >> 8}.{i & 0xff}"
+                frame = bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=address, dst="10.9.255.254")
                               / UDP(dport=9) / Raw(b"x" * 16))
                 learned = os.path.join(root, "learned", f"lp{i}.json")
                 start = time.perf_counter()

@@ -52,6 +52,8 @@ def capture_filter(mac: str) -> list:
         (0x06, 0, 0, 0xFFFF),       # 16: accept
         (0x06, 0, 0, 0),            # 17: drop
     ]
+
+
 RATE, BURST = 10.0, 50.0  # snooped frames per second and burst, per port (as libvirt)
 
 

@@ -35,8 +35,8 @@ def learner(lab, host, tmp_path):
         state["done"].set()
         state["thread"].join()
         state["done"] = threading.Event()
-        state["thread"] = threading.Thread(target=_serve, args=(lab, host, str(tmp_path / "leases.json"),
-                                                                 state["done"]))
+        leases = str(tmp_path / "leases.json")
+        state["thread"] = threading.Thread(target=_serve, args=(lab, host, leases, state["done"]))
         state["thread"].start()
     yield restart
     state["done"].set()
