@@ -112,9 +112,14 @@ class Learner:
         signature = self._store_signature()
         if not force and signature == self.signature:
             return
+        try:
+            learnable = self.host.learnable()
+        except (NwfilterError, OSError) as exc:
+            LOG.error("cannot read the store: %s; watching what was watched", exc)
+            return
         self.signature = signature
         wanted = {}
-        for portdev, (binding, mode, learned) in self.host.learnable().items():
+        for portdev, (binding, mode, learned) in learnable.items():
             if mode == "any" and learned and not _exists(binding.linkdev or portdev):
                 # the interface went away: its address is learned afresh when it comes back
                 # (dhcp keeps its unexpired leases)
