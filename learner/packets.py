@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-ETH_ARP, ETH_IPV4 = 0x0806, 0x0800
+ETH_ARP, ETH_IPV4, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 DHCP_MAGIC = b"\x63\x82\x53\x63"
 DHCP_TYPES = {1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak", 7: "release", 8: "inform"}
 
@@ -107,3 +107,14 @@ def learn_any(frame: bytes, vm_mac: str) -> Optional[str]:
         return arp[1] if arp[0] == vm_mac and usable_ipv4(arp[1]) else None
     source = ipv4_source(frame)
     return source if source is not None and usable_ipv4(source) else None
+
+
+def learn_any6(frame: bytes, vm_mac: str) -> Optional[str]:
+    """The VM's first global IPv6 source address (not link-local, multicast,
+    loopback or unspecified); libvirt never learns IPv6."""
+    if ethertype(frame) != ETH_IPV6 or len(frame) < 54 or source_mac(frame) != vm_mac:
+        return None
+    address = ipaddress.IPv6Address(frame[22:38])
+    if address.is_link_local or address.is_multicast or address.is_loopback or address.is_unspecified:
+        return None
+    return str(address)

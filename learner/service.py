@@ -19,7 +19,7 @@ from engine.host import Host
 from engine.model import Binding
 
 from .leases import Leases
-from .packets import dhcp, learn_any
+from .packets import dhcp, learn_any, learn_any6
 
 LOG = logging.getLogger("vmguard-learner")
 ETH_P_ALL = 0x0003
@@ -27,30 +27,31 @@ SO_ATTACH_FILTER = 26
 
 
 def capture_filter(mac: str) -> list:
-    """Classic BPF run in the kernel: keep ARP and IPv4 frames sent by the VM
-    (source MAC), and IPv4/UDP to port 68 (DHCP replies to a client); drop
+    """Classic BPF run in the kernel: keep ARP, IPv4 and IPv6 frames sent by
+    the VM (source MAC), and IPv4/UDP to port 68 (DHCP replies to a client); drop
     everything else, such as frames of other VMs flooded to this port."""
     raw = bytes.fromhex(mac.replace(":", ""))
     high, low = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
     return [
         (0x28, 0, 0, 12),           # 0: A = ethertype
-        (0x15, 1, 0, 0x0806),       # 1: ARP -> 3
-        (0x15, 0, 14, 0x0800),      # 2: IPv4 -> 3, else drop
-        (0x20, 0, 0, 6),            # 3: A = source MAC, high 4 bytes
-        (0x15, 0, 2, high),         # 4: ours? else -> 7
-        (0x28, 0, 0, 10),           # 5: A = source MAC, low 2 bytes
-        (0x15, 9, 0, low),          # 6: ours -> accept
-        (0x28, 0, 0, 12),           # 7: A = ethertype
-        (0x15, 0, 8, 0x0800),       # 8: IPv4, else drop
-        (0x30, 0, 0, 23),           # 9: A = IP protocol
-        (0x15, 0, 6, 17),           # 10: UDP, else drop
-        (0x28, 0, 0, 20),           # 11: A = fragment offset
-        (0x45, 4, 0, 0x1FFF),       # 12: a fragment -> drop
-        (0xB1, 0, 0, 14),           # 13: X = IP header length
-        (0x48, 0, 0, 16),           # 14: A = UDP destination port
-        (0x15, 0, 1, 68),           # 15: 68 -> accept, else drop
-        (0x06, 0, 0, 0xFFFF),       # 16: accept
-        (0x06, 0, 0, 0),            # 17: drop
+        (0x15, 2, 0, 0x0806),       # 1: ARP -> 4
+        (0x15, 1, 0, 0x0800),       # 2: IPv4 -> 4
+        (0x15, 0, 14, 0x86DD),      # 3: IPv6 -> 4, else drop
+        (0x20, 0, 0, 6),            # 4: A = source MAC, high 4 bytes
+        (0x15, 0, 2, high),         # 5: ours? else -> 8
+        (0x28, 0, 0, 10),           # 6: A = source MAC, low 2 bytes
+        (0x15, 9, 0, low),          # 7: ours -> accept
+        (0x28, 0, 0, 12),           # 8: A = ethertype
+        (0x15, 0, 8, 0x0800),       # 9: IPv4, else drop
+        (0x30, 0, 0, 23),           # 10: A = IP protocol
+        (0x15, 0, 6, 17),           # 11: UDP, else drop
+        (0x28, 0, 0, 20),           # 12: A = fragment offset
+        (0x45, 4, 0, 0x1FFF),       # 13: a fragment -> drop
+        (0xB1, 0, 0, 14),           # 14: X = IP header length
+        (0x48, 0, 0, 16),           # 15: A = UDP destination port
+        (0x15, 0, 1, 68),           # 16: 68 -> accept, else drop
+        (0x06, 0, 0, 0xFFFF),       # 17: accept
+        (0x06, 0, 0, 0),            # 18: drop
     ]
 
 
@@ -62,6 +63,7 @@ class Watch:
     binding: Binding
     mode: str
     sock: socket.socket
+    learned: Dict[str, List[str]] = field(default_factory=dict)  # IP and/or IPV6: what is known so far
     tokens: float = BURST
     stamp: float = field(default_factory=time.monotonic)
 
@@ -120,25 +122,27 @@ class Learner:
         self.signature = signature
         wanted = {}
         for portdev, (binding, mode, learned) in learnable.items():
-            if mode == "any" and learned and not _exists(binding.linkdev or portdev):
+            if mode == "any" and any(learned.values()) and not _exists(binding.linkdev or portdev):
                 # the interface went away: its address is learned afresh when it comes back
                 # (dhcp keeps its unexpired leases)
                 LOG.info("%s: interface gone, its address will be learned again", portdev)
-                self._apply(portdev, [])
-                learned = []
-            if mode == "dhcp" or not learned:
-                wanted[portdev] = (binding, mode)
+                self._apply(portdev, {})
+                learned = {name: [] for name in learned}
+            if mode == "dhcp" or not all(learned.values()):
+                wanted[portdev] = (binding, mode, learned)
         for portdev in list(self.watches):
             if portdev not in wanted or self.watches[portdev].binding != wanted[portdev][0]:
                 self._stop(portdev)
-        for portdev, (binding, mode) in wanted.items():
-            if portdev not in self.watches:
+        for portdev, (binding, mode, learned) in wanted.items():
+            if portdev in self.watches:
+                self.watches[portdev].learned = learned
+            else:
                 try:
                     # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
                     sock = open_capture(binding.linkdev or portdev, binding.mac)
                 except OSError:
                     continue  # no such interface yet: try again at the next rescan
-                self.watches[portdev] = Watch(binding, mode, sock)
+                self.watches[portdev] = Watch(binding, mode, sock, learned)
                 self.selector.register(sock, selectors.EVENT_READ, portdev)
                 LOG.info("learning the address of %s (%s)", portdev, mode)
 
@@ -155,10 +159,13 @@ class Learner:
         if watch.mode == "dhcp":
             self._snoop(watch, portdev, frame)
             return
-        address = learn_any(frame, watch.binding.mac)
-        if address is not None:
-            self._apply(portdev, [address])
-            self._stop(portdev)
+        found = {"IP": learn_any(frame, watch.binding.mac), "IPV6": learn_any6(frame, watch.binding.mac)}
+        news = {name: [found[name]] for name in watch.learned if found.get(name) and not watch.learned[name]}
+        if news:
+            watch.learned.update(news)
+            self._apply(portdev, watch.learned)
+            if portdev in self.watches and all(watch.learned.values()):
+                self._stop(portdev)
 
     def _snoop(self, watch: Watch, portdev: str, frame: bytes) -> None:
         message = dhcp(frame)
@@ -172,11 +179,12 @@ class Learner:
             self.leases.remove(portdev, message.client_ip if message.kind == "release" else message.your_ip)
         else:
             return
-        self._apply(portdev, self.leases.addresses(portdev, now))
+        self._apply(portdev, {"IP": self.leases.addresses(portdev, now)})
 
-    def _apply(self, portdev: str, addresses: List[str]) -> None:
+    def _apply(self, portdev: str, learned: Dict[str, List[str]]) -> None:
+        addresses = [a for values in learned.values() for a in values]
         try:
-            self.host.learned(portdev, addresses)
+            self.host.learned(portdev, learned.get("IP", []), learned.get("IPV6", []))
             LOG.info("%s: %s", portdev, ", ".join(addresses) or "no address left, back to learning rules")
         except NwfilterError as exc:
             LOG.error("%s: cannot apply the learned rules (%s); setting the interface down", portdev, exc)
@@ -189,7 +197,7 @@ class Learner:
                 self.rescan(force)
                 force = False
                 for portdev in self.leases.expire(time.time()):
-                    self._apply(portdev, self.leases.addresses(portdev, time.time()))
+                    self._apply(portdev, {"IP": self.leases.addresses(portdev, time.time())})
                 next_scan = time.monotonic() + rescan_every
             for key, _events in self.selector.select(timeout=min(rescan_every, 0.2)):
                 portdev = key.data

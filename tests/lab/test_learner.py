@@ -182,3 +182,21 @@ def test_real_dhcp_server_and_client(lab, host, learner, tmp_path):
                        capture_output=True, check=False)
         dnsmasq.terminate()
         dnsmasq.wait(10)
+
+
+def test_any_mode_learns_ipv6_as_well(lab, host, learner):
+    """libvirt never learns IPV6; here a tree that needs IP and IPV6 learns both in mode any."""
+    from scapy.all import IPv6  # pylint: disable=import-outside-toplevel,no-name-in-module
+    from engine.xml_form import filter_from_xml  # pylint: disable=import-outside-toplevel
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.define_filter(filter_from_xml("""<filter name='dual'><filterref filter='no-mac-spoofing'/>
+      <filterref filter='no-ip-spoofing'/><filterref filter='no-ipv6-spoofing'/></filter>"""))
+    assert host.bind(Binding(vm.port, vm.mac, FilterRef("dual"))).learning == [vm.port]
+    time.sleep(0.3)
+    _send(lab, "vm", Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=9))
+    _wait(lambda: host.status(vm.port)["learned"].get("IP") == [vm.ip])
+    assert host.status(vm.port)["learning"]  # IPV6 still missing
+    _send(lab, "vm", Ether(src=vm.mac, dst=peer.mac) / IPv6(src=vm.ipv6, dst=peer.ipv6) / UDP(dport=9))
+    assert _wait_learned(host, vm.port)["learned"] == {"IP": [vm.ip], "IPV6": [vm.ipv6]}
+    verdicts = run_probes(lab, standard_probes(vm, peer))
+    assert verdicts["ipv6"] and not verdicts["spoofed ipv6"] and not verdicts["spoofed ipv4"]

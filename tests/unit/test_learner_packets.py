@@ -48,3 +48,12 @@ def test_leases_survive_a_restart_and_expire(tmp_path):
     again = Leases(path)
     assert again.addresses("vnet0", 500.0) == ["192.0.2.50", "192.0.2.51"]
     assert again.expire(1500.0) == ["vnet0"] and Leases(path).addresses("vnet0", 1500.0) == ["192.0.2.51"]
+
+
+def test_ipv6_global_source_only():
+    from scapy.all import IPv6  # pylint: disable=import-outside-toplevel,no-name-in-module
+    from learner.packets import learn_any6  # pylint: disable=import-outside-toplevel
+    assert learn_any6(bytes(Ether(src=VM) / IPv6(src="2001:db8::9", dst="2001:db8::1") / UDP()), VM) == "2001:db8::9"
+    for source in ("fe80::1", "::", "ff02::1"):
+        assert learn_any6(bytes(Ether(src=VM) / IPv6(src=source, dst="ff02::2") / UDP()), VM) is None
+    assert learn_any6(bytes(Ether(src="52:54:00:00:00:02") / IPv6(src="2001:db8::9") / UDP()), VM) is None

@@ -161,8 +161,9 @@ class Host:
         try:
             ruleset = resolve(filters, binding, extra)
         except MissingVariables as exc:
-            if exc.only_ip and _learning_mode(binding) != "none":
-                return compile_learning(binding, binding.parameters, state.port_ids[portdev])
+            mode = _learning_mode(binding)
+            if exc.only_ip and mode != "none" or exc.learnable and mode == "any":
+                return compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
             raise
         return compile_port(binding, ruleset, state.port_ids[portdev])
 
@@ -207,17 +208,20 @@ class Host:
         return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
                 "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
 
-    def learnable(self) -> Dict[str, Tuple[Binding, str, List[str]]]:
-        """Bindings whose IP address is the learner's to find: (binding,
-        mode any or dhcp, addresses learned so far)."""
+    def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
+        """Bindings with addresses for the learner to find: (binding, mode any
+        or dhcp, {variable: addresses learned so far} for each of IP and IPV6
+        the tree needs and nobody gave; IPV6 only in mode any)."""
         state = self._load()
         found = {}
         for portdev, binding in state.bindings.items():
             mode = _learning_mode(binding)
-            if mode == "none" or "IP" in binding.parameters:
+            if mode == "none":
                 continue
-            if "IP" in missing_variables(state.all_filters(), binding):
-                found[portdev] = (binding, mode, state.learned.get(portdev, {}).get("IP", []))
+            needed = missing_variables(state.all_filters(), binding) & ({"IP", "IPV6"} if mode == "any" else {"IP"})
+            if needed:
+                learned = state.learned.get(portdev, {})
+                found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})
         return found
 
     def waiting(self) -> Dict[str, Binding]:

@@ -244,9 +244,11 @@ def compile_port(binding: Binding, ruleset: Ruleset, port_id: int) -> PortProgra
     return builder.program(learning=False)
 
 
-def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int) -> PortProgram:
+def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int,
+                     ipv6: bool = False) -> PortProgram:
     """libvirt's rules while the VM's IP address is being learned: only its own
-    MAC may send; mode any lets IPv4 and ARP through, mode dhcp only DHCP."""
+    MAC may send; mode any lets IPv4 and ARP through (and IPv6 while ``ipv6``
+    is learned too), mode dhcp only DHCP."""
     builder = _Builder(binding, port_id)
     key = f'"{binding.portdev}"'
     builder.element("bridge", "from_vm", key, "o")
@@ -264,6 +266,8 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
     else:
         out.append("ether type 0x0800 accept")
         out.append("ether type 0x0806 accept")
+        if ipv6:
+            out.append("ether type 0x86dd accept")
     out.append("drop")
     return builder.program(learning=True)
 

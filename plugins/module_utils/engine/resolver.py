@@ -35,6 +35,8 @@ class MissingVariables(NwfilterError):
     def __init__(self, names: Sequence[str], where: str = "") -> None:
         self.names = tuple(sorted(names))
         self.only_ip = self.names == ("IP",)
+        # IPV6 too can be learned (from the VM's first global source), in mode any
+        self.learnable = bool(self.names) and set(self.names) <= {"IP", "IPV6"}
         hint = " (it can be learned: CTRL_IP_LEARNING any or dhcp)" if self.only_ip else ""
         super().__init__(f"missing variable{'s' if len(self.names) > 1 else ''} "
                          f"{', '.join(self.names)}{hint}", where)
