@@ -22,6 +22,7 @@ from scapy.all import IP, UDP, Ether, Raw  # noqa: E402  pylint: disable=wrong-i
 
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
+from lab.libvirt_oracle import Oracle  # noqa: E402  pylint: disable=wrong-import-position
 from lab.netns import Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -41,7 +42,7 @@ def _ports(lab: Lab, count: int) -> None:
 def _service(lab: Lab, root: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}")
     return subprocess.Popen(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", root,
-                             "--leases", os.path.join(root, "leases.json"), "--rescan", "0.5"],
+                             "--leases", os.path.join(root, "leases.json"), "--rescan", "1.0"],
                             env=env, stderr=subprocess.DEVNULL)
 
 
@@ -55,16 +56,9 @@ def latency(count: int) -> list:
         try:
             time.sleep(2.0)  # the service opens its captures
             for i in range(count):
-                with inside(lab.host):
-                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-                    sock.bind((f"lq{i}", 0))
-                address = f"10.9.{i >> 8}.{i & 0xff}"
-                frame = bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=address, dst="10.9.255.254")
-                              / UDP(dport=9) / Raw(b"x" * 16))
                 learned = os.path.join(root, "learned", f"lp{i}.json")
                 start = time.perf_counter()
-                sock.send(frame)
-                sock.close()
+                _send(lab, i)
                 while not os.path.exists(learned):  # written once nft has accepted the full rules
                     if time.perf_counter() - start > 5:
                         raise RuntimeError(f"lp{i} not learned within 5 s")
@@ -73,6 +67,39 @@ def latency(count: int) -> list:
         finally:
             service.terminate()
             service.wait()
+        return samples
+
+
+def _frame(i: int) -> bytes:
+    return bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=f"10.9.{i >> 8}.{i & 0xff}", dst="10.9.255.254")
+                 / UDP(dport=9) / Raw(b"x" * 16))
+
+
+def _send(lab: Lab, i: int) -> None:
+    with inside(lab.host):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        sock.bind((f"lq{i}", 0))
+    sock.send(_frame(i))
+    sock.close()
+
+
+def libvirt_latency(count: int) -> list:
+    """The same traffic against libvirt 9.0's learning (its rules show the address once learned)."""
+    with Lab("bo") as lab, Oracle(lab) as oracle:
+        _ports(lab, count)
+        for i in range(count):
+            oracle.bind(f"lp{i}", _mac(i), "clean-traffic", {})
+        time.sleep(2.0)
+        samples = []
+        for i in range(count):
+            start = time.perf_counter()
+            _send(lab, i)
+            wanted = f"ip saddr 10.9.{i >> 8}.{i & 0xff} "
+            while wanted not in run(["ip", "netns", "exec", lab.host, "nft", "list", "table", "bridge", "nat"]).stdout:
+                if time.perf_counter() - start > 30:
+                    raise RuntimeError(f"libvirt did not learn lp{i} within 30 s")
+                time.sleep(0.01)
+            samples.append(time.perf_counter() - start)
         return samples
 
 
@@ -108,13 +135,18 @@ def main() -> int:
     parser.add_argument("--ports", type=int, default=100)
     parser.add_argument("--waiting", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--libvirt-ports", type=int, default=10, help="ports for libvirt's side (0: skip)")
     args = parser.parse_args()
-    samples = sorted(latency(args.ports))
-    p50 = statistics.median(samples) * 1000
-    p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
     print(f"# vmguard learner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-    print(f"learn latency over {args.ports} ports (first packet -> full rules applied): "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1] * 1000:.1f} ms")
+    runs = [("vmguard", args.ports, latency)]
+    if args.libvirt_ports:
+        runs.append(("libvirt 9.0", args.libvirt_ports, libvirt_latency))
+    for name, count, measure in runs:
+        samples = sorted(measure(count))
+        p50 = statistics.median(samples) * 1000
+        p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
+        print(f"{name}: learn latency over {count} ports (first packet -> full rules in force): "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1] * 1000:.1f} ms")
     rss, cpu = idle(args.waiting, args.idle_seconds)
     print(f"{args.waiting} ports waiting: resident memory {rss:.1f} MB, idle CPU {cpu:.2f}% of a core "
           f"over {args.idle_seconds:.0f} s")

@@ -199,7 +199,7 @@ class Learner:
                 for portdev in self.leases.expire(time.time()):
                     self._apply(portdev, {"IP": self.leases.addresses(portdev, time.time())})
                 next_scan = time.monotonic() + rescan_every
-            for key, _events in self.selector.select(timeout=min(rescan_every, 0.2)):
+            for key, _events in self.selector.select(timeout=max(0.0, next_scan - time.monotonic())):
                 portdev = key.data
                 if portdev is None:  # an interface came or went: look again now
                     self.links.get()
