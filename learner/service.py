@@ -55,6 +55,7 @@ def capture_filter(mac: str) -> list:
     ]
 
 
+FULL_RESCAN = 30.0  # seconds between rescans that do not trust the store's directory times
 RATE, BURST = 10.0, 50.0  # snooped frames per second and burst, per port (as libvirt)
 
 
@@ -185,15 +186,20 @@ class Learner:
         addresses = [a for values in learned.values() for a in values]
         try:
             self.host.learned(portdev, learned.get("IP", []), learned.get("IPV6", []))
+            # our own write needs no rescan (it would delay the next port's learning);
+            # anything else is caught by the periodic full rescan
+            self.signature = self._store_signature()
             LOG.info("%s: %s", portdev, ", ".join(addresses) or "no address left, back to learning rules")
         except NwfilterError as exc:
             LOG.error("%s: cannot apply the learned rules (%s); setting the interface down", portdev, exc)
             set_down(portdev)
 
     def run(self, rescan_every: float = 1.0, until: Optional[float] = None) -> None:
-        next_scan, force = 0.0, True
+        next_scan, force, next_full = 0.0, True, 0.0
         while until is None or time.monotonic() < until:
             if time.monotonic() >= next_scan:
+                if time.monotonic() >= next_full:
+                    force, next_full = True, time.monotonic() + FULL_RESCAN
                 self.rescan(force)
                 force = False
                 for portdev in self.leases.expire(time.time()):
