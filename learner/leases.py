@@ -1,5 +1,6 @@
-"""DHCP leases per port, kept in one JSON file that is replaced atomically
-and fsynced, so a restart of the service loses none."""
+"""DHCP and DHCPv6 leases per port, kept in one JSON file that is replaced
+atomically and fsynced, so a restart of the service loses none. A lease
+belongs to the variable it fills: IP (DHCP) or IPV6 (DHCPv6)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ class Leases:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         atomic_write(self.path, json.dumps(self.by_port, sort_keys=True) + "\n")
 
-    def addresses(self, portdev: str, now: float) -> List[str]:
-        return sorted({lease["ip"] for lease in self.by_port.get(portdev, []) if lease["expires"] > now})
+    def addresses(self, portdev: str, now: float) -> Dict[str, List[str]]:
+        """{IP: [...], IPV6: [...]}: the unexpired leased addresses (a variable with none is left out)."""
+        found: Dict[str, set] = {}
+        for lease in self.by_port.get(portdev, []):
+            if lease["expires"] > now:
+                found.setdefault(lease.get("var", "IP"), set()).add(lease["ip"])
+        return {name: sorted(values) for name, values in found.items()}
 
-    def add(self, portdev: str, ip: str, expires: float, server: str) -> None:
+    def add(self, portdev: str, ip: str, expires: float, server: str, var: str = "IP") -> None:
         leases = [lease for lease in self.by_port.get(portdev, []) if lease["ip"] != ip]
-        self.by_port[portdev] = leases + [{"ip": ip, "expires": expires, "server": server}]
+        self.by_port[portdev] = leases + [{"ip": ip, "expires": expires, "server": server, "var": var}]
         self._save()
 
     def remove(self, portdev: str, ip: str) -> None:

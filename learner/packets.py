@@ -10,6 +10,10 @@ from typing import Optional
 ETH_ARP, ETH_IPV4, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 DHCP_MAGIC = b"\x63\x82\x53\x63"
 DHCP_TYPES = {1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak", 7: "release", 8: "inform"}
+DHCP6_TYPES = {1: "solicit", 2: "advertise", 3: "request", 4: "confirm", 5: "renew", 6: "rebind", 7: "reply",
+               8: "release", 9: "decline"}
+DHCP6_CLIENT, DHCP6_SERVER = 546, 547
+OPT_IA_NA, OPT_IA_TA, OPT_IAADDR = 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,15 @@ class Dhcp:
     client_ip: str            # ciaddr
     server: Optional[str]     # option 54, else the IP source
     lease: Optional[int]      # option 51, seconds
+
+
+@dataclass(frozen=True)
+class Dhcp6:
+    kind: str                 # reply, release, decline, ...
+    source_mac: str
+    dest_mac: str
+    server: str               # the IPv6 source of a server's message
+    addresses: tuple          # ((address, valid lifetime in seconds), ...) from IA_NA/IA_TA
 
 
 def mac_text(raw: bytes) -> str:
@@ -118,3 +131,38 @@ def learn_any6(frame: bytes, vm_mac: str) -> Optional[str]:
     if address.is_link_local or address.is_multicast or address.is_loopback or address.is_unspecified:
         return None
     return str(address)
+
+
+def _options(data: bytes, start: int, end: int):
+    """(code, value) of DHCPv6 options in data[start:end]."""
+    while start + 4 <= end:
+        code, length = struct.unpack_from("!HH", data, start)
+        if start + 4 + length > end:
+            return
+        yield code, data[start + 4:start + 4 + length]
+        start += 4 + length
+
+
+def _ia_addresses(options: bytes) -> list:
+    found = []
+    for code, value in _options(options, 0, len(options)):
+        if code in (OPT_IA_NA, OPT_IA_TA):
+            inner = 12 if code == OPT_IA_NA else 4  # IAID, T1, T2 / IAID
+            for sub, address in _options(value, inner, len(value)):
+                if sub == OPT_IAADDR and len(address) >= 24:
+                    found.append((str(ipaddress.IPv6Address(address[:16])), struct.unpack_from("!I", address, 20)[0]))
+    return found
+
+
+def dhcp6(frame: bytes) -> Optional[Dhcp6]:
+    """A DHCPv6 message carried in an IPv6/UDP frame (ports 546/547, no extension headers)."""
+    if ethertype(frame) != ETH_IPV6 or len(frame) < 66 or frame[20] != 17:
+        return None
+    sport, dport, length = struct.unpack_from("!HHH", frame, 54)
+    if {sport, dport} != {DHCP6_CLIENT, DHCP6_SERVER}:
+        return None
+    kind = DHCP6_TYPES.get(frame[62])
+    if kind is None:
+        return None
+    return Dhcp6(kind, source_mac(frame), mac_text(frame[0:6]), str(ipaddress.IPv6Address(frame[22:38])),
+                 tuple(_ia_addresses(frame[66:54 + length])))

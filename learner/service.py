@@ -19,7 +19,7 @@ from engine.host import Host
 from engine.model import Binding
 
 from .leases import Leases
-from .packets import dhcp, learn_any, learn_any6
+from .packets import dhcp, dhcp6, learn_any, learn_any6
 
 LOG = logging.getLogger("vmguard-learner")
 ETH_P_ALL = 0x0003
@@ -28,30 +28,36 @@ SO_ATTACH_FILTER = 26
 
 def capture_filter(mac: str) -> list:
     """Classic BPF run in the kernel: keep ARP, IPv4 and IPv6 frames sent by
-    the VM (source MAC), and IPv4/UDP to port 68 (DHCP replies to a client); drop
-    everything else, such as frames of other VMs flooded to this port."""
+    the VM (source MAC), and DHCP replies to a client (IPv4/UDP to port 68,
+    IPv6/UDP to port 546); drop everything else, such as frames of other VMs
+    flooded to this port."""
     raw = bytes.fromhex(mac.replace(":", ""))
     high, low = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
     return [
         (0x28, 0, 0, 12),           # 0: A = ethertype
         (0x15, 2, 0, 0x0806),       # 1: ARP -> 4
         (0x15, 1, 0, 0x0800),       # 2: IPv4 -> 4
-        (0x15, 0, 14, 0x86DD),      # 3: IPv6 -> 4, else drop
+        (0x15, 0, 19, 0x86DD),      # 3: IPv6 -> 4, else drop
         (0x20, 0, 0, 6),            # 4: A = source MAC, high 4 bytes
         (0x15, 0, 2, high),         # 5: ours? else -> 8
         (0x28, 0, 0, 10),           # 6: A = source MAC, low 2 bytes
-        (0x15, 9, 0, low),          # 7: ours -> accept
+        (0x15, 14, 0, low),         # 7: ours -> accept
         (0x28, 0, 0, 12),           # 8: A = ethertype
-        (0x15, 0, 8, 0x0800),       # 9: IPv4, else drop
+        (0x15, 0, 7, 0x0800),       # 9: IPv4, else -> 17
         (0x30, 0, 0, 23),           # 10: A = IP protocol
-        (0x15, 0, 6, 17),           # 11: UDP, else drop
+        (0x15, 0, 11, 17),          # 11: UDP, else drop
         (0x28, 0, 0, 20),           # 12: A = fragment offset
-        (0x45, 4, 0, 0x1FFF),       # 13: a fragment -> drop
+        (0x45, 9, 0, 0x1FFF),       # 13: a fragment -> drop
         (0xB1, 0, 0, 14),           # 14: X = IP header length
         (0x48, 0, 0, 16),           # 15: A = UDP destination port
-        (0x15, 0, 1, 68),           # 16: 68 -> accept, else drop
-        (0x06, 0, 0, 0xFFFF),       # 17: accept
-        (0x06, 0, 0, 0),            # 18: drop
+        (0x15, 5, 6, 68),           # 16: 68 -> accept, else drop
+        (0x15, 0, 5, 0x86DD),       # 17: IPv6, else drop
+        (0x30, 0, 0, 20),           # 18: A = next header (no extension headers)
+        (0x15, 0, 3, 17),           # 19: UDP, else drop
+        (0x28, 0, 0, 56),           # 20: A = UDP destination port
+        (0x15, 0, 1, 546),          # 21: 546 -> accept, else drop
+        (0x06, 0, 0, 0xFFFF),       # 22: accept
+        (0x06, 0, 0, 0),            # 23: drop
     ]
 
 
@@ -169,18 +175,50 @@ class Learner:
                 self._stop(portdev)
 
     def _snoop(self, watch: Watch, portdev: str, frame: bytes) -> None:
-        message = dhcp(frame)
-        if message is None or message.client_mac != watch.binding.mac:
-            return
-        trusted = watch.binding.parameters.get("DHCPSERVER")
+        """Mode dhcp: an ACK (DHCPv6: a Reply) from a trusted server adds leases;
+        the VM's RELEASE or DECLINE removes one."""
         now = time.time()
+        if not self._lease_dhcp(watch, portdev, frame, now) and not self._lease_dhcp6(watch, portdev, frame, now):
+            return
+        self._apply(portdev, self._leased(watch, portdev, now))
+
+    def _lease_dhcp(self, watch: Watch, portdev: str, frame: bytes, now: float) -> bool:
+        message = dhcp(frame)
+        if message is None or "IP" not in watch.learned or message.client_mac != watch.binding.mac:
+            return False
+        trusted = watch.binding.parameters.get("DHCPSERVER")
         if message.kind == "ack" and (not trusted or message.server in trusted):
             self.leases.add(portdev, message.your_ip, now + (message.lease or 3600), message.server or "")
         elif message.kind in ("release", "decline"):
             self.leases.remove(portdev, message.client_ip if message.kind == "release" else message.your_ip)
         else:
-            return
-        self._apply(portdev, {"IP": self.leases.addresses(portdev, now)})
+            return False
+        return True
+
+    def _lease_dhcp6(self, watch: Watch, portdev: str, frame: bytes, now: float) -> bool:
+        message = dhcp6(frame)
+        if message is None or "IPV6" not in watch.learned:
+            return False
+        mac = watch.binding.mac
+        trusted = watch.binding.parameters.get("DHCPSERVERV6")
+        if message.kind == "reply" and message.dest_mac == mac and (not trusted or message.server in trusted):
+            for address, valid in message.addresses:
+                if valid:
+                    self.leases.add(portdev, address, now + valid, message.server, var="IPV6")
+                else:  # a lifetime of 0: the server withdrew it
+                    self.leases.remove(portdev, address)
+        elif message.kind in ("release", "decline") and message.source_mac == mac:
+            for address, _valid in message.addresses:
+                self.leases.remove(portdev, address)
+        else:
+            return False
+        return bool(message.addresses)
+
+    def _leased(self, watch: Optional[Watch], portdev: str, now: float) -> Dict[str, List[str]]:
+        """What the port's unexpired leases give, for the variables it learns."""
+        leased = self.leases.addresses(portdev, now)
+        names = watch.learned if watch is not None else leased
+        return {name: leased.get(name, []) for name in names}
 
     def _apply(self, portdev: str, learned: Dict[str, List[str]]) -> None:
         addresses = [a for values in learned.values() for a in values]
@@ -203,7 +241,7 @@ class Learner:
                 self.rescan(force)
                 force = False
                 for portdev in self.leases.expire(time.time()):
-                    self._apply(portdev, {"IP": self.leases.addresses(portdev, time.time())})
+                    self._apply(portdev, self._leased(self.watches.get(portdev), portdev, time.time()))
                 next_scan = time.monotonic() + rescan_every
             for key, _events in self.selector.select(timeout=max(0.0, next_scan - time.monotonic())):
                 portdev = key.data

@@ -15,8 +15,10 @@ description:
     is deleted and re-created.
   - The bulk form O(bindings) sets many bindings in one nftables transaction; with O(exclusive=true) the host's
     bindings become exactly that list.
-  - When the only variable missing from the filter tree is C(IP) and C(CTRL_IP_LEARNING) is not C(none), the
-    binding is stored, restrictive learning rules are enforced at once and RV(learning) is true.
+  - When the only variables missing from the filter tree are C(IP) and/or C(IPV6) and C(CTRL_IP_LEARNING) is not
+    C(none), the binding is stored, restrictive learning rules are enforced at once and RV(learning) is true;
+    the learner service (role C(vmguard.nwfilter.learner)) then learns the addresses (C(IPV6) by DHCPv6 snooping
+    in mode C(dhcp), trusted servers in C(DHCPSERVERV6)).
 author: vmguard developers (@vmguard)
 options:
   portdev:

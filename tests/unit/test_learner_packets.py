@@ -46,8 +46,38 @@ def test_leases_survive_a_restart_and_expire(tmp_path):
     leases.add("vnet0", "192.0.2.50", 1000.0, "192.0.2.1")
     leases.add("vnet0", "192.0.2.51", 2000.0, "192.0.2.1")
     again = Leases(path)
-    assert again.addresses("vnet0", 500.0) == ["192.0.2.50", "192.0.2.51"]
-    assert again.expire(1500.0) == ["vnet0"] and Leases(path).addresses("vnet0", 1500.0) == ["192.0.2.51"]
+    assert again.addresses("vnet0", 500.0) == {"IP": ["192.0.2.50", "192.0.2.51"]}
+    assert again.expire(1500.0) == ["vnet0"] and Leases(path).addresses("vnet0", 1500.0) == {"IP": ["192.0.2.51"]}
+
+
+def test_leases_keep_ipv4_and_ipv6_apart(tmp_path):
+    leases = Leases(str(tmp_path / "leases.json"))
+    leases.add("vnet0", "192.0.2.50", 1000.0, "192.0.2.1")
+    leases.add("vnet0", "2001:db8::50", 1000.0, "fe80::1", var="IPV6")
+    assert leases.addresses("vnet0", 0.0) == {"IP": ["192.0.2.50"], "IPV6": ["2001:db8::50"]}
+    leases.remove("vnet0", "2001:db8::50")
+    assert leases.addresses("vnet0", 0.0) == {"IP": ["192.0.2.50"]}
+
+
+def _dhcp6(message, src_mac="52:54:00:00:00:fe", dst_mac=VM, src="fe80::fe", addresses=(("2001:db8::50", 600),)):
+    from scapy.layers.dhcp6 import DHCP6OptIA_NA, DHCP6OptIAAddress  # pylint: disable=import-outside-toplevel
+    from scapy.all import IPv6  # pylint: disable=import-outside-toplevel,no-name-in-module
+    ia = DHCP6OptIA_NA(iaid=1, T1=0, T2=0, ianaopts=[DHCP6OptIAAddress(addr=a, preflft=v, validlft=v)
+                                                      for a, v in addresses])
+    client = message.__name__ in ("DHCP6_Release", "DHCP6_Decline")
+    ports = dict(sport=546, dport=547) if client else dict(sport=547, dport=546)
+    return bytes(Ether(src=src_mac, dst=dst_mac) / IPv6(src=src, dst="fe80::1") / UDP(**ports) / message(trid=7) / ia)
+
+
+def test_dhcp6_fields():
+    from scapy.layers.dhcp6 import DHCP6_Release, DHCP6_Reply  # pylint: disable=import-outside-toplevel
+    from learner.packets import dhcp6  # pylint: disable=import-outside-toplevel
+    reply = dhcp6(_dhcp6(DHCP6_Reply, addresses=(("2001:db8::50", 600), ("2001:db8::51", 0))))
+    assert (reply.kind, reply.dest_mac, reply.server) == ("reply", VM, "fe80::fe")
+    assert reply.addresses == (("2001:db8::50", 600), ("2001:db8::51", 0))
+    release = dhcp6(_dhcp6(DHCP6_Release, src_mac=VM, dst_mac="33:33:00:01:00:02", src="fe80::1"))
+    assert (release.kind, release.source_mac, release.addresses) == ("release", VM, (("2001:db8::50", 600),))
+    assert dhcp6(_dhcp(kind="ack")) is None and dhcp6(b"\x00" * 80) is None
 
 
 def test_ipv6_global_source_only():

@@ -94,6 +94,9 @@ def test_builtin_filters_compile(nft_check):
         programs.append(compile_port(binding, resolve(BUILTIN_FILTERS, binding), index + 1))
     binding = Binding("learn", "52:54:00:00:00:01", FilterRef("clean-traffic"))
     programs.append(compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVER": ("192.0.2.1",)}, 99))
+    binding6 = Binding("learn6", "52:54:00:00:00:02", FilterRef("clean-traffic"))
+    programs.append(compile_learning(binding6, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVERV6": ("fe80::1",)}, 98,
+                                     ipv6=True))
     nft_check(transaction(programs, [], {}))
 
 
@@ -116,6 +119,17 @@ def test_learning_rules():
     assert "ether saddr != 52:54:00:00:00:01 drop" in text and "ether type 0x0806 accept" in text
     dhcp = compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVER": ("192.0.2.1",)}, 1).text
     assert "ip saddr { 192.0.2.1 } udp sport 67 udp dport 68 accept" in dhcp
+    dhcp6 = compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVERV6": ("fe80::1",)}, 1, ipv6=True).text
+    assert "ip6 saddr { fe80::1 } udp sport 547 udp dport 546 accept" in dhcp6
+    assert "ip6 saddr fe80::/10 udp sport 546 udp dport 547 accept" in dhcp6
+
+
+@pytest.mark.parametrize("name, value", [("DHCPSERVER", "2001:db8::1"), ("DHCPSERVERV6", "192.0.2.1"),
+                                         ("DHCPSERVER", "accept")])
+def test_learning_refuses_servers_of_the_wrong_kind(name, value):
+    binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic"))
+    with pytest.raises(NwfilterError, match=f"{name} must be a list of IPv"):
+        compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), name: (value,)}, 1, ipv6=True)
 
 
 def test_transaction_replaces_only_what_changes():

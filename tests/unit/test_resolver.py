@@ -64,13 +64,13 @@ def test_missing_variables_are_collected_over_the_whole_tree():
     assert missing_variables(filters, bind("top")) == {"IP", "GW"}
     with pytest.raises(MissingVariables) as info:
         resolve(filters, bind("top"))
-    assert info.value.names == ("GW", "IP") and not info.value.only_ip
+    assert info.value.names == ("GW", "IP") and not info.value.learnable
 
 
 def test_only_ip_missing_means_learning():
     with pytest.raises(MissingVariables) as info:
         resolve(BUILTIN_FILTERS, bind("clean-traffic"))
-    assert info.value.only_ip
+    assert info.value.learnable
     assert "can be learned" in str(info.value)
 
 

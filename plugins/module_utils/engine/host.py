@@ -162,7 +162,7 @@ class Host:
             ruleset = resolve(filters, binding, extra)
         except MissingVariables as exc:
             mode = _learning_mode(binding)
-            if exc.only_ip and mode != "none" or exc.learnable and mode == "any":
+            if exc.learnable and mode != "none":
                 return compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
             raise
         return compile_port(binding, ruleset, state.port_ids[portdev])
@@ -211,14 +211,14 @@ class Host:
     def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
         """Bindings with addresses for the learner to find: (binding, mode any
         or dhcp, {variable: addresses learned so far} for each of IP and IPV6
-        the tree needs and nobody gave; IPV6 only in mode any)."""
+        the tree needs and nobody gave)."""
         state = self._load()
         found = {}
         for portdev, binding in state.bindings.items():
             mode = _learning_mode(binding)
             if mode == "none":
                 continue
-            needed = missing_variables(state.all_filters(), binding) & ({"IP", "IPV6"} if mode == "any" else {"IP"})
+            needed = missing_variables(state.all_filters(), binding) & {"IP", "IPV6"}
             if needed:
                 learned = state.learned.get(portdev, {})
                 found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})

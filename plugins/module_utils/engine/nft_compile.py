@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -244,11 +245,25 @@ def compile_port(binding: Binding, ruleset: Ruleset, port_id: int) -> PortProgra
     return builder.program(learning=False)
 
 
+def _servers(variables: Mapping[str, Tuple[str, ...]], name: str, version: int) -> str:
+    """``ip saddr { ... } `` (or ip6) for the trusted DHCP servers; empty when any server is trusted."""
+    servers = variables.get(name) or ()
+    try:
+        checked = [str(ipaddress.ip_address(server)) for server in servers]
+    except ValueError:
+        checked = []
+    if len(checked) != len(servers) or any(ipaddress.ip_address(s).version != version for s in checked):
+        raise NwfilterError(f"{name} must be a list of IPv{version} addresses")
+    family = "ip" if version == 4 else "ip6"
+    return f"{family} saddr {{ {', '.join(checked)} }} " if checked else ""
+
+
 def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int,
                      ipv6: bool = False) -> PortProgram:
     """libvirt's rules while the VM's IP address is being learned: only its own
     MAC may send; mode any lets IPv4 and ARP through (and IPv6 while ``ipv6``
-    is learned too), mode dhcp only DHCP."""
+    is learned too), mode dhcp only DHCP (and DHCPv6 with neighbour discovery
+    from link-local addresses, which DHCPv6 needs, while ``ipv6``)."""
     builder = _Builder(binding, port_id)
     key = f'"{binding.portdev}"'
     builder.element("bridge", "from_vm", key, "o")
@@ -259,9 +274,16 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
     mode = (variables.get("CTRL_IP_LEARNING") or ("any",))[0].lower()
     if mode == "dhcp":
         out.append("ether type 0x0800 udp sport 68 udp dport 67 accept")
-        servers = variables.get("DHCPSERVER") or ()
-        source = f"ip saddr {{ {', '.join(servers)} }} " if servers else ""
-        into.append(f"ether daddr {{ {mac}, {BROADCAST} }} ether type 0x0800 {source}udp sport 67 udp dport 68 accept")
+        into.append(f"ether daddr {{ {mac}, {BROADCAST} }} ether type 0x0800 {_servers(variables, 'DHCPSERVER', 4)}"
+                    "udp sport 67 udp dport 68 accept")
+        if ipv6:
+            link_local = "ether type 0x86dd ip6 saddr fe80::/10"
+            out.append(f"{link_local} udp sport 546 udp dport 547 accept")
+            out.append("ether type 0x86dd ip6 saddr { ::, fe80::/10 } icmpv6 type "
+                       "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept")
+            into.append(f"ether daddr {mac} {link_local} {_servers(variables, 'DHCPSERVERV6', 6)}"
+                        "udp sport 547 udp dport 546 accept")
+            into.append(f"{link_local} icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept")
         into.append("drop")
     else:
         out.append("ether type 0x0800 accept")

@@ -29,15 +29,14 @@ MAX_RULE_INSTANCES = 100000  # a cross product beyond this is a mistake, not a f
 
 
 class MissingVariables(NwfilterError):
-    """Variables the tree uses that no one gave a value. ``only_ip``: the
-    binding can wait for its IP address to be learned."""
+    """Variables the tree uses that no one gave a value. ``learnable``: they
+    are IP and/or IPV6, so the binding can wait for the learner to find them
+    (from the VM's own traffic in mode any, from DHCP/DHCPv6 in mode dhcp)."""
 
     def __init__(self, names: Sequence[str], where: str = "") -> None:
         self.names = tuple(sorted(names))
-        self.only_ip = self.names == ("IP",)
-        # IPV6 too can be learned (from the VM's first global source), in mode any
         self.learnable = bool(self.names) and set(self.names) <= {"IP", "IPV6"}
-        hint = " (it can be learned: CTRL_IP_LEARNING any or dhcp)" if self.only_ip else ""
+        hint = " (it can be learned: CTRL_IP_LEARNING any or dhcp)" if self.learnable else ""
         super().__init__(f"missing variable{'s' if len(self.names) > 1 else ''} "
                          f"{', '.join(self.names)}{hint}", where)
 
