@@ -107,9 +107,9 @@ def test_negated_header_matches_are_masked():
 
 def test_libvirt_halves_of_a_stateful_rule():
     text = _program([_rule("tcp", {"dstportstart": "22"}, "in", action="accept")]).text
-    assert "p/vnet0/fo: meta nfproto ipv4 meta l4proto 6 th dport 22 ct state { new, established }" \
+    assert "p/vnet0/fo: meta nfproto ipv4 meta l4proto 6 th dport 22 ct state new,established" \
         " ct direction original accept" in text
-    assert "p/vnet0/fi: meta nfproto ipv4 meta l4proto 6 th sport 22 ct state { established }" \
+    assert "p/vnet0/fi: meta nfproto ipv4 meta l4proto 6 th sport 22 ct state established" \
         " ct direction reply return" in text
 
 

@@ -116,6 +116,12 @@ class Rule:
         else:
             self._check_element(where)
         object.__setattr__(self, "attributes", dict(self.attributes))
+        # attributes is a dict (so the dataclass cannot hash it); the compile caches key on rules
+        object.__setattr__(self, "_hash", hash((self.action, self.direction, self.priority, self.statematch,
+                                                self.protocol, frozenset(self.attributes.items()))))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]  # set once in __post_init__
 
     def _check_element(self, where: str) -> None:
         spec = schema.ELEMENTS.get(self.protocol or "")

@@ -162,14 +162,21 @@ def _bridge_direction(builder: _Builder, ruleset: Ruleset, direction: str, vmap:
                 sub = f"jump {chain_name(builder.binding.portdev, side, entry.chain)}"
                 rules.append(f"ether type 0x{entry.ethertype:04x} {sub}" if entry.ethertype else sub)
                 continue
-            matches = bridge_matches(entry, reverse and entry.direction == "inout")
-            rules.append(_rule_text(matches, BRIDGE_VERDICT[entry.action]))
+            rules.append(_bridge_rule(entry, reverse and entry.direction == "inout"))
         if chain.name != "root":
             rules.append("accept")  # libvirt's sub-chains end without a policy: ebtables accepts
 
 
+# Rule texts are cached: most rules of a tree are the same for every port
+# (no variables, or values shared), and a redefine recompiles every user.
+@functools.lru_cache(maxsize=1 << 16)
+def _bridge_rule(entry: ResolvedRule, swap: bool) -> str:
+    return _rule_text(bridge_matches(entry, swap), BRIDGE_VERDICT[entry.action])
+
+
 # libvirt's three halves of a layer-3/4 rule: (chain, swap, state, accept verdict, may skip icmp)
-def _halves(rule: ResolvedRule) -> List[Tuple[str, bool, Optional[str], str, bool]]:
+@functools.lru_cache(maxsize=1 << 16)
+def _halves(rule: ResolvedRule) -> Tuple[Tuple[str, bool, Optional[str], str, bool], ...]:
     d_in = rule.direction in ("in", "inout")
     inout = rule.direction == "inout"
     state = rule.get("state")
@@ -182,16 +189,17 @@ def _halves(rule: ResolvedRule) -> List[Tuple[str, bool, Optional[str], str, boo
             halves.append(("fo", False, states, "accept", inout))
         if not (d_in and not inout):
             halves.append(("hi", d_in, states, "return", d_in))
-        return halves
+        return tuple(halves)
     need = rule.statematch and not inout
-    return [
-        ("fi", d_in, ("established" if d_in else "new, established") if need else None, "return", d_in or inout),
-        ("fo", not d_in, ("new, established" if d_in else "established") if need else None, "accept",
+    return (
+        ("fi", d_in, ("established" if d_in else "new,established") if need else None, "return", d_in or inout),
+        ("fo", not d_in, ("new,established" if d_in else "established") if need else None, "accept",
          not d_in or inout),
-        ("hi", d_in, ("established" if d_in else "new, established") if need else None, "return", d_in),
-    ]
+        ("hi", d_in, ("established" if d_in else "new,established") if need else None, "return", d_in),
+    )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ip_rule(rule: ResolvedRule, swap: bool, state: Optional[str], accept: str, may_skip: bool,
              default_state: bool) -> Optional[str]:
     matches = ip_matches(rule, swap, may_skip)
@@ -201,7 +209,8 @@ def _ip_rule(rule: ResolvedRule, swap: bool, state: Optional[str], accept: str, 
     verdict = {"accept": accept, "drop": "drop", "reject": "reject", "return": "return", "continue": ""}[rule.action]
     # libvirt's default state matching applies only to accept rules, and not next to connlimit
     if state and not (default_state and (rule.action != "accept" or connlimit is not None)):
-        matches.append(f"ct state {{ {state} }}")
+        # a bitmask match (a,b), not an anonymous set: no set object per rule to create and look up
+        matches.append(f"ct state {state}")
         if default_state and rule.direction != "inout" and rule.get("type") is None:
             matches.append(f"ct direction {'reply' if swap else 'original'}")
     if connlimit is not None:

@@ -266,4 +266,4 @@ def _flag_list(flags: frozenset) -> str:
 
 
 def ct_states(states: frozenset) -> str:
-    return ", ".join(CT_STATES[s] for s in sorted(states))
+    return ",".join(CT_STATES[s] for s in sorted(states))

@@ -13,6 +13,7 @@ same priority).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
@@ -79,13 +80,10 @@ def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, 
             on_rule(flt, entry, variables)
 
 
-def _references(rule: Rule) -> List[Tuple[str, VarRef]]:
-    found = []
-    for name, match in rule.attributes.items():
-        ref = parse_reference(match.value)
-        if ref is not None:
-            found.append((name, ref))
-    return found
+@functools.lru_cache(maxsize=1 << 14)
+def _references(rule: Rule) -> Tuple[Tuple[str, VarRef], ...]:
+    return tuple((name, ref) for name, ref in ((name, parse_reference(match.value))
+                                               for name, match in rule.attributes.items()) if ref is not None)
 
 
 def missing_variables(filters: Mapping[str, Filter], binding: Binding,
@@ -168,19 +166,27 @@ def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple
     return tuple(matches)
 
 
-def _expand(instance: _Instance) -> List[ResolvedRule]:
-    rule = instance.rule
-    where = f"filter {instance.origin!r}"
+def _expand(instance: _Instance) -> Tuple[ResolvedRule, ...]:
+    # Only the values of the variables the rule names matter: a rule without
+    # variables, or with values many ports share, is expanded once (a redefine
+    # rebuilds every port of a tree that mostly repeats itself).
+    values = tuple((ref.name, instance.variables[ref.name]) for _attr, ref in _references(instance.rule))
+    return _expand_rule(instance.rule, instance.origin, values)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _expand_rule(rule: Rule, origin: str, values: Tuple[Tuple[str, Tuple[str, ...]], ...]) -> Tuple[ResolvedRule, ...]:
+    where = f"filter {origin!r}"
     rules = []
     seen = set()
-    for assignment in _combinations(rule, instance.variables, where):
+    for assignment in _combinations(rule, dict(values), where):
         matches = _instantiate(rule, assignment, where)
         if matches in seen:
             continue
         seen.add(matches)
         rules.append(ResolvedRule(rule.action, rule.direction, rule.priority, rule.protocol,
-                                  matches, rule.statematch, instance.origin))
-    return rules
+                                  matches, rule.statematch, origin))
+    return tuple(rules)
 
 
 def _sub_chains(instances: Sequence[_Instance], direction: str) -> Dict[str, int]:
@@ -225,15 +231,16 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
     """The binding's tree, flat and ordered; raises MissingVariables when the
     tree needs variables nobody gave, NwfilterError for anything else."""
     variables = effective_variables(binding, extra)
-    missing = missing_variables(filters, binding, extra)
-    if missing:
-        raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
     instances: List[_Instance] = []
+    missing: Set[str] = set()
 
     def collect(flt: Filter, rule: Rule, scope: Mapping[str, Tuple[str, ...]]) -> None:
+        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in scope)
         instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
 
     walk(filters, binding.filterref, variables, collect)
+    if missing:
+        raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
     ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
     expanded = [(inst, _expand(inst)) for inst in ordered]
     total = sum(len(rules) for _origin, rules in expanded)
