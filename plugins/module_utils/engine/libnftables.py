@@ -4,13 +4,15 @@
 """nftables in-process through libnftables (the library the nft command is
 built on): the same parser and the same single kernel transaction, without
 starting a process per change. Optionally inside a named network namespace:
-the call runs in a thread that enters it (setns affects only that thread)."""
+the calls run in a thread that enters it (setns affects only that thread)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import queue
 import threading
+import weakref
 from typing import List, Optional
 
 CLONE_NEWNET = 0x40000000
@@ -42,45 +44,81 @@ LIB = _load()
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
+def _new_context() -> int:
+    ctx = LIB.nft_ctx_new(0)
+    LIB.nft_ctx_buffer_output(ctx)
+    LIB.nft_ctx_buffer_error(ctx)
+    return ctx
+
+
+def _run(ctx: int, commands: str, json_output: bool) -> "tuple[int, str, str]":
+    LIB.nft_ctx_output_set_flags(ctx, OUTPUT_JSON if json_output else 0)
+    code = LIB.nft_run_cmd_from_buffer(ctx, commands.encode())
+    output = (LIB.nft_ctx_get_output_buffer(ctx) or b"").decode()
+    error = (LIB.nft_ctx_get_error_buffer(ctx) or b"").decode()
+    return code, output, error
+
+
+def _serve(netns: str, jobs: "queue.Queue[Optional[tuple]]", entered: "queue.Queue[Optional[BaseException]]") -> None:
+    """The worker thread of a namespace: enter it once, then run jobs until None."""
+    try:
+        with open(f"/run/netns/{netns}", "rb") as handle:
+            if _LIBC.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
+    except OSError as exc:
+        entered.put(exc)
+        return
+    ctx = _new_context()
+    entered.put(None)
+    try:
+        for job in iter(jobs.get, None):
+            commands, json_output, done = job
+            try:
+                done.put((_run(ctx, commands, json_output), None))
+            except BaseException as exc:  # pylint: disable=broad-except
+                done.put((None, exc))
+    finally:
+        LIB.nft_ctx_free(ctx)
+
+
 class LibNftables:
+    """One libnftables context (and netlink socket) for the object's life:
+    closing that socket makes the kernel wait for its pending work, about
+    15 ms, which a context per change would pay every time. nft checks the
+    ruleset generation before each command, so its cache never goes stale."""
+
     def __init__(self, netns: Optional[str] = None) -> None:
         if LIB is None:
             raise OSError("libnftables is not available")
         self.netns = netns
+        self._lock = threading.Lock()
+        self._ctx: Optional[int] = None
+        self._jobs: "Optional[queue.Queue[Optional[tuple]]]" = None
 
     def run(self, commands: str, json_output: bool = False) -> "tuple[int, str, str]":
         """(return code, output, error text) of running ``commands``."""
-        if self.netns is None:
-            return self._run(commands, json_output)
-        result: List[tuple] = []
-        failure: List[BaseException] = []
+        with self._lock:
+            if self.netns is None:
+                if self._ctx is None:
+                    self._ctx = _new_context()
+                    weakref.finalize(self, LIB.nft_ctx_free, self._ctx)
+                return _run(self._ctx, commands, json_output)
+            return self._in_namespace(commands, json_output)
 
-        def inside() -> None:
-            try:
-                with open(f"/run/netns/{self.netns}", "rb") as handle:
-                    if _LIBC.setns(handle.fileno(), CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"cannot enter network namespace {self.netns}")
-                result.append(self._run(commands, json_output))
-            except BaseException as exc:  # pylint: disable=broad-except
-                failure.append(exc)
-        thread = threading.Thread(target=inside)
-        thread.start()
-        thread.join()
-        if failure:
-            raise failure[0]
-        return result[0]
-
-    @staticmethod
-    def _run(commands: str, json_output: bool) -> "tuple[int, str, str]":
-        ctx = LIB.nft_ctx_new(0)
-        try:
-            LIB.nft_ctx_buffer_output(ctx)
-            LIB.nft_ctx_buffer_error(ctx)
-            if json_output:
-                LIB.nft_ctx_output_set_flags(ctx, OUTPUT_JSON)
-            code = LIB.nft_run_cmd_from_buffer(ctx, commands.encode())
-            output = (LIB.nft_ctx_get_output_buffer(ctx) or b"").decode()
-            error = (LIB.nft_ctx_get_error_buffer(ctx) or b"").decode()
-            return code, output, error
-        finally:
-            LIB.nft_ctx_free(ctx)
+    def _in_namespace(self, commands: str, json_output: bool) -> "tuple[int, str, str]":
+        # setns moves only the calling thread: a worker thread stays in the namespace
+        if self._jobs is None:
+            jobs: "queue.Queue[Optional[tuple]]" = queue.Queue()
+            entered: "queue.Queue[Optional[BaseException]]" = queue.Queue()
+            threading.Thread(target=_serve, args=(self.netns, jobs, entered), daemon=True).start()
+            failure = entered.get()
+            if failure is not None:
+                raise failure
+            self._jobs = jobs
+            weakref.finalize(self, jobs.put, None)
+        done: "queue.Queue[tuple]" = queue.Queue()
+        self._jobs.put((commands, json_output, done))
+        outcome, failure = done.get()
+        if failure is not None:
+            raise failure
+        return outcome

@@ -78,12 +78,26 @@ def atomic_write(path: str, text: str) -> None:
     atomic_write_many([(path, text)])
 
 
-def _text_of(path: str) -> Optional[str]:
+# file texts by path and identity: every change reads the whole store, and
+# files are only ever replaced (a new inode), so a stat spares most reads
+_TEXTS: Dict[str, Tuple[tuple, str]] = {}
+
+
+def _text_of(path: str, entry: Optional[os.DirEntry] = None) -> Optional[str]:
     try:
+        info = entry.stat() if entry is not None else os.stat(path)
+        identity = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+        cached = _TEXTS.get(path)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
+            text = handle.read()
     except FileNotFoundError:
         return None
+    if len(_TEXTS) > 100000:
+        _TEXTS.clear()
+    _TEXTS[path] = (identity, text)
+    return text
 
 
 def _remove(path: str) -> None:
@@ -110,16 +124,17 @@ class Store:
 
     def _read_all(self, kind: str) -> List[tuple]:
         directory = self.dirs[kind]
-        if not os.path.isdir(directory):
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except FileNotFoundError:
             return []
         found = []
-        for name in sorted(os.listdir(directory)):
-            if name.startswith("."):
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = os.path.join(directory, name)
-            text = _text_of(path)
+            text = _text_of(entry.path, entry)
             if text is not None:
-                found.append((path, text))
+                found.append((entry.path, text))
         return found
 
     def filters(self) -> Dict[str, Filter]:
@@ -168,8 +183,8 @@ class Store:
             for key in set(before) - set(after):
                 _remove(os.path.join(directory, render(key, before[key])[0]))
                 removed.add(directory)
-        atomic_write_many(writes)
+        if old[3] != new[3]:
+            writes.append((os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n"))
+        atomic_write_many(writes)  # renamed in order: ports.json last
         for directory in sorted(removed - {os.path.dirname(path) for path, _text in writes}):
             fsync_dir(directory)
-        if old[3] != new[3]:
-            atomic_write(os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n")
