@@ -119,10 +119,27 @@ def _rule_line(rule: ResolvedRule) -> str:
 PARALLEL_MIN = 200  # below this many ports a worker process costs more than it saves
 
 
-def _compile_chunk(host: "Host", state: _State, ports: List[str]):
+def _extra(state: _State, binding: Binding) -> Dict[str, List[str]]:
+    learned = state.learned.get(binding.portdev, {})
+    return {name: values for name, values in learned.items() if values and name not in binding.parameters}
+
+
+def _program(state: _State, portdev: str) -> PortProgram:
+    binding = state.bindings[portdev]
+    try:
+        ruleset = resolve(state.all_filters(), binding, _extra(state, binding))
+    except MissingVariables as exc:
+        mode = _learning_mode(binding)
+        if exc.learnable and mode != "none":
+            return compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
+        raise
+    return compile_port(binding, ruleset, state.port_ids[portdev])
+
+
+def _compile_chunk(state: _State, ports: List[str]):
     """Worker: the programs, or the first error's message (exceptions do not cross processes intact)."""
     try:
-        return [host._program(state, portdev) for portdev in ports]  # pylint: disable=protected-access
+        return [_program(state, portdev) for portdev in ports]
     except NwfilterError as exc:
         return str(exc)
 
@@ -152,23 +169,6 @@ class Host:
     def bindings(self) -> Dict[str, Binding]:
         return self.store.bindings()
 
-    def _extra(self, state: _State, binding: Binding) -> Dict[str, List[str]]:
-        learned = state.learned.get(binding.portdev, {})
-        return {name: values for name, values in learned.items() if values and name not in binding.parameters}
-
-    def _program(self, state: _State, portdev: str) -> PortProgram:
-        binding = state.bindings[portdev]
-        filters = state.all_filters()
-        extra = self._extra(state, binding)
-        try:
-            ruleset = resolve(filters, binding, extra)
-        except MissingVariables as exc:
-            mode = _learning_mode(binding)
-            if exc.learnable and mode != "none":
-                return compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
-            raise
-        return compile_port(binding, ruleset, state.port_ids[portdev])
-
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
                force_base: bool) -> None:
         """One transaction. Our base chains are rewritten only when our tables
@@ -187,11 +187,11 @@ class Host:
         """Compile many ports, on every core when there are enough of them."""
         workers = min(os.cpu_count() or 1, len(ports) // PARALLEL_MIN)
         if workers < 2:
-            return [self._program(state, portdev) for portdev in ports]
+            return [_program(state, portdev) for portdev in ports]
         chunks = [ports[i::workers] for i in range(workers)]
         context = multiprocessing.get_context("fork")
         with context.Pool(workers) as pool:
-            results = pool.map(functools.partial(_compile_chunk, self, state), chunks)
+            results = pool.map(functools.partial(_compile_chunk, state), chunks)
         for result in results:
             if isinstance(result, str):
                 raise NwfilterError(result)
@@ -203,10 +203,10 @@ class Host:
         binding = state.bindings.get(portdev)
         if binding is None:
             raise NwfilterError(f"no binding for {portdev!r}")
-        program = self._program(state, portdev)
+        program = _program(state, portdev)
         rules: List[str] = []
         if not program.learning:
-            rules = describe(resolve(state.all_filters(), binding, self._extra(state, binding)))
+            rules = describe(resolve(state.all_filters(), binding, _extra(state, binding)))
         return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
                 "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
 
@@ -229,7 +229,7 @@ class Host:
     def waiting(self) -> Dict[str, Binding]:
         """Bindings whose IP address is being learned."""
         state = self._load()
-        return {p: state.bindings[p] for p in state.bindings if self._program(state, p).learning}
+        return {p: state.bindings[p] for p in state.bindings if _program(state, p).learning}
 
     # ---- changing --------------------------------------------------------
     @contextlib.contextmanager
@@ -276,7 +276,7 @@ class Host:
                 self.store.save(old.as_files(), new.as_files())
             except OSError as exc:
                 # the kernel has the new rules but the store could not follow: put the old ones back
-                old_programs = [self._program(old, p) for p in sorted(touched) if p in old.bindings]
+                old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
                 self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)),
                                            new.live(touched)))
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
