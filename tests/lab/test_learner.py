@@ -177,8 +177,8 @@ def test_any_learns_again_after_the_interface_is_recreated(lab, host, learner):
 def _real_dhcp(server, vm, tmp_path, version, dhcp_range):
     """dnsmasq serving ``dhcp_range`` in the server's namespace, and dhclient
     (-4 or -6) run once in the VM's namespace; both stopped on exit."""
-    files = {name: str(tmp_path / f"{name}{version}") for name in ("server.leases", "server.pid", "client.leases",
-                                                                 "client.pid")}
+    names = ("server.leases", "server.pid", "client.leases", "client.pid")
+    files = {name: str(tmp_path / f"{name}{version}") for name in names}
     dnsmasq = subprocess.Popen(["ip", "netns", "exec", server.name, "dnsmasq", "--no-daemon", "--port=0",
                                 "--interface=eth0", "--bind-interfaces", f"--dhcp-range={dhcp_range}",
                                 f"--dhcp-leasefile={files['server.leases']}", f"--pid-file={files['server.pid']}"],
@@ -258,8 +258,8 @@ def test_dhcp_mode_learns_ipv6_from_real_dhcpv6(lab, host, learner, tmp_path):
         address = status["learned"]["IPV6"][0]
         assert ipaddress.IPv6Address(address) in ipaddress.IPv6Network("2001:db8::/64")
         assert 0x100 <= int(ipaddress.IPv6Address(address)) & 0xFFFF <= 0x1FF
-    probes = [Probe(name, "vm", "peer", tagged(Ether(src=vm.mac, dst=peer.mac) / IPv6(src=source, dst=peer.ipv6)
-                                              / UDP(dport=9)))
+    probes = [Probe(name, "vm", "peer",
+                    tagged(Ether(src=vm.mac, dst=peer.mac) / IPv6(src=source, dst=peer.ipv6) / UDP(dport=9)))
               for name, source in (("leased", address), ("spoofed", "2001:db8::99"))]
     assert run_probes(lab, probes) == {"leased": True, "spoofed": False}
 

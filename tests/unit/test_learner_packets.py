@@ -62,8 +62,8 @@ def test_leases_keep_ipv4_and_ipv6_apart(tmp_path):
 def _dhcp6(message, src_mac="52:54:00:00:00:fe", dst_mac=VM, src="fe80::fe", addresses=(("2001:db8::50", 600),)):
     from scapy.layers.dhcp6 import DHCP6OptIA_NA, DHCP6OptIAAddress  # pylint: disable=import-outside-toplevel
     from scapy.all import IPv6  # pylint: disable=import-outside-toplevel,no-name-in-module
-    ia = DHCP6OptIA_NA(iaid=1, T1=0, T2=0, ianaopts=[DHCP6OptIAAddress(addr=a, preflft=v, validlft=v)
-                                                      for a, v in addresses])
+    options = [DHCP6OptIAAddress(addr=a, preflft=v, validlft=v) for a, v in addresses]
+    ia = DHCP6OptIA_NA(iaid=1, T1=0, T2=0, ianaopts=options)
     client = message.__name__ in ("DHCP6_Release", "DHCP6_Decline")
     ports = dict(sport=546, dport=547) if client else dict(sport=547, dport=546)
     return bytes(Ether(src=src_mac, dst=dst_mac) / IPv6(src=src, dst="fe80::1") / UDP(**ports) / message(trid=7) / ia)

@@ -13,7 +13,7 @@ import ctypes.util
 import queue
 import threading
 import weakref
-from typing import List, Optional
+from typing import Optional
 
 CLONE_NEWNET = 0x40000000
 OUTPUT_JSON = 1 << 4
