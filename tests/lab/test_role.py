@@ -64,3 +64,18 @@ def test_exec_start_lines_run_in_the_lab(lab, deployed):
     assert service.poll() is None  # runs in the foreground
     service.send_signal(signal.SIGINT)
     assert service.wait(timeout=10) == 0
+
+
+MOLECULE = os.path.join(os.path.dirname(sys.executable), "molecule")
+COLLECTIONS = os.path.join(REPO, ".build", "collections")
+
+
+@pytest.mark.skipif(not os.path.exists(MOLECULE), reason="molecule is not installed (make setup installs it)")
+@pytest.mark.skipif(not os.path.isdir(COLLECTIONS), reason="the collection is not built (make collection)")
+def test_molecule_scenario_converges_verifies_and_is_idempotent():
+    """`molecule test`: converge, converge again with changed=0, verify, clean up."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], NO_COLOR="1")
+    done = subprocess.run([MOLECULE, "test"], cwd=ROLE, env=env, capture_output=True, text=True,
+                          check=False, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "idempotence: Executed: Successful" in done.stdout + done.stderr
