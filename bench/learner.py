@@ -57,13 +57,15 @@ def latency(count: int) -> list:
             time.sleep(2.0)  # the service opens its captures
             for i in range(count):
                 learned = os.path.join(root, "learned", f"lp{i}.json")
+                frame, sock = _frame(i), _socket(lab, i)  # built before the clock starts
                 start = time.perf_counter()
-                _send(lab, i)
+                sock.send(frame)
                 while not os.path.exists(learned):  # written once nft has accepted the full rules
                     if time.perf_counter() - start > 5:
                         raise RuntimeError(f"lp{i} not learned within 5 s")
                     time.sleep(0.0005)
                 samples.append(time.perf_counter() - start)
+                sock.close()  # after the clock: closing an AF_PACKET socket waits about 16 ms
         finally:
             service.terminate()
             service.wait()
@@ -75,12 +77,12 @@ def _frame(i: int) -> bytes:
                  / UDP(dport=9) / Raw(b"x" * 16))
 
 
-def _send(lab: Lab, i: int) -> None:
+def _socket(lab: Lab, i: int) -> socket.socket:
+    """A raw socket on VM i's side of its port."""
     with inside(lab.host):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         sock.bind((f"lq{i}", 0))
-    sock.send(_frame(i))
-    sock.close()
+    return sock
 
 
 def libvirt_latency(count: int) -> list:
@@ -92,14 +94,16 @@ def libvirt_latency(count: int) -> list:
         time.sleep(2.0)
         samples = []
         for i in range(count):
+            frame, sock = _frame(i), _socket(lab, i)
             start = time.perf_counter()
-            _send(lab, i)
+            sock.send(frame)
             wanted = f"ip saddr 10.9.{i >> 8}.{i & 0xff} "
             while wanted not in run(["ip", "netns", "exec", lab.host, "nft", "list", "table", "bridge", "nat"]).stdout:
                 if time.perf_counter() - start > 30:
                     raise RuntimeError(f"libvirt did not learn lp{i} within 30 s")
                 time.sleep(0.01)
             samples.append(time.perf_counter() - start)
+            sock.close()
         return samples
 
 
@@ -110,16 +114,21 @@ def idle(count: int, seconds: float) -> tuple:
         host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
         service = _service(lab, root)
         try:
-            time.sleep(5.0)  # settle: all captures open
-            pid = int(run(["pgrep", "-P", str(service.pid)], check=False).stdout.split()[0]) \
-                if run(["pgrep", "-P", str(service.pid)], check=False).stdout.strip() else service.pid
             ticks = os.sysconf("SC_CLK_TCK")
 
-            def cpu() -> float:
-                with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            def cpu() -> float:  # `ip netns exec` execs the service: same pid
+                with open(f"/proc/{service.pid}/stat", encoding="utf-8") as handle:
                     fields = handle.read().rsplit(")", 1)[1].split()
                 return (int(fields[11]) + int(fields[12])) / ticks
-            before = cpu()
+            # settle: start-up (loading 1000 bindings, opening 1000 captures) is over
+            # once a whole second passes without CPU use
+            deadline, before = time.monotonic() + 60, cpu()
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                now = cpu()
+                if now == before:
+                    break
+                before = now
             time.sleep(seconds)
             used = cpu() - before
             with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
@@ -134,7 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ports", type=int, default=100)
     parser.add_argument("--waiting", type=int, default=1000)
-    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="covers two periodic full rescans")
     parser.add_argument("--libvirt-ports", type=int, default=10, help="ports for libvirt's side (0: skip)")
     args = parser.parse_args()
     print(f"# vmguard learner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")

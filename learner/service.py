@@ -7,9 +7,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import selectors
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -110,6 +112,10 @@ class Learner:
         self.links = _link_events()
         if self.links is not None:
             self.selector.register(self.links, selectors.EVENT_READ, None)
+        # closing an AF_PACKET socket waits for an RCU grace period (about 16 ms here):
+        # done off the loop, so that it never delays the next port's learning
+        self.closing: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_close_forever, args=(self.closing,), name="close-captures", daemon=True).start()
 
     def _store_signature(self) -> tuple:
         # every store change replaces or removes a file, which touches its directory
@@ -156,7 +162,7 @@ class Learner:
     def _stop(self, portdev: str) -> None:
         watch = self.watches.pop(portdev)
         self.selector.unregister(watch.sock)
-        watch.sock.close()
+        self.closing.put(watch.sock)
 
     def on_frame(self, portdev: str, frame: bytes) -> None:
         LOG.debug("%s: frame of %d bytes", portdev, len(frame))
@@ -257,6 +263,11 @@ class Learner:
                     self._stop(portdev)  # the interface went away; rescan picks it up again
                     continue
                 self.on_frame(portdev, frame)
+
+
+def _close_forever(closing: queue.SimpleQueue) -> None:
+    while True:
+        closing.get().close()
 
 
 def _exists(ifname: str) -> bool:
