@@ -131,7 +131,7 @@ def idle(count: int, seconds: float) -> tuple:
                 before = now
             time.sleep(seconds)
             used = cpu() - before
-            with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+            with open(f"/proc/{service.pid}/status", encoding="utf-8") as handle:
                 rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS"))
         finally:
             service.terminate()
