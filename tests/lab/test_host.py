@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-import engine.host
 from engine.errors import NwfilterError
 from engine.host import Host
 from engine.model import Binding, FilterRef
@@ -74,10 +73,7 @@ def test_check_mode_changes_nothing(lab, host):
     assert result.changed and lab.nft_list() == before and host.bindings() == {}
 
 
-@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "worker-processes"])
-def test_failed_redefine_changes_nothing_anywhere(lab, host, tmp_path, monkeypatch, workers):
-    if workers:  # compile in worker processes (as for hundreds of ports), errors included
-        monkeypatch.setattr(engine.host, "PARALLEL_MIN", 1)
+def test_failed_redefine_changes_nothing_anywhere(lab, host, tmp_path):
     vm = lab.guests["vm"]
     host.define_filter(filter_from_xml(UDP_DROP.format(port=5001)))
     host.bind(Binding(vm.port, vm.mac, FilterRef("f")))

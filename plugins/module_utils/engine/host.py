@@ -11,10 +11,7 @@ changes), apply one nft transaction, then write the store.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
-import multiprocessing
-import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -116,9 +113,6 @@ def _rule_line(rule: ResolvedRule) -> str:
     return f"{rule.priority} {rule.action} {rule.protocol or 'all-frames'} {matches}".rstrip()
 
 
-PARALLEL_MIN = 200  # below this many ports a worker process costs more than it saves
-
-
 def _extra(state: _State, binding: Binding) -> Dict[str, List[str]]:
     learned = state.learned.get(binding.portdev, {})
     return {name: values for name, values in learned.items() if values and name not in binding.parameters}
@@ -134,14 +128,6 @@ def _program(state: _State, portdev: str) -> PortProgram:
             return compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
         raise
     return compile_port(binding, ruleset, state.port_ids[portdev])
-
-
-def _compile_chunk(state: _State, ports: List[str]):
-    """Worker: the programs, or the first error's message (exceptions do not cross processes intact)."""
-    try:
-        return [_program(state, portdev) for portdev in ports]
-    except NwfilterError as exc:
-        return str(exc)
 
 
 class Host:
@@ -182,21 +168,6 @@ class Host:
                 raise
             self.nft.apply(transaction(programs, remove, before, base=True))
         self._tables_seen = True
-
-    def _programs(self, state: _State, ports: List[str]) -> List[PortProgram]:
-        """Compile many ports, on every core when there are enough of them."""
-        workers = min(os.cpu_count() or 1, len(ports) // PARALLEL_MIN)
-        if workers < 2:
-            return [_program(state, portdev) for portdev in ports]
-        chunks = [ports[i::workers] for i in range(workers)]
-        context = multiprocessing.get_context("fork")
-        with context.Pool(workers) as pool:
-            results = pool.map(functools.partial(_compile_chunk, state), chunks)
-        for result in results:
-            if isinstance(result, str):
-                raise NwfilterError(result)
-        by_port = {program.portdev: program for result in results for program in result}
-        return [by_port[portdev] for portdev in ports]
 
     def status(self, portdev: str) -> Dict[str, object]:
         state = self._load()
@@ -263,7 +234,7 @@ class Host:
                 new.port_ids[portdev] = next(free, 0)
                 if not new.port_ids[portdev]:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
-        programs = self._programs(new, sorted(rebuild))
+        programs = [_program(new, portdev) for portdev in sorted(rebuild)]
         if not check:
             touched = rebuild | remove
             before = live if live is not None else old.live(touched)
