@@ -190,6 +190,31 @@ def test_stateful_rules_through_conntrack(lab, host):
             sock.close()
 
 
+NOT_NEW_IN = """<filter name='not-new-in'>
+  <rule action='drop' direction='in'><udp srcportstart='53' state='NEW' match='no'/></rule>
+</filter>"""
+
+
+def test_negated_state_through_conntrack(lab, host):
+    """match='no' negates every attribute, state included: this drops traffic to the VM
+    that is not new (replies) unless it comes from port 53."""
+    from scapy.all import IP, UDP, Ether  # pylint: disable=import-outside-toplevel,no-name-in-module
+    from lab.probes import Probe, tagged  # pylint: disable=import-outside-toplevel
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.define_filter(filter_from_xml(NOT_NEW_IN))
+    host.bind(Binding(vm.port, vm.mac, FilterRef("not-new-in")))
+
+    def udp(name, sender, sport, dport):
+        src, dst = (vm, peer) if sender == "vm" else (peer, vm)
+        frame = Ether(src=src.mac, dst=dst.mac) / IP(src=src.ip, dst=dst.ip) / UDP(sport=sport, dport=dport)
+        return Probe(name, sender, "peer" if sender == "vm" else "vm", tagged(frame))
+    assert run_probes(lab, [udp("new to the vm", "peer", 4000, 5000),
+                            udp("vm asks", "vm", 6000, 7000), udp("vm asks 53", "vm", 6001, 53)]) == \
+        {"new to the vm": True, "vm asks": True, "vm asks 53": True}
+    assert run_probes(lab, [udp("reply", "peer", 7000, 6000), udp("reply from 53", "peer", 53, 6001)]) == \
+        {"reply": False, "reply from 53": True}
+
+
 def _bind_many(root, netns, prefix, count):
     host = Host(root, netns=netns)
     for index in range(count):

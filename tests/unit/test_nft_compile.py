@@ -113,6 +113,11 @@ def test_libvirt_halves_of_a_stateful_rule():
         " ct direction reply return" in text
 
 
+def test_negated_state_matches_none_of_the_states():
+    rule = _rule("udp", {"dstportstart": "53", "state": "ESTABLISHED,RELATED"}, "out", True)
+    assert "!= 53 ct state != established,related drop" in _program([rule]).text
+
+
 def test_learning_rules():
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic"))
     text = compile_learning(binding, {}, 1).text

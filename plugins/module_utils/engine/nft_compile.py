@@ -181,7 +181,8 @@ def _halves(rule: ResolvedRule) -> Tuple[Tuple[str, bool, Optional[str], str, bo
     inout = rule.direction == "inout"
     state = rule.get("state")
     if state is not None and rule.statematch:
-        states = ct_states(state[0])
+        # match='no': none of the states (a bitmask test, "ct state & (a|b) == 0")
+        states = ("!= " if state[1] else "") + ct_states(state[0])
         halves = []
         if not (d_in and not inout):
             halves.append(("fi", d_in, states, "return", d_in or inout))
