@@ -109,6 +109,7 @@ class Learner:
         self.selector = selectors.DefaultSelector()
         self.watches: Dict[str, Watch] = {}
         self.signature: tuple = ()
+        self.layer3_warning: Optional[str] = None
         self.links = _link_events()
         if self.links is not None:
             self.selector.register(self.links, selectors.EVENT_READ, None)
@@ -120,6 +121,13 @@ class Learner:
     def _store_signature(self) -> tuple:
         # every store change replaces or removes a file, which touches its directory
         return tuple(os.stat(d).st_mtime_ns if os.path.isdir(d) else 0 for d in self.host.store.dirs.values())
+
+    def _check_bridge_netfilter(self) -> None:
+        """Log (once per change of it) when layer-3/4 rules cannot see bridged traffic."""
+        warning = self.host.layer3_warning()
+        if warning and warning != self.layer3_warning:
+            LOG.warning("%s", warning)
+        self.layer3_warning = warning
 
     def rescan(self, force: bool = False) -> None:
         """Watch exactly the ports that learn now and whose interface exists.
@@ -244,6 +252,8 @@ class Learner:
             if time.monotonic() >= next_scan:
                 if time.monotonic() >= next_full:
                     force, next_full = True, time.monotonic() + FULL_RESCAN
+                if force:
+                    self._check_bridge_netfilter()
                 self.rescan(force)
                 force = False
                 for portdev in self.leases.expire(time.time()):

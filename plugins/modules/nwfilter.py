@@ -94,7 +94,7 @@ learning:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
@@ -134,6 +134,7 @@ def main() -> None:
         output["filter"] = result.after
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
+    warn_if_layer3_unseen(module, host)
     module.exit_json(**output)
 
 

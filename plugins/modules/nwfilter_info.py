@@ -52,7 +52,7 @@ bindings:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_to_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_to_xml
@@ -73,6 +73,7 @@ def main() -> None:
     for portdev, binding in engine_call(module, host.bindings).items():
         if params["portdev"] in (None, portdev):
             bindings[portdev] = dict(binding_to_dict(binding), **engine_call(module, host.status, portdev))
+    warn_if_layer3_unseen(module, host)
     module.exit_json(changed=False, filters=filters, bindings=bindings)
 
 

@@ -105,3 +105,19 @@ def test_bulk_exclusive(lab, collections, tmp_path):
     ruleset = lab.nft_list()
     assert "p/vnet0" not in ruleset and "p/vnet1/o" in ruleset and "p/vnet2/o" in ruleset
     assert not play(lab, collections, tmp_path, bulk)[0]["changed"]
+
+
+def test_warns_when_bridged_traffic_skips_layer3_rules(lab, collections, tmp_path):
+    """Without br_netfilter's sysctls at 1 the tcp rule of 'web' sees no bridged
+    packet: once a binding uses it, every module says so (the binding is still applied)."""
+    root = str(tmp_path / "store")
+    lab.sh(lab.host, "sysctl -qw net.bridge.bridge-nf-call-iptables=0")
+    try:
+        results = play(lab, collections, tmp_path, tasks(root) + [{"vmguard.nwfilter.nwfilter_info": {"root": root}}])
+    finally:
+        lab.sh(lab.host, "sysctl -qw net.bridge.bridge-nf-call-iptables=1")
+    assert not results[0].get("warnings")  # only the filter so far
+    for result in results[1:]:
+        assert any("vnet0 see no bridged traffic: net.bridge.bridge-nf-call-iptables must be 1" in warning
+                   for warning in result.get("warnings", [])), result
+    assert not any(r.get("warnings") for r in play(lab, collections, tmp_path, tasks(root)))

@@ -15,6 +15,7 @@ import gc
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from . import bridge_netfilter
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
@@ -136,6 +137,7 @@ class Host:
         """``nft_argv``: run this nft command instead of libnftables in-process;
         ``netns``: work in that named network namespace (tests, labs)."""
         self.store = Store(root)
+        self.netns = netns
         self.nft = Nft(nft_argv, netns)
         self._tables_seen = False
 
@@ -201,6 +203,17 @@ class Host:
         """Bindings whose IP address is being learned."""
         state = self._load()
         return {p: state.bindings[p] for p in state.bindings if _program(state, p).learning}
+
+    def layer3_warning(self) -> Optional[str]:
+        """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
+        ports = sorted(p for p, record in self.store.ports().items()
+                       if any(chain[0] == "inet" for chain in record["chains"]))
+        off = bridge_netfilter.disabled(self.netns) if ports else []
+        if not off:
+            return None
+        shown = ", ".join(ports[:3]) + (f" and {len(ports) - 3} more" if len(ports) > 3 else "")
+        return (f"the layer-3/4 rules of {shown} see no bridged traffic: {' and '.join(off)} must be 1 "
+                "(load the br_netfilter module and set them, as libvirt also requires)")
 
     # ---- changing --------------------------------------------------------
     @contextlib.contextmanager
