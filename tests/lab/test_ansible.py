@@ -121,3 +121,23 @@ def test_warns_when_bridged_traffic_skips_layer3_rules(lab, collections, tmp_pat
         assert any("vnet0 see no bridged traffic: net.bridge.bridge-nf-call-iptables must be 1" in warning
                    for warning in result.get("warnings", [])), result
     assert not any(r.get("warnings") for r in play(lab, collections, tmp_path, tasks(root)))
+
+
+def test_redefine_may_not_add_variables_while_learning(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    web = tasks(root)[0]
+    learning = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "portdev": "vnet0", "mac": "52:54:00:00:00:01",
+                                                      "filter": "web"}}
+    assert play(lab, collections, tmp_path, [web, learning])[1]["learning"]
+    ruleset = lab.nft_list()
+
+    def redefined(rule):
+        args = web["vmguard.nwfilter.nwfilter"]
+        return {"vmguard.nwfilter.nwfilter": dict(args, rules=args["rules"] + [rule])}
+    adds_ipv6, harmless = play(lab, collections, tmp_path, [
+        redefined({"action": "accept", "direction": "out", "ipv6": {"srcipaddr": "$IPV6"}}),
+        redefined({"action": "accept", "direction": "in", "tcp": {"dstportstart": 23}})])
+    assert adds_ipv6.get("failed") and adds_ipv6["msg"] == ("filter 'web' not changed: binding 'vnet0': "
+                                                            "the new tree would add IPV6 while its address is being learned")
+    # the port keeps its learning rules through both: they do not depend on the rest of the tree
+    assert harmless["changed"] and harmless["rebuilt"] == ["vnet0"] and lab.nft_list() == ruleset

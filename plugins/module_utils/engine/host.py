@@ -119,6 +119,31 @@ def _extra(state: _State, binding: Binding) -> Dict[str, List[str]]:
     return {name: values for name, values in learned.items() if values and name not in binding.parameters}
 
 
+def _check_learning_trees(old: _State, new: _State, ports: Set[str]) -> None:
+    """While a binding learns its address, its tree may not gain variables
+    without a value: the learner looks only for IP and IPV6 as they were
+    missing when it started, and anything else could never be filled in."""
+    memo: Dict[tuple, Set[str]] = {}
+
+    def missing(state: _State, binding: Binding) -> Set[str]:
+        # only the variables' names matter: ports with the same tree and names share one walk
+        extra = _extra(state, binding)
+        key = (state is new, binding.filterref.filter, frozenset(binding.parameters), frozenset(extra))
+        if key not in memo:
+            memo[key] = missing_variables(state.all_filters(), binding, extra)
+        return memo[key]
+
+    for portdev in sorted(ports):
+        binding = old.bindings[portdev]
+        before = missing(old, binding)
+        if not before or _learning_mode(binding) == "none":
+            continue
+        added = missing(new, binding) - before
+        if added:
+            raise NwfilterError(f"the new tree would add {', '.join(sorted(added))} while its address is "
+                                "being learned", f"binding {portdev!r}")
+
+
 def _program(state: _State, portdev: str) -> PortProgram:
     binding = state.bindings[portdev]
     try:
@@ -282,6 +307,7 @@ class Host:
             _check_loops(new.all_filters(), flt.name)
             rebuild = set(self._users(new, flt.name))
             try:
+                _check_learning_trees(old, new, rebuild)
                 learning = self._commit(old, new, rebuild, set(), check)
             except NwfilterError as exc:
                 raise exc.within(f"filter {flt.name!r} not changed") from None
