@@ -50,6 +50,8 @@ options:
     default: /etc/vmguard
 notes:
   - Supports check mode and diff mode (canonical XML before and after).
+  - While a binding learns its address, a redefinition that would add a variable without a value to its filter tree is refused.
+  - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
 EXAMPLES = r"""

@@ -66,6 +66,7 @@ options:
     default: /etc/vmguard
 notes:
   - Supports check mode and diff mode (canonical binding XML before and after).
+  - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
 EXAMPLES = r"""

@@ -26,6 +26,7 @@ options:
     default: /etc/vmguard
 notes:
   - Read-only; supports check mode.
+  - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
 EXAMPLES = r"""
