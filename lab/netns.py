@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,16 @@ def run(argv: Sequence[str], check: bool = True, stdin: Optional[str] = None) ->
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done
+
+
+def remove_stale() -> None:
+    """Remove the namespaces of labs whose process is gone: one killed outright
+    (SIGKILL, a timeout) never ran its cleanup. Names carry the pid modulo 100000."""
+    alive = {int(entry) % 100000 for entry in os.listdir("/proc") if entry.isdigit()}
+    for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
+        found = re.match(r"(vmg\D*(\d+)\S*)", line)
+        if found and int(found.group(2)) not in alive:
+            run(["ip", "netns", "del", found.group(1)], check=False)
 
 
 @contextmanager
@@ -57,6 +68,7 @@ class Lab:
         self._next = 0
 
     def __enter__(self) -> "Lab":
+        remove_stale()
         try:
             self._netns(self.host)
             self.sh(self.host, "ip link add br0 type bridge stp_state 0 forward_delay 0",
