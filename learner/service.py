@@ -252,7 +252,6 @@ class Learner:
             if time.monotonic() >= next_scan:
                 if time.monotonic() >= next_full:
                     force, next_full = True, time.monotonic() + FULL_RESCAN
-                if force:
                     self._check_bridge_netfilter()
                 self.rescan(force)
                 force = False
