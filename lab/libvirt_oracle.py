@@ -5,6 +5,7 @@ oracle at a time."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from .netns import Lab, run
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 PIDFILE = "/run/libvirtd.pid"
+# one libvirtd per machine: concurrent test runs queue here instead of failing
+MACHINE_LOCK = "/run/vmguard-libvirtd.lock"
 
 
 def prepare_machine() -> None:
@@ -39,6 +42,7 @@ class Oracle:
         self.lab = lab
         self.defined: list = []
         self.bound: set = set()
+        self._lock = None
 
     @staticmethod
     def busy() -> bool:
@@ -46,7 +50,10 @@ class Oracle:
         return run(["pgrep", "-x", "libvirtd"], check=False).returncode == 0
 
     def __enter__(self) -> "Oracle":
+        self._lock = open(MACHINE_LOCK, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         if self.busy():
+            self._release()
             raise RuntimeError("a libvirtd is already running; the oracle needs its own")
         prepare_machine()
         run(["ip", "netns", "exec", self.lab.host, "libvirtd", "-d", "-p", PIDFILE])
@@ -72,6 +79,12 @@ class Oracle:
             if run(["pgrep", "-x", "libvirtd"], check=False).returncode != 0:
                 break
             time.sleep(0.1)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def virsh(self, args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
         return run(["ip", "netns", "exec", self.lab.host, "virsh", "-q", "-c", "qemu:///system"] + list(args),
