@@ -97,6 +97,8 @@ def test_builtin_filters_compile(nft_check):
     binding6 = Binding("learn6", "52:54:00:00:00:02", FilterRef("clean-traffic"))
     programs.append(compile_learning(binding6, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVERV6": ("fe80::1",)}, 98,
                                      ipv6=True))
+    programs.append(compile_learning(Binding("learnany", "52:54:00:00:00:03", FilterRef("clean-traffic")),
+                                     {"DHCPSERVER": ("192.0.2.1",)}, 97, ipv6=True))
     nft_check(transaction(programs, [], {}))
 
 
@@ -121,7 +123,9 @@ def test_negated_state_matches_none_of_the_states():
 def test_learning_rules():
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic"))
     text = compile_learning(binding, {}, 1).text
-    assert "ether saddr != 52:54:00:00:00:01 drop" in text and "ether type 0x0806 accept" in text
+    assert "ether saddr != 52:54:00:00:00:01 drop" in text
+    assert "arp saddr ether 52:54:00:00:00:01 arp saddr ip != { 0.0.0.0, 224.0.0.0-255.255.255.255 } add @p/vnet0/lock4-" \
+        in text and "ip saddr != { 0.0.0.0, 224.0.0.0-255.255.255.255 } add @p/vnet0/lock4-" in text
     dhcp = compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVER": ("192.0.2.1",)}, 1).text
     assert "ip saddr { 192.0.2.1 } udp sport 67 udp dport 68 accept" in dhcp
     dhcp6 = compile_learning(binding, {"CTRL_IP_LEARNING": ("dhcp",), "DHCPSERVERV6": ("fe80::1",)}, 1, ipv6=True).text

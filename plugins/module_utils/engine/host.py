@@ -55,7 +55,8 @@ class _State:
     def live(self, ports: Set[str]) -> Dict[str, PortLive]:
         return {p: PortLive({(c[0], c[1]) for c in self.installed[p]["chains"]},
                             {tuple(e) for e in self.installed[p]["elements"]},
-                            {(c[0], c[1]): c[2] for c in self.installed[p]["chains"] if len(c) > 2})
+                            {(c[0], c[1]): c[2] for c in self.installed[p]["chains"] if len(c) > 2},
+                            {(s[0], s[1]) for s in self.installed[p].get("sets", [])})
                 for p in ports if p in self.installed}
 
     def as_files(self) -> Tuple[Dict[str, Filter], Dict[str, Binding], Dict[str, Dict[str, List[str]]],
@@ -171,7 +172,7 @@ class Host:
         ports = self.store.ports()
         return _State(self.store.filters(), self.store.bindings(), self.store.learned(),
                       {p: r["id"] for p, r in ports.items()},
-                      {p: {"chains": r["chains"], "elements": r["elements"]} for p, r in ports.items()})
+                      {p: {k: v for k, v in r.items() if k != "id"} for p, r in ports.items()})
 
     def filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.store.filters()}
@@ -206,7 +207,17 @@ class Host:
         if not program.learning:
             rules = describe(resolve(state.all_filters(), binding, _extra(state, binding)))
         return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
-                "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+                "locked": self._locked(program), "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+
+    def _locked(self, program: PortProgram) -> Dict[str, List[str]]:
+        return {"IPV6" if "/lock6-" in name else "IP": self.nft.set_elements(family, name)
+                for family, name, _spec in program.sets}
+
+    def locked(self, portdev: str) -> Dict[str, List[str]]:
+        """What the kernel has locked for a learning port: {IP: [address] or [],
+        IPV6: ...} for each address it learns ({} once the full rules are in force)."""
+        state = self._load()
+        return self._locked(_program(state, portdev)) if portdev in state.bindings else {}
 
     def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
         """Bindings with addresses for the learner to find: (binding, mode any
@@ -281,6 +292,8 @@ class Host:
                 new.installed[program.portdev] = {
                     "chains": sorted([f, n, digest(rules)] for f, n, rules in program.chains),
                     "elements": sorted([f, m, k] for f, m, k, _target in program.elements)}
+                if program.sets:
+                    new.installed[program.portdev]["sets"] = sorted([f, n] for f, n, _spec in program.sets)
             try:
                 self.store.save(old.as_files(), new.as_files())
             except OSError as exc:

@@ -74,6 +74,7 @@ class PortProgram:
     learning: bool
     chains: Tuple[Tuple[str, str, Tuple[str, ...]], ...]
     elements: Tuple[Tuple[str, str, str, str], ...]
+    sets: Tuple[Tuple[str, str, str], ...] = ()  # (family, name, spec): a learning port's address locks
 
     @property
     def text(self) -> str:
@@ -90,6 +91,7 @@ class PortLive:
     chains: Set[Tuple[str, str]]
     elements: Set[Tuple[str, str, str]]
     digests: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    sets: Set[Tuple[str, str]] = field(default_factory=set)
 
 
 def digest(rules: Sequence[str]) -> str:
@@ -138,9 +140,9 @@ class _Builder:
         self.chain(family, *parts)
         self.elements.append((family, vmap, key, chain_name(self.binding.portdev, *parts)))
 
-    def program(self, learning: bool) -> PortProgram:
+    def program(self, learning: bool, sets: Tuple[Tuple[str, str, str], ...] = ()) -> PortProgram:
         return PortProgram(self.binding.portdev, self.port_id, learning,
-                           tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements))
+                           tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements), sets)
 
 
 def _reachable(rules: List[str]) -> Tuple[str, ...]:
@@ -268,23 +270,54 @@ def _servers(variables: Mapping[str, Tuple[str, ...]], name: str, version: int) 
     return f"{family} saddr {{ {', '.join(checked)} }} " if checked else ""
 
 
+LOCK_SPEC = {"IP": "type ipv4_addr; size 1; flags dynamic;", "IPV6": "type ipv6_addr; size 1; flags dynamic;"}
+# What a VM may not own (as the learner: 0.0.0.0, multicast, class E, broadcast; IPv6: loopback, multicast)
+NOT_OWNED4 = "{ 0.0.0.0, 224.0.0.0-255.255.255.255 }"
+NOT_OWNED6 = "{ ::1, ff00::/8 }"
+# A DHCP ACK in a UDP datagram, by offsets from the UDP header (@th: IP options
+# are skipped by the kernel): BOOTREPLY (op 2 at 8), chaddr at 36, yiaddr at 24,
+# option 53 (message type) = 5 as the first option, after the magic cookie at 244
+DHCP_ACK = "@th,64,8 2 @th,1952,32 0x63825363 @th,1984,24 0x350105"
+DHCP_YIADDR = "@th,192,32"
+
+
+def lock_sets(binding: Binding, variables: Mapping[str, Tuple[str, ...]], ipv6: bool) -> Dict[str, str]:
+    """{variable: set name}: the sets of size 1 in which the kernel locks a
+    learning port's first address. The name carries a digest of what decides
+    the lock (MAC, mode, trusted servers): re-applying the same learning rules
+    keeps a lock, a changed binding starts with an empty set."""
+    key = " ".join([binding.mac] + [f"{name}={','.join(variables.get(name) or ())}"
+                                    for name in ("CTRL_IP_LEARNING", "DHCPSERVER", "DHCPSERVERV6")])
+    tag = digest([key])[:8]
+    return {name: chain_name(binding.portdev, f"lock{suffix}-{tag}")
+            for name, suffix in (("IP", "4"), ("IPV6", "6")) if name == "IP" or ipv6}
+
+
 def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int,
                      ipv6: bool = False) -> PortProgram:
     """libvirt's rules while the VM's IP address is being learned: only its own
-    MAC may send; mode any lets IPv4 and ARP through (and IPv6 while ``ipv6``
-    is learned too), mode dhcp only DHCP (and DHCPv6 with neighbour discovery
-    from link-local addresses, which DHCPv6 needs, while ``ipv6``)."""
+    MAC may send; mode any: the first IPv4 source or ARP sender address (and
+    IPv6 global source while ``ipv6``) is locked in a set of size 1 by the
+    kernel itself, and only it passes from then on; mode dhcp only DHCP (and
+    DHCPv6 with neighbour discovery from link-local addresses, which DHCPv6
+    needs, while ``ipv6``). In both modes a DHCP ACK to the VM from a trusted
+    server locks its yiaddr first (docs/learner.md)."""
     builder = _Builder(binding, port_id)
     key = f'"{binding.portdev}"'
     builder.element("bridge", "from_vm", key, "o")
     builder.element("bridge", "to_vm", key, "i")
     out, into = builder.chain("bridge", "o"), builder.chain("bridge", "i")
     mac = binding.mac
-    out.append(f"ether saddr != {mac} drop")
     mode = (variables.get("CTRL_IP_LEARNING") or ("any",))[0].lower()
+    locks = lock_sets(binding, variables, ipv6 and mode != "dhcp")
+    servers4 = _servers(variables, "DHCPSERVER", 4)
+    # no verdict: the reply goes on to the rules below (a full set: nothing happens)
+    into.append(f"ether type 0x0800 {servers4}udp sport 67 udp dport 68 {DHCP_ACK} @th,288,48 0x{mac.replace(':', '')} "
+                f"{DHCP_YIADDR} != 0 @th,192,8 < 224 add @{locks['IP']} {{ {DHCP_YIADDR} }}")
+    out.append(f"ether saddr != {mac} drop")
     if mode == "dhcp":
         out.append("ether type 0x0800 udp sport 68 udp dport 67 accept")
-        into.append(f"ether daddr {{ {mac}, {BROADCAST} }} ether type 0x0800 {_servers(variables, 'DHCPSERVER', 4)}"
+        into.append(f"ether daddr {{ {mac}, {BROADCAST} }} ether type 0x0800 {servers4}"
                     "udp sport 67 udp dport 68 accept")
         if ipv6:
             link_local = "ether type 0x86dd ip6 saddr fe80::/10"
@@ -296,12 +329,19 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
             into.append(f"{link_local} icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept")
         into.append("drop")
     else:
-        out.append("ether type 0x0800 accept")
-        out.append("ether type 0x0806 accept")
+        # a full set makes "add" fail for any other address: the frame falls through to the drop
+        out.append("ether type 0x0800 ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept")  # DHCP before any address
+        out.append(f"ether type 0x0800 ip saddr != {NOT_OWNED4} add @{locks['IP']} {{ ip saddr }} accept")
+        out.append(f"ether type 0x0806 arp htype 1 arp ptype 0x0800 arp hlen 6 arp plen 4 arp saddr ether {mac} "
+                   "arp saddr ip 0.0.0.0 accept")  # an address probe (RFC 5227) claims nothing
+        out.append(f"ether type 0x0806 arp htype 1 arp ptype 0x0800 arp hlen 6 arp plen 4 arp saddr ether {mac} "
+                   f"arp saddr ip != {NOT_OWNED4} add @{locks['IP']} {{ arp saddr ip }} accept")
         if ipv6:
-            out.append("ether type 0x86dd accept")
+            out.append("ether type 0x86dd ip6 saddr { ::, fe80::/10 } accept")  # DAD and neighbour discovery
+            out.append(f"ether type 0x86dd ip6 saddr != {NOT_OWNED6} add @{locks['IPV6']} {{ ip6 saddr }} accept")
     out.append("drop")
-    return builder.program(learning=True)
+    sets = tuple(("bridge", name, LOCK_SPEC[variable]) for variable, name in sorted(locks.items()))
+    return builder.program(learning=True, sets=sets)
 
 
 def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True) -> str:
@@ -319,6 +359,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         chains = {(f, n) for f, n, _rules in program.chains} if program else set()
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
         rules = {(f, n): r for f, n, r in program.chains} if program else {}
+        sets = {(f, n): spec for f, n, spec in program.sets} if program else {}
         same = {c for c in now.chains & chains if c in now.digests and now.digests[c] == digest(rules[c])}
         # What a port had may be gone from the kernel (a reboot, a flush): with
         # ``base``, ``add`` it first (idempotent) so flush and delete never fail.
@@ -329,8 +370,15 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
             lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")
         lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(now.chains - chains)]
+        # address locks: kept (with their element) while the port keeps them, deleted with the rules using them
+        gone = sorted(now.sets - set(sets))
+        if base:
+            lines += [f"add set {family} {TABLE} {name} {{ {LOCK_SPEC['IPV6' if '/lock6-' in name else 'IP']} }}"
+                      for family, name in gone]
+        lines += [f"delete set {family} {TABLE} {name}" for family, name in gone]
         if program is None:
             continue
+        lines += [f"add set {family} {TABLE} {name} {{ {spec} }}" for (family, name), spec in sorted(sets.items())]
         lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains
                   if (family, name) not in now.chains]
         for family, name, chain_rules in program.chains:

@@ -72,6 +72,10 @@ class Nft:
                 portdev = portdev_of(chain["name"])
                 if portdev:
                     ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
+            elif "set" in item:
+                portdev = portdev_of(item["set"]["name"])
+                if portdev:
+                    ports.setdefault(portdev, PortLive(set(), set())).sets.add((item["set"]["family"], item["set"]["name"]))
             elif "map" in item:
                 vmap = item["map"]
                 for key, verdict in vmap.get("elem", []):
@@ -82,6 +86,15 @@ class Nft:
                         ports.setdefault(portdev, PortLive(set(), set())).elements.add(
                             (vmap["family"], vmap["name"], text))
         return ports
+
+    def set_elements(self, family: str, name: str) -> List[str]:
+        """The addresses in one of our sets (none when it does not exist)."""
+        try:
+            out = self._run(["-j", "list", "set", family, TABLE, name])
+        except NwfilterError:
+            return []
+        return [str(e) for item in json.loads(out).get("nftables", []) if "set" in item
+                for e in item["set"].get("elem", [])]
 
     def port_rules(self, portdev: str) -> str:
         """The exact rules in force for a port, as nft prints them. One listing
