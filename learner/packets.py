@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 ETH_ARP, ETH_IPV4, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 DHCP_MAGIC = b"\x63\x82\x53\x63"
@@ -54,7 +54,7 @@ def source_mac(frame: bytes) -> str:
 
 
 def arp_sender(frame: bytes) -> Optional[tuple]:
-    """(sender MAC, sender IP) of an ARP request or reply."""
+    """(sender MAC, sender IP) of an Ethernet/IPv4 ARP request or reply."""
     if ethertype(frame) != ETH_ARP or len(frame) < 42:
         return None
     htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", frame, 14)
@@ -63,41 +63,59 @@ def arp_sender(frame: bytes) -> Optional[tuple]:
     return mac_text(frame[22:28]), str(ipaddress.IPv4Address(frame[28:32]))
 
 
-def ipv4_source(frame: bytes) -> Optional[str]:
+def ipv4_header(frame: bytes) -> Optional[Tuple[int, int]]:
+    """(header length, end of the datagram in the frame) of a well-formed IPv4
+    header: version 4, IHL >= 5, a total length that covers the header and
+    fits in the frame (Ethernet padding may follow it)."""
     if ethertype(frame) != ETH_IPV4 or len(frame) < 34 or frame[14] >> 4 != 4:
         return None
-    return str(ipaddress.IPv4Address(frame[26:30]))
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, 16)[0]
+    if ihl < 20 or total < ihl or 14 + total > len(frame):
+        return None
+    return ihl, 14 + total
+
+
+def ipv4_source(frame: bytes) -> Optional[str]:
+    return str(ipaddress.IPv4Address(frame[26:30])) if ipv4_header(frame) else None
+
+
+def _dhcp_options(frame: bytes, start: int, end: int) -> Iterator[Tuple[int, bytes]]:
+    """(code, value) of the DHCP options in frame[start:end]; stops at the end
+    option or at an option whose length runs past ``end``."""
+    while start < end and frame[start] != 255:
+        if frame[start] == 0:
+            start += 1
+            continue
+        if start + 2 > end or start + 2 + frame[start + 1] > end:
+            return
+        yield frame[start], frame[start + 2:start + 2 + frame[start + 1]]
+        start += 2 + frame[start + 1]
 
 
 def dhcp(frame: bytes) -> Optional[Dhcp]:
-    """A DHCP message carried in an IPv4/UDP frame (ports 67/68)."""
-    if ethertype(frame) != ETH_IPV4 or len(frame) < 42 or frame[23] != 17:
+    """A DHCP message carried in an unfragmented IPv4/UDP datagram (ports 67/68)."""
+    header = ipv4_header(frame)
+    if header is None or frame[23] != 17 or struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:
         return None
-    ihl = (frame[14] & 0x0F) * 4
+    ihl, end = header
     udp = 14 + ihl
-    sport, dport = struct.unpack_from("!HH", frame, udp)
-    if {sport, dport} != {67, 68}:
+    if udp + 8 > end:
         return None
-    bootp = udp + 8
-    if len(frame) < bootp + 240 or frame[bootp + 236:bootp + 240] != DHCP_MAGIC:
+    sport, dport, length = struct.unpack_from("!HHH", frame, udp)
+    if {sport, dport} != {67, 68} or length < 8 or udp + length > end:
         return None
-    options, kind, server, lease = bootp + 240, None, None, None
-    while options < len(frame) and frame[options] != 255:
-        code = frame[options]
-        if code == 0:
-            options += 1
-            continue
-        if options + 1 >= len(frame):
-            break
-        length = frame[options + 1]
-        value = frame[options + 2:options + 2 + length]
-        if code == 53 and length == 1:
+    bootp, end = udp + 8, udp + length
+    if end < bootp + 240 or frame[bootp + 236:bootp + 240] != DHCP_MAGIC:
+        return None
+    kind, server, lease = None, None, None
+    for code, value in _dhcp_options(frame, bootp + 240, end):
+        if code == 53 and len(value) == 1:
             kind = DHCP_TYPES.get(value[0])
-        elif code == 54 and length == 4:
+        elif code == 54 and len(value) == 4:
             server = str(ipaddress.IPv4Address(value))
-        elif code == 51 and length == 4:
+        elif code == 51 and len(value) == 4:
             lease = struct.unpack("!I", value)[0]
-        options += 2 + length
     if kind is None:
         return None
     return Dhcp(kind, mac_text(frame[bootp + 28:bootp + 34]), str(ipaddress.IPv4Address(frame[bootp + 16:bootp + 20])),
@@ -105,15 +123,17 @@ def dhcp(frame: bytes) -> Optional[Dhcp]:
                 server or str(ipaddress.IPv4Address(frame[26:30])), lease)
 
 
-def learn_any(frame: bytes, vm_mac: str) -> Optional[str]:
-    """Mode any: the first of the VM's own IPv4 source, its ARP sender
-    address, or a DHCP OFFER/ACK for its MAC gives the address."""
+def learn_any(frame: bytes, vm_mac: str, to_vm: bool = False) -> Optional[str]:
+    """Mode any: the address this frame may have locked, as the kernel's
+    learning rules do: the VM's own IPv4 source (not 0.0.0.0, multicast,
+    class E or broadcast) or ARP sender address, or the yiaddr of a DHCP ACK
+    for its MAC sent to it (``to_vm``: from the network side, never by the VM)."""
     message = dhcp(frame)
-    if message is not None:
-        if message.kind in ("offer", "ack") and message.client_mac == vm_mac and usable_ipv4(message.your_ip):
+    if message is not None and to_vm:
+        if message.kind == "ack" and message.client_mac == vm_mac and usable_ipv4(message.your_ip):
             return message.your_ip
         return None
-    if source_mac(frame) != vm_mac:
+    if to_vm or source_mac(frame) != vm_mac:
         return None
     arp = arp_sender(frame)
     if arp is not None:
@@ -125,7 +145,7 @@ def learn_any(frame: bytes, vm_mac: str) -> Optional[str]:
 def learn_any6(frame: bytes, vm_mac: str) -> Optional[str]:
     """The VM's first global IPv6 source address (not link-local, multicast,
     loopback or unspecified); libvirt never learns IPv6."""
-    if ethertype(frame) != ETH_IPV6 or len(frame) < 54 or source_mac(frame) != vm_mac:
+    if ethertype(frame) != ETH_IPV6 or len(frame) < 54 or frame[14] >> 4 != 6 or source_mac(frame) != vm_mac:
         return None
     address = ipaddress.IPv6Address(frame[22:38])
     if address.is_link_local or address.is_multicast or address.is_loopback or address.is_unspecified:
@@ -156,10 +176,11 @@ def _ia_addresses(options: bytes) -> list:
 
 def dhcp6(frame: bytes) -> Optional[Dhcp6]:
     """A DHCPv6 message carried in an IPv6/UDP frame (ports 546/547, no extension headers)."""
-    if ethertype(frame) != ETH_IPV6 or len(frame) < 66 or frame[20] != 17:
+    if ethertype(frame) != ETH_IPV6 or len(frame) < 66 or frame[14] >> 4 != 6 or frame[20] != 17:
         return None
+    payload = struct.unpack_from("!H", frame, 18)[0]
     sport, dport, length = struct.unpack_from("!HHH", frame, 54)
-    if {sport, dport} != {DHCP6_CLIENT, DHCP6_SERVER}:
+    if {sport, dport} != {DHCP6_CLIENT, DHCP6_SERVER} or length < 12 or length > payload or 54 + payload > len(frame):
         return None
     kind = DHCP6_TYPES.get(frame[62])
     if kind is None:

@@ -14,17 +14,19 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from engine.errors import NwfilterError
 from engine.host import Host
 from engine.model import Binding
 
+from .inotify import store_events
 from .leases import Leases
 from .packets import dhcp, dhcp6, learn_any, learn_any6
 
 LOG = logging.getLogger("vmguard-learner")
 ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4  # sockaddr_ll's pkttype of a frame the interface sends
 SO_ATTACH_FILTER = 26
 
 
@@ -64,6 +66,9 @@ def capture_filter(mac: str) -> list:
 
 
 FULL_RESCAN = 30.0  # seconds between rescans that do not trust the store's directory times
+# A capture sees a frame from the VM before the bridge's rules lock its address:
+# when the kernel's lock is still empty, look again this often, this many times
+LOCK_RECHECK, LOCK_RECHECKS = 0.002, 10
 RATE, BURST = 10.0, 50.0  # snooped frames per second and burst, per port (as libvirt)
 
 
@@ -113,6 +118,10 @@ class Learner:
         self.links = _link_events()
         if self.links is not None:
             self.selector.register(self.links, selectors.EVENT_READ, None)
+        self.rechecks: Dict[str, Tuple[float, int]] = {}  # port: (when, tries left) to read its lock again
+        self.store_events = _store_events(host)
+        if self.store_events is not None:
+            self.selector.register(self.store_events, selectors.EVENT_READ, "")
         # closing an AF_PACKET socket waits for an RCU grace period (about 16 ms here):
         # done off the loop, so that it never delays the next port's learning
         self.closing: queue.SimpleQueue = queue.SimpleQueue()
@@ -157,6 +166,8 @@ class Learner:
         for portdev, (binding, mode, learned) in wanted.items():
             if portdev in self.watches:
                 self.watches[portdev].learned = learned
+                if force and mode == "any":
+                    self._promote(portdev)  # the safety net: a lock whose frame was missed
             else:
                 try:
                     # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
@@ -166,62 +177,93 @@ class Learner:
                 self.watches[portdev] = Watch(binding, mode, sock, learned)
                 self.selector.register(sock, selectors.EVENT_READ, portdev)
                 LOG.info("learning the address of %s (%s)", portdev, mode)
+                if mode == "any":
+                    self._promote(portdev)  # the VM may have spoken before the capture was open
 
     def _stop(self, portdev: str) -> None:
         watch = self.watches.pop(portdev)
+        self.rechecks.pop(portdev, None)
         self.selector.unregister(watch.sock)
         self.closing.put(watch.sock)
 
-    def on_frame(self, portdev: str, frame: bytes) -> None:
+    def on_frame(self, portdev: str, frame: bytes, to_vm: bool) -> None:
+        """One captured frame (``to_vm``: sent to the VM from the network side).
+        Hostile input: anything unexpected is logged and the frame dropped."""
+        try:
+            self._on_frame(portdev, frame, to_vm)
+        except Exception as exc:  # pylint: disable=broad-except  # one frame must never stop the service
+            LOG.warning("%s: frame of %d bytes dropped: %s: %s", portdev, len(frame), type(exc).__name__, exc)
+
+    def _on_frame(self, portdev: str, frame: bytes, to_vm: bool) -> None:
         LOG.debug("%s: frame of %d bytes", portdev, len(frame))
         watch = self.watches[portdev]
         if not watch.allow():
             return
         if watch.mode == "dhcp":
-            self._snoop(watch, portdev, frame)
+            self._snoop(watch, portdev, frame, to_vm)
             return
-        found = {"IP": learn_any(frame, watch.binding.mac), "IPV6": learn_any6(frame, watch.binding.mac)}
-        news = {name: [found[name]] for name in watch.learned if found.get(name) and not watch.learned[name]}
-        if news:
-            watch.learned.update(news)
-            self._apply(portdev, watch.learned)
-            if portdev in self.watches and all(watch.learned.values()):
-                self._stop(portdev)
+        # mode any: the kernel has locked the address; a frame that may have done it says when to read the lock
+        found = {"IP": learn_any(frame, watch.binding.mac, to_vm),
+                 "IPV6": None if to_vm else learn_any6(frame, watch.binding.mac)}
+        if any(found.get(name) and not watch.learned[name] for name in watch.learned):
+            self._promote(portdev)
 
-    def _snoop(self, watch: Watch, portdev: str, frame: bytes) -> None:
-        """Mode dhcp: an ACK (DHCPv6: a Reply) from a trusted server adds leases;
-        the VM's RELEASE or DECLINE removes one."""
+    def _promote(self, portdev: str, tries: int = LOCK_RECHECKS) -> None:
+        """Mode any: apply the full rules with the addresses the kernel locked
+        (authoritative, whatever frames this process saw or missed)."""
+        watch = self.watches[portdev]
+        missing = [name for name in watch.learned if not watch.learned[name]]
+        try:
+            locked = self.host.locks(watch.binding, missing)
+        except NwfilterError as exc:
+            LOG.error("%s: cannot read the kernel's lock: %s", portdev, exc)
+            return
+        news = {name: values for name, values in locked.items() if values}
+        if not news:
+            if tries > 0:
+                self.rechecks[portdev] = (time.monotonic() + LOCK_RECHECK, tries - 1)
+            return
+        self.rechecks.pop(portdev, None)
+        watch.learned.update(news)
+        self._apply(portdev, watch.learned)
+        if portdev in self.watches and all(watch.learned.values()):
+            self._stop(portdev)
+
+    def _snoop(self, watch: Watch, portdev: str, frame: bytes, to_vm: bool) -> None:
+        """Mode dhcp: an ACK (DHCPv6: a Reply) from a trusted server to the VM
+        adds leases; the VM's own RELEASE or DECLINE removes one."""
         now = time.time()
-        if not self._lease_dhcp(watch, portdev, frame, now) and not self._lease_dhcp6(watch, portdev, frame, now):
+        if not self._lease_dhcp(watch, portdev, frame, now, to_vm) and \
+                not self._lease_dhcp6(watch, portdev, frame, now, to_vm):
             return
         self._apply(portdev, self._leased(watch, portdev, now))
 
-    def _lease_dhcp(self, watch: Watch, portdev: str, frame: bytes, now: float) -> bool:
+    def _lease_dhcp(self, watch: Watch, portdev: str, frame: bytes, now: float, to_vm: bool) -> bool:
         message = dhcp(frame)
         if message is None or "IP" not in watch.learned or message.client_mac != watch.binding.mac:
             return False
         trusted = watch.binding.parameters.get("DHCPSERVER")
-        if message.kind == "ack" and (not trusted or message.server in trusted):
+        if message.kind == "ack" and to_vm and (not trusted or message.server in trusted):
             self.leases.add(portdev, message.your_ip, now + (message.lease or 3600), message.server or "")
-        elif message.kind in ("release", "decline"):
+        elif message.kind in ("release", "decline") and not to_vm:
             self.leases.remove(portdev, message.client_ip if message.kind == "release" else message.your_ip)
         else:
             return False
         return True
 
-    def _lease_dhcp6(self, watch: Watch, portdev: str, frame: bytes, now: float) -> bool:
+    def _lease_dhcp6(self, watch: Watch, portdev: str, frame: bytes, now: float, to_vm: bool) -> bool:
         message = dhcp6(frame)
         if message is None or "IPV6" not in watch.learned:
             return False
         mac = watch.binding.mac
         trusted = watch.binding.parameters.get("DHCPSERVERV6")
-        if message.kind == "reply" and message.dest_mac == mac and (not trusted or message.server in trusted):
+        if message.kind == "reply" and to_vm and message.dest_mac == mac and (not trusted or message.server in trusted):
             for address, valid in message.addresses:
                 if valid:
                     self.leases.add(portdev, address, now + valid, message.server, var="IPV6")
                 else:  # a lifetime of 0: the server withdrew it
                     self.leases.remove(portdev, address)
-        elif message.kind in ("release", "decline") and message.source_mac == mac:
+        elif message.kind in ("release", "decline") and not to_vm and message.source_mac == mac:
             for address, _valid in message.addresses:
                 self.leases.remove(portdev, address)
         else:
@@ -247,6 +289,9 @@ class Learner:
             set_down(portdev)
 
     def run(self, rescan_every: float = 1.0, until: Optional[float] = None) -> None:
+        """Serve captures and events. The store is looked at as soon as it tells
+        us it changed (inotify), otherwise every ``rescan_every`` seconds (which
+        also expires leases), and in full every FULL_RESCAN seconds as a safety net."""
         next_scan, force, next_full = 0.0, True, 0.0
         while until is None or time.monotonic() < until:
             if time.monotonic() >= next_scan:
@@ -258,20 +303,35 @@ class Learner:
                 for portdev in self.leases.expire(time.time()):
                     self._apply(portdev, self._leased(self.watches.get(portdev), portdev, time.time()))
                 next_scan = time.monotonic() + rescan_every
-            for key, _events in self.selector.select(timeout=max(0.0, next_scan - time.monotonic())):
+            wake = min([next_scan] + [when for when, _tries in self.rechecks.values()])
+            if until is not None:
+                wake = min(wake, until)
+            for key, _events in self.selector.select(timeout=max(0.0, wake - time.monotonic())):
                 portdev = key.data
                 if portdev is None:  # an interface came or went: look again now
                     self.links.get()
                     next_scan, force = 0.0, True
                     continue
+                if portdev == "":  # the store changed
+                    self.store_events.drain()
+                    self.rescan()
+                    continue
+                if portdev not in self.watches:
+                    continue  # stopped by an earlier event of this round
                 try:
-                    frame = key.fileobj.recv(2048)
+                    frame, address = key.fileobj.recvfrom(2048)
                 except BlockingIOError:
                     continue
                 except OSError:
                     self._stop(portdev)  # the interface went away; rescan picks it up again
                     continue
-                self.on_frame(portdev, frame)
+                outgoing = address[2] == PACKET_OUTGOING
+                # a macvtap binding is captured on its lower device, where directions are the other way round
+                self.on_frame(portdev, frame, outgoing != bool(self.watches[portdev].binding.linkdev))
+            now = time.monotonic()
+            for portdev, (when, tries) in list(self.rechecks.items()):
+                if when <= now and portdev in self.watches:
+                    self._promote(portdev, tries)
 
 
 def _close_forever(closing: queue.SimpleQueue) -> None:
@@ -285,6 +345,15 @@ def _exists(ifname: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _store_events(host: Host):
+    try:
+        for directory in host.store.dirs.values():
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError:
+        return None
+    return store_events(list(host.store.dirs.values()) + [host.store.root])
 
 
 def _link_events():

@@ -23,14 +23,19 @@ def _dhcp(kind, src="192.0.2.1", yiaddr="192.0.2.50", chaddr=VM, ciaddr="0.0.0.0
 def test_any_mode_sources():
     assert learn_any(bytes(Ether(src=VM) / IP(src="192.0.2.9", dst="192.0.2.1") / UDP()), VM) == "192.0.2.9"
     assert learn_any(bytes(Ether(src=VM) / ARP(hwsrc=VM, psrc="192.0.2.8", pdst="192.0.2.1")), VM) == "192.0.2.8"
-    assert learn_any(_dhcp("offer"), VM) == "192.0.2.50"
+    assert learn_any(_dhcp("ack"), VM, to_vm=True) == "192.0.2.50"
+
+
+def test_only_acks_from_the_network_side_count():
+    assert learn_any(_dhcp("offer"), VM, to_vm=True) is None  # the VM may still choose another offer
+    assert learn_any(_dhcp("ack"), VM, to_vm=False) is None  # an ACK the VM sends itself
 
 
 def test_any_mode_ignores_what_reveals_nothing():
     for source in ("0.0.0.0", "224.0.0.5", "240.0.0.1", "255.255.255.255"):
         assert learn_any(bytes(Ether(src=VM) / IP(src=source) / UDP()), VM) is None
     assert learn_any(bytes(Ether(src="52:54:00:00:00:02") / IP(src="192.0.2.9") / UDP()), VM) is None
-    assert learn_any(_dhcp("offer", chaddr="52:54:00:00:00:02"), VM) is None
+    assert learn_any(_dhcp("ack", chaddr="52:54:00:00:00:02"), VM, to_vm=True) is None
     assert learn_any(b"\x00" * 10, VM) is None
 
 

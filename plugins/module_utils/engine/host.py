@@ -19,7 +19,8 @@ from . import bridge_netfilter
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, transaction
+from .nft_compile import (MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, lock_sets,
+                          transaction)
 from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
@@ -218,6 +219,12 @@ class Host:
         IPV6: ...} for each address it learns ({} once the full rules are in force)."""
         state = self._load()
         return self._locked(_program(state, portdev)) if portdev in state.bindings else {}
+
+    def locks(self, binding: Binding, names: Sequence[str]) -> Dict[str, List[str]]:
+        """The same for a binding learning in mode any, read from the kernel only
+        (the learner's fast path: no store to load, nothing to compile)."""
+        sets = lock_sets(binding, binding.parameters, "IPV6" in names)
+        return {name: self.nft.set_elements("bridge", sets[name]) for name in names if name in sets}
 
     def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
         """Bindings with addresses for the learner to find: (binding, mode any
