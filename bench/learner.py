@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,20 +22,14 @@ from scapy.all import IP, UDP, Ether, Raw  # noqa: E402  pylint: disable=wrong-i
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
 from lab.libvirt_oracle import Oracle  # noqa: E402  pylint: disable=wrong-import-position
-from lab.netns import Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.ports import add_ports, vm_socket  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _mac(i: int) -> str:
     return f"52:54:00:20:{i >> 8:02x}:{i & 0xff:02x}"
-
-
-def _ports(lab: Lab, count: int) -> None:
-    """Bridge ports lp<i>, each with its VM side lq<i> left in the host namespace to send from."""
-    script = "".join(f"link add lp{i} type veth peer name lq{i}\nlink set lp{i} master br0 up\nlink set lq{i} up\n"
-                     for i in range(count))
-    run(["ip", "netns", "exec", lab.host, "ip", "-batch", "-"], stdin=script)
 
 
 def _service(lab: Lab, root: str) -> subprocess.Popen:
@@ -48,7 +41,7 @@ def _service(lab: Lab, root: str) -> subprocess.Popen:
 
 def latency(count: int) -> list:
     with Lab("bl") as lab, tempfile.TemporaryDirectory() as root:
-        _ports(lab, count)
+        add_ports(lab, count)
         host = Host(root, netns=lab.host)
         host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
         service = _service(lab, root)
@@ -57,7 +50,7 @@ def latency(count: int) -> list:
             time.sleep(2.0)  # the service opens its captures
             for i in range(count):
                 learned = os.path.join(root, "learned", f"lp{i}.json")
-                frame, sock = _frame(i), _socket(lab, i)  # built before the clock starts
+                frame, sock = _frame(i), vm_socket(lab, f"lq{i}")  # built before the clock starts
                 start = time.perf_counter()
                 sock.send(frame)
                 while not os.path.exists(learned):  # written once nft has accepted the full rules
@@ -77,24 +70,16 @@ def _frame(i: int) -> bytes:
                  / UDP(dport=9) / Raw(b"x" * 16))
 
 
-def _socket(lab: Lab, i: int) -> socket.socket:
-    """A raw socket on VM i's side of its port."""
-    with inside(lab.host):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        sock.bind((f"lq{i}", 0))
-    return sock
-
-
 def libvirt_latency(count: int) -> list:
     """The same traffic against libvirt 9.0's learning (its rules show the address once learned)."""
     with Lab("bo") as lab, Oracle(lab) as oracle:
-        _ports(lab, count)
+        add_ports(lab, count)
         for i in range(count):
             oracle.bind(f"lp{i}", _mac(i), "clean-traffic", {})
         time.sleep(2.0)
         samples = []
         for i in range(count):
-            frame, sock = _frame(i), _socket(lab, i)
+            frame, sock = _frame(i), vm_socket(lab, f"lq{i}")
             start = time.perf_counter()
             sock.send(frame)
             wanted = f"ip saddr 10.9.{i >> 8}.{i & 0xff} "
@@ -109,7 +94,7 @@ def libvirt_latency(count: int) -> list:
 
 def idle(count: int, seconds: float) -> tuple:
     with Lab("bi") as lab, tempfile.TemporaryDirectory() as root:
-        _ports(lab, count)
+        add_ports(lab, count)
         host = Host(root, netns=lab.host)
         host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
         service = _service(lab, root)

@@ -118,6 +118,7 @@ class Learner:
         self.links = _link_events()
         if self.links is not None:
             self.selector.register(self.links, selectors.EVENT_READ, None)
+        self.next_full = 0.0  # when the next full rescan is due (kept across calls of run)
         self.rechecks: Dict[str, Tuple[float, int]] = {}  # port: (when, tries left) to read its lock again
         self.store_events = _store_events(host)
         if self.store_events is not None:
@@ -292,11 +293,11 @@ class Learner:
         """Serve captures and events. The store is looked at as soon as it tells
         us it changed (inotify), otherwise every ``rescan_every`` seconds (which
         also expires leases), and in full every FULL_RESCAN seconds as a safety net."""
-        next_scan, force, next_full = 0.0, True, 0.0
+        next_scan, force = 0.0, False
         while until is None or time.monotonic() < until:
             if time.monotonic() >= next_scan:
-                if time.monotonic() >= next_full:
-                    force, next_full = True, time.monotonic() + FULL_RESCAN
+                if time.monotonic() >= self.next_full:
+                    force, self.next_full = True, time.monotonic() + FULL_RESCAN
                     self._check_bridge_netfilter()
                 self.rescan(force)
                 force = False
