@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup apt venv collection test unit lab sanity demo bench clean
 
-setup: apt venv collection
+setup: apt venv collection $(VENV)/bin/vmguard-learner
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -27,6 +27,11 @@ $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
+
+# The learner service from this clone (docs/learner.md); the role installs its own copy on hosts.
+$(VENV)/bin/vmguard-learner: $(VENV)/.installed
+	@printf '#!/bin/sh\nPYTHONPATH=%s:%s/plugins/module_utils$${PYTHONPATH:+:$$PYTHONPATH} exec %s -m learner "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)" "$(abspath $(PY))" >$@ && chmod 0755 $@
 
 # Ansible finds collections only under ansible_collections/<ns>/<name>: a
 # copy of the tracked (and new, not ignored) files, refreshed on every run.

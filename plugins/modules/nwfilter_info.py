@@ -46,8 +46,10 @@ filters:
   type: dict
 bindings:
   description:
-    - portdev to the binding (C(mac), C(filter), C(parameters), C(owner), C(linkdev)), C(learning), C(learned)
-      addresses, C(resolved_rules) (one line per rule) and C(nft) (the nftables rules in force).
+    - portdev to the binding (C(mac), C(filter), C(parameters), C(owner), C(linkdev)), C(learning) (true while
+      the full rules are not in force yet), C(learned) addresses, C(locked) (while learning, per variable C(IP)
+      and C(IPV6) learned, the address the kernel has locked, or none yet), C(resolved_rules) (one line per
+      rule) and C(nft) (the nftables rules in force).
   returned: always
   type: dict
 """

@@ -105,6 +105,9 @@ def test_bulk_exclusive(lab, collections, tmp_path):
     ruleset = lab.nft_list()
     assert "p/vnet0" not in ruleset and "p/vnet1/o" in ruleset and "p/vnet2/o" in ruleset
     assert not play(lab, collections, tmp_path, bulk)[0]["changed"]
+    info = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": root}}])[0]["bindings"]
+    assert (info["vnet1"]["learning"], info["vnet1"]["locked"]) == (True, {"IP": []})  # nothing locked yet
+    assert (info["vnet2"]["learning"], info["vnet2"]["locked"]) == (False, {})
 
 
 def test_warns_when_bridged_traffic_skips_layer3_rules(lab, collections, tmp_path):
