@@ -1,6 +1,8 @@
-"""`python -m bench.learner`: the IP-learning service's latency from the first
-revealing packet to the full rules applied (100 ports, p50/p99), and its
-resident memory and idle CPU with 1000 ports waiting.
+"""`python -m bench.learner`: over 100 ports, the time from a VM's first
+packet to the kernel's lock of its address and to the full rules in force
+(p50/p99), whether a spoofed packet sent right after the first gets through,
+the time from a binding call returning to the capture open (mode dhcp), and
+the service's resident memory and idle CPU with 1000 ports waiting.
 
     python -m bench.learner [--ports 100] [--waiting 1000]
 """
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Dict, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "module_utils"))
 
@@ -22,9 +26,10 @@ from scapy.all import IP, UDP, Ether, Raw  # noqa: E402  pylint: disable=wrong-i
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
 from lab.libvirt_oracle import Oracle  # noqa: E402  pylint: disable=wrong-import-position
-from lab.netns import Lab, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
 from lab.ports import add_ports, vm_socket  # noqa: E402  pylint: disable=wrong-import-position
 
+BR0_MAC = "52:54:00:ff:00:01"
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
@@ -39,35 +44,84 @@ def _service(lab: Lab, root: str) -> subprocess.Popen:
                             env=env, stderr=subprocess.DEVNULL)
 
 
-def latency(count: int) -> list:
+def latency(count: int) -> Tuple[Dict[str, list], int]:
+    """Per port: the VM's first packet, then at once one from a spoofed source.
+    Samples from the first packet to (lock) the spoofed one sent, which the
+    kernel's lock must already hold, (full) the full rules in force; and how
+    many of the spoofed packets got through."""
     with Lab("bl") as lab, tempfile.TemporaryDirectory() as root:
         add_ports(lab, count)
+        lab.sh(lab.host, f"ip link set br0 address {BR0_MAC}")
         host = Host(root, netns=lab.host)
         host.set_bindings([Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic")) for i in range(count)])
         service = _service(lab, root)
-        samples = []
+        samples: Dict[str, list] = {"lock": [], "full": []}
+        with inside(lab.host):
+            observer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+            observer.bind(("br0", 0))
+        observer.setblocking(False)
         try:
             time.sleep(2.0)  # the service opens its captures
             for i in range(count):
                 learned = os.path.join(root, "learned", f"lp{i}.json")
-                frame, sock = _frame(i), vm_socket(lab, f"lq{i}")  # built before the clock starts
+                frames, sock = (_frame(i), _frame(i, spoofed=True)), vm_socket(lab, f"lq{i}")  # before the clock
                 start = time.perf_counter()
-                sock.send(frame)
+                sock.send(frames[0])
+                sock.send(frames[1])
+                samples["lock"].append(time.perf_counter() - start)  # the spoofed one is sent: locked by then?
                 while not os.path.exists(learned):  # written once nft has accepted the full rules
                     if time.perf_counter() - start > 5:
                         raise RuntimeError(f"lp{i} not learned within 5 s")
                     time.sleep(0.0005)
-                samples.append(time.perf_counter() - start)
+                samples["full"].append(time.perf_counter() - start)
                 sock.close()  # after the clock: closing an AF_PACKET socket waits about 16 ms
+        finally:
+            service.terminate()
+            service.wait()
+        spoofed = 0
+        while True:
+            try:
+                spoofed += observer.recv(2048).endswith(b"spoofed!")
+            except BlockingIOError:
+                break
+        observer.close()
+        return samples, spoofed
+
+
+def capture_latency(count: int) -> list:
+    """Mode dhcp: from the binding call returning to the service's capture on
+    the port being open (seen in the namespace's /proc/net/packet)."""
+    with Lab("bc") as lab, tempfile.TemporaryDirectory() as root:
+        add_ports(lab, count)
+        host = Host(root, netns=lab.host)
+        with inside(lab.host):
+            indexes = [socket.if_nametoindex(f"lp{i}") for i in range(count)]
+        service = _service(lab, root)
+        samples = []
+        try:
+            time.sleep(2.0)  # started and idle
+            for i in range(count):
+                host.bind(Binding(f"lp{i}", _mac(i), FilterRef("clean-traffic", {"CTRL_IP_LEARNING": ("dhcp",)})))
+                start = time.perf_counter()
+                while not _capturing(service.pid, indexes[i]):
+                    if time.perf_counter() - start > 5:
+                        raise RuntimeError(f"no capture on lp{i} within 5 s")
+                samples.append(time.perf_counter() - start)
         finally:
             service.terminate()
             service.wait()
         return samples
 
 
-def _frame(i: int) -> bytes:
-    return bytes(Ether(src=_mac(i), dst="52:54:00:99:99:99") / IP(src=f"10.9.{i >> 8}.{i & 0xff}", dst="10.9.255.254")
-                 / UDP(dport=9) / Raw(b"x" * 16))
+def _capturing(pid: int, index: int) -> bool:
+    with open(f"/proc/{pid}/net/packet", encoding="ascii") as handle:
+        return any(line.split()[4] == str(index) for line in handle.readlines()[1:])
+
+
+def _frame(i: int, spoofed: bool = False) -> bytes:
+    return bytes(Ether(src=_mac(i), dst=BR0_MAC) / IP(src=f"10.{8 if spoofed else 9}.{i >> 8}.{i & 0xff}",
+                                                      dst="10.9.255.254")
+                 / UDP(dport=9) / Raw(b"spoofed!" if spoofed else b"x" * 16))
 
 
 def libvirt_latency(count: int) -> list:
@@ -124,6 +178,13 @@ def idle(count: int, seconds: float) -> tuple:
         return rss / 1024, 100 * used / seconds
 
 
+def _report(what: str, samples: list) -> None:
+    samples = sorted(samples)
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
+    print(f"{what}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1] * 1000:.1f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ports", type=int, default=100)
@@ -132,15 +193,17 @@ def main() -> int:
     parser.add_argument("--libvirt-ports", type=int, default=10, help="ports for libvirt's side (0: skip)")
     args = parser.parse_args()
     print(f"# vmguard learner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-    runs = [("vmguard", args.ports, latency)]
+    samples, spoofed = latency(args.ports)
+    print(f"vmguard over {args.ports} ports: spoofed packets sent right after the first one that got through: "
+          f"{spoofed} of {args.ports}")
+    _report(f"vmguard: first packet -> spoofed packet sent (and held by the lock), {args.ports} ports",
+            samples["lock"])
+    _report(f"vmguard: first packet -> full rules in force, {args.ports} ports", samples["full"])
+    _report(f"vmguard: binding call returned -> capture open (mode dhcp), {args.ports} ports",
+            capture_latency(args.ports))
     if args.libvirt_ports:
-        runs.append(("libvirt 9.0", args.libvirt_ports, libvirt_latency))
-    for name, count, measure in runs:
-        samples = sorted(measure(count))
-        p50 = statistics.median(samples) * 1000
-        p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
-        print(f"{name}: learn latency over {count} ports (first packet -> full rules in force): "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1] * 1000:.1f} ms")
+        _report(f"libvirt 9.0: first packet -> full rules in force, {args.libvirt_ports} ports",
+                libvirt_latency(args.libvirt_ports))
     rss, cpu = idle(args.waiting, args.idle_seconds)
     print(f"{args.waiting} ports waiting: resident memory {rss:.1f} MB, idle CPU {cpu:.2f}% of a core "
           f"over {args.idle_seconds:.0f} s")

@@ -92,14 +92,16 @@ class Watch:
 
 
 def open_capture(ifname: str, mac: str) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # protocol 0 until bind: a socket made with ETH_P_ALL is hooked to every
+    # interface at once, and bind then waits for an RCU grace period (~20 ms) to unhook it
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         # struct sock_fprog {len, pointer to the instructions}; the kernel copies them
         instructions = capture_filter(mac)
         program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in instructions))
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
                         struct.pack("HL", len(instructions), ctypes.addressof(program)))
-        sock.bind((ifname, 0))
+        sock.bind((ifname, ETH_P_ALL))
     except OSError:
         sock.close()
         raise
@@ -331,8 +333,10 @@ class Learner:
                 self.on_frame(portdev, frame, outgoing != bool(self.watches[portdev].binding.linkdev))
             now = time.monotonic()
             for portdev, (when, tries) in list(self.rechecks.items()):
-                if when <= now and portdev in self.watches:
-                    self._promote(portdev, tries)
+                if when <= now:
+                    del self.rechecks[portdev]
+                    if portdev in self.watches:
+                        self._promote(portdev, tries)
 
 
 def _close_forever(closing: queue.SimpleQueue) -> None:

@@ -232,11 +232,16 @@ class Host:
         the tree needs and nobody gave)."""
         state = self._load()
         found = {}
+        filters = state.all_filters()
+        memo: Dict[tuple, Set[str]] = {}  # only the variables' names matter: ports alike share one walk
         for portdev, binding in state.bindings.items():
             mode = _learning_mode(binding)
             if mode == "none":
                 continue
-            needed = missing_variables(state.all_filters(), binding) & {"IP", "IPV6"}
+            key = (binding.filterref.filter, frozenset(binding.parameters))
+            if key not in memo:
+                memo[key] = missing_variables(filters, binding) & {"IP", "IPV6"}
+            needed = memo[key]
             if needed:
                 learned = state.learned.get(portdev, {})
                 found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})
