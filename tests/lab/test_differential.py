@@ -84,3 +84,33 @@ def test_same_verdicts_as_libvirt(labs, name):
     differing = {probe: ("vmguard passes" if mine[probe] else "vmguard drops") for probe in mine
                  if mine[probe] != libvirt[probe]}
     assert not differing
+
+
+@pytest.mark.parametrize("first", ["ipv4", "arp"])
+def test_same_verdicts_as_libvirt_after_learning(labs, tmp_path, first):
+    """clean-traffic without IP, mode any: the VM's first frame teaches both
+    (our learner service, libvirt's learning thread); then the whole battery."""
+    from scapy.all import ARP, UDP  # pylint: disable=import-outside-toplevel,no-name-in-module
+    from lab.netns import run  # pylint: disable=import-outside-toplevel
+    from test_learner import _Service, _wait, _wait_learned  # pylint: disable=import-outside-toplevel,import-error
+    ours, theirs, host, oracle = labs
+    vm, peer = ours.guests["vm"], ours.guests["peer"]
+    frame = Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=9) if first == "ipv4" else \
+        Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=vm.mac, psrc=vm.ip, pdst=peer.ip)
+    service = _Service(ours, host, str(tmp_path / "leases.json"))
+    try:
+        host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic")))
+        oracle.bind(vm.port, vm.mac, "clean-traffic", {})
+        for lab in (ours, theirs):
+            run_probes(lab, [Probe("first", "vm", "peer", tagged(frame))], wait=0.05)
+        assert _wait_learned(host, vm.port)["learned"] == {"IP": [vm.ip]}
+        _wait(lambda: f"ip saddr {vm.ip} " in run(["ip", "netns", "exec", theirs.host, "nft", "list", "table",
+                                                     "bridge", "nat"]).stdout, timeout=30)
+        probes = _probes(ours)
+        mine = run_probes(ours, probes, wait=0.2)
+        libvirt = run_probes(theirs, [Probe(p.name, p.sender, p.observer, p.frame) for p in probes], wait=0.2)
+    finally:
+        service.stop()
+        oracle.unbind(vm.port)
+        host.unbind(vm.port)
+    assert {probe: mine[probe] for probe in mine if mine[probe] != libvirt[probe]} == {}
