@@ -208,20 +208,26 @@ class Learner:
         # mode any: the kernel has locked the address; a frame that may have done it says when to read the lock
         found = {"IP": learn_any(frame, watch.binding.mac, to_vm),
                  "IPV6": None if to_vm else learn_any6(frame, watch.binding.mac)}
-        if any(found.get(name) and not watch.learned[name] for name in watch.learned):
-            self._promote(portdev)
+        news = {name: [found[name]] for name in watch.learned if found.get(name) and not watch.learned[name]}
+        if news:
+            # a macvtap port's frames never cross our bridge table: no kernel lock, the frame decides
+            self._promote(portdev, news=news if watch.binding.linkdev else None)
 
-    def _promote(self, portdev: str, tries: int = LOCK_RECHECKS) -> None:
+    def _promote(self, portdev: str, tries: int = LOCK_RECHECKS,
+                 news: Optional[Dict[str, List[str]]] = None) -> None:
         """Mode any: apply the full rules with the addresses the kernel locked
         (authoritative, whatever frames this process saw or missed)."""
         watch = self.watches[portdev]
-        missing = [name for name in watch.learned if not watch.learned[name]]
-        try:
-            locked = self.host.locks(watch.binding, missing)
-        except NwfilterError as exc:
-            LOG.error("%s: cannot read the kernel's lock: %s", portdev, exc)
-            return
-        news = {name: values for name, values in locked.items() if values}
+        if news is None:
+            if watch.binding.linkdev:
+                return  # nothing in the kernel to read
+            missing = [name for name in watch.learned if not watch.learned[name]]
+            try:
+                locked = self.host.locks(watch.binding, missing)
+            except NwfilterError as exc:
+                LOG.error("%s: cannot read the kernel's lock: %s", portdev, exc)
+                return
+            news = {name: values for name, values in locked.items() if values}
         if not news:
             if tries > 0:
                 self.rechecks[portdev] = (time.monotonic() + LOCK_RECHECK, tries - 1)

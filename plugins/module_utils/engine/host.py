@@ -208,7 +208,8 @@ class Host:
         if not program.learning:
             rules = describe(resolve(state.all_filters(), binding, _extra(state, binding)))
         return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
-                "locked": self._locked(program), "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+                "locked": self._locked(program), "resolved_rules": rules, "nft": self.nft.port_rules(portdev),
+                "port_id": program.port_id}
 
     def _locked(self, program: PortProgram) -> Dict[str, List[str]]:
         return {"IPV6" if "/lock6-" in name else "IP": self.nft.set_elements(family, name)

@@ -142,7 +142,8 @@ class _Builder:
 
     def program(self, learning: bool, sets: Tuple[Tuple[str, str, str], ...] = ()) -> PortProgram:
         return PortProgram(self.binding.portdev, self.port_id, learning,
-                           tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements), sets)
+                           tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements),
+                           sets)
 
 
 def _reachable(rules: List[str]) -> Tuple[str, ...]:

@@ -73,9 +73,10 @@ class Nft:
                 if portdev:
                     ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
             elif "set" in item:
-                portdev = portdev_of(item["set"]["name"])
+                nft_set = item["set"]
+                portdev = portdev_of(nft_set["name"])
                 if portdev:
-                    ports.setdefault(portdev, PortLive(set(), set())).sets.add((item["set"]["family"], item["set"]["name"]))
+                    ports.setdefault(portdev, PortLive(set(), set())).sets.add((nft_set["family"], nft_set["name"]))
             elif "map" in item:
                 vmap = item["map"]
                 for key, verdict in vmap.get("elem", []):
