@@ -170,7 +170,7 @@ class Learner:
             if portdev in self.watches:
                 self.watches[portdev].learned = learned
                 if force and mode == "any":
-                    self._promote(portdev)  # the safety net: a lock whose frame was missed
+                    self._promote(portdev, tries=0)  # the safety net: a lock whose frame was missed
             else:
                 try:
                     # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
@@ -181,7 +181,7 @@ class Learner:
                 self.selector.register(sock, selectors.EVENT_READ, portdev)
                 LOG.info("learning the address of %s (%s)", portdev, mode)
                 if mode == "any":
-                    self._promote(portdev)  # the VM may have spoken before the capture was open
+                    self._promote(portdev, tries=0)  # the VM may have spoken before the capture was open
 
     def _stop(self, portdev: str) -> None:
         watch = self.watches.pop(portdev)
