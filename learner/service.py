@@ -181,7 +181,8 @@ class Learner:
                 self.selector.register(sock, selectors.EVENT_READ, portdev)
                 LOG.info("learning the address of %s (%s)", portdev, mode)
                 if mode == "any":
-                    self._promote(portdev, tries=0)  # the VM may have spoken before the capture was open
+                    # the VM may have spoken before the capture was open (a frame may be crossing the bridge now)
+                    self._promote(portdev, tries=2)
 
     def _stop(self, portdev: str) -> None:
         watch = self.watches.pop(portdev)
