@@ -79,6 +79,7 @@ class Watch:
     sock: socket.socket
     learned: Dict[str, List[str]] = field(default_factory=dict)  # IP and/or IPV6: what is known so far
     tokens: float = BURST
+    missed: bool = False  # a frame was dropped by the rate limit since the last full rescan
     stamp: float = field(default_factory=time.monotonic)
 
     def allow(self) -> bool:
@@ -86,6 +87,7 @@ class Watch:
         self.tokens = min(BURST, self.tokens + (now - self.stamp) * RATE)
         self.stamp = now
         if self.tokens < 1:
+            self.missed = True
             return False
         self.tokens -= 1
         return True
@@ -169,8 +171,10 @@ class Learner:
         for portdev, (binding, mode, learned) in wanted.items():
             if portdev in self.watches:
                 self.watches[portdev].learned = learned
-                if force and mode == "any":
-                    self._promote(portdev, tries=0)  # the safety net: a lock whose frame was missed
+                if force and mode == "any" and self.watches[portdev].missed:
+                    # the safety net: frames were dropped by the rate limit, the one that locked among them?
+                    self.watches[portdev].missed = False
+                    self._promote(portdev, tries=0)
             else:
                 try:
                     # a macvtap binding is captured on its lower device (frames filtered by the VM's MAC)
