@@ -5,7 +5,7 @@ the yiaddr of a DHCP ACK its server sends it is the only one that passes."""
 import shutil
 
 import pytest
-from scapy.all import ARP, BOOTP, DHCP, IP, IPv6, UDP, Ether, IPOption  # pylint: disable=no-name-in-module
+from scapy.all import ARP, IP, IPv6, UDP, Ether, IPOption  # pylint: disable=no-name-in-module
 
 from engine.model import Binding, FilterRef
 from engine.xml_form import filter_from_xml

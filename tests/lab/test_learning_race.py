@@ -2,7 +2,6 @@
 right after the binding call returns, spoofed and real frames interleaved
 every 5 ms, the learner stopped, restarted, and ARP, DHCP and IPv6 first."""
 
-import os
 import socket
 import time
 
@@ -13,9 +12,7 @@ from engine.xml_form import filter_from_xml
 from lab.netns import inside
 from lab.ports import add_ports, vm_socket
 from lab.probes import Probe, run_probes, tagged
-from learner.leases import Leases
-from learner.service import Learner
-from test_learner import _ack, _send, _Service, _wait, _wait_learned, learner  # noqa: F401  pylint: disable=import-error,unused-import
+from test_learner import _ack, _send, _wait, _wait_learned, learner  # noqa: F401  pylint: disable=import-error,unused-import
 
 RUNS, PAIRS = 100, 6
 BR0_MAC = "52:54:00:ff:00:01"
@@ -143,7 +140,7 @@ def test_hostile_frames_do_not_stop_the_service(lab, host, learner):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         sock.bind(("eth0", 0))
     for frame in (b"\xff" * 6 + raw_mac + b"\x08\x00" + header + b"\0" * 26, b"\xff" * 6 + raw_mac + b"\x08\x00" + header):
-        for _ in range(3):
+        for _copy in range(3):
             sock.send(frame)
     sock.close()
     _send(lab, "vm", _ack(vm.mac, vm.ip, vm.mac, "192.0.2.77"))  # the VM's own "ACK": not a reply to it

@@ -16,8 +16,8 @@ def _live(program):
 def test_one_set_per_learned_family():
     assert set(lock_sets(BINDING, {}, False)) == {"IP"}
     sets = compile_learning(BINDING, {}, 1, ipv6=True).sets
-    assert [spec for _f, _n, spec in sets] == ["type ipv4_addr; size 1; flags dynamic;",
-                                              "type ipv6_addr; size 1; flags dynamic;"]
+    specs = [spec for _f, _n, spec in sets]
+    assert specs == ["type ipv4_addr; size 1; flags dynamic;", "type ipv6_addr; size 1; flags dynamic;"]
     # mode dhcp: IPv6 comes from DHCPv6 snooping only (its reply's offsets are not fixed)
     assert len(compile_learning(BINDING, {"CTRL_IP_LEARNING": ("dhcp",)}, 1, ipv6=True).sets) == 1
 
@@ -34,7 +34,7 @@ def test_a_changed_binding_starts_with_an_empty_lock():
     new = compile_learning(Binding("vnet0", "52:54:00:00:00:02", FilterRef("clean-traffic")), {}, 1)
     assert old.sets[0][1] != new.sets[0][1]
     script = transaction([new], [], {"vnet0": _live(old)})
-    assert script.index(f"flush chain bridge vmguard p/vnet0/o") < script.index(f"delete set bridge vmguard {old.sets[0][1]}")
+    assert script.index("flush chain bridge vmguard p/vnet0/o") < script.index(f"delete set bridge vmguard {old.sets[0][1]}")
 
 
 def test_removal_deletes_the_lock():

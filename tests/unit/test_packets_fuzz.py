@@ -43,7 +43,7 @@ def _parse_all(frame):
 def _mutated(draw):
     """A valid frame of one of the kinds above, cut short and/or with bytes overwritten."""
     frame = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(0, 6))):
+    for _change in range(draw(st.integers(0, 6))):
         position = draw(st.integers(0, len(frame) - 1))
         frame[position] = draw(st.integers(0, 255))
     return bytes(frame[:draw(st.integers(0, len(frame)))]) if draw(st.booleans()) else bytes(frame)
