@@ -86,18 +86,17 @@ def test_same_verdicts_as_libvirt(labs, name):
     assert not differing
 
 
-@pytest.mark.parametrize("first", ["ipv4", "arp"])
-def test_same_verdicts_as_libvirt_after_learning(labs, tmp_path, first):
-    """clean-traffic without IP, mode any: the VM's first frame teaches both
-    (our learner service, libvirt's learning thread); then the whole battery."""
-    from scapy.all import ARP, UDP  # pylint: disable=import-outside-toplevel,no-name-in-module
+def test_same_verdicts_as_libvirt_after_learning(labs, tmp_path):
+    """clean-traffic without IP, mode any: the VM's first IPv4 packet teaches
+    both (our learner service, libvirt's learning thread); then the whole
+    battery. (ARP first cannot be compared: libvirt 9.0 learns nothing from it,
+    docs/differences-from-libvirt.md.)"""
+    from scapy.all import UDP  # pylint: disable=import-outside-toplevel,no-name-in-module
     from lab.netns import run  # pylint: disable=import-outside-toplevel
     from test_learner import _Service, _wait, _wait_learned  # pylint: disable=import-outside-toplevel,import-error
     ours, theirs, host, oracle = labs
     vm, peer = ours.guests["vm"], ours.guests["peer"]
-    # a gratuitous ARP: libvirt learns a request's target address (ours: its sender; docs/differences-from-libvirt.md)
-    frame = Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=9) if first == "ipv4" else \
-        Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=vm.mac, psrc=vm.ip, pdst=vm.ip)
+    frame = Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=9)
     service = _Service(ours, host, str(tmp_path / "leases.json"))
     try:
         host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic")))
