@@ -107,8 +107,11 @@ def test_same_verdicts_as_libvirt_after_learning(labs, tmp_path):
         # libvirt's rules name the address once it has learned it (its ebtables are nftables here), first
         # in temporary chains (libvirt-J-/-P-) that it then renames into place
         listing = ["ip", "netns", "exec", theirs.host, "nft", "list", "table", "bridge", "nat"]
-        _wait(lambda: (lambda text: f" {vm.ip} " in text and "libvirt-J-" not in text and "libvirt-P-" not in text)(
-            run(listing, check=False).stdout), timeout=30)
+
+        def libvirt_learned():
+            text = run(listing, check=False).stdout
+            return f" {vm.ip} " in text and "libvirt-J-" not in text and "libvirt-P-" not in text
+        _wait(libvirt_learned, timeout=30)
         probes = _probes(ours)
         mine = run_probes(ours, probes, wait=0.2)
         libvirt = run_probes(theirs, [Probe(p.name, p.sender, p.observer, p.frame) for p in probes], wait=0.2)
