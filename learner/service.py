@@ -339,15 +339,20 @@ class Learner:
                 except OSError:
                     self._stop(portdev)  # the interface went away; rescan picks it up again
                     continue
-                outgoing = address[2] == PACKET_OUTGOING
-                # a macvtap binding is captured on its lower device, where directions are the other way round
-                self.on_frame(portdev, frame, outgoing != bool(self.watches[portdev].binding.linkdev))
+                self.on_frame(portdev, frame, to_vm(address[2], self.watches[portdev].binding))
             now = time.monotonic()
             for portdev, (when, tries) in list(self.rechecks.items()):
                 if when <= now:
                     del self.rechecks[portdev]
                     if portdev in self.watches:
                         self._promote(portdev, tries)
+
+
+def to_vm(pkttype: int, binding: Binding) -> bool:
+    """Whether a captured frame goes to the VM (from the network side): the
+    port sends it out. A macvtap binding is captured on its lower device,
+    where frames to the VM are the ones that arrive."""
+    return (pkttype == PACKET_OUTGOING) != bool(binding.linkdev)
 
 
 def _close_forever(closing: queue.SimpleQueue) -> None:

@@ -92,3 +92,13 @@ def test_ipv6_global_source_only():
     for source in ("fe80::1", "::", "ff02::1"):
         assert learn_any6(bytes(Ether(src=VM) / IPv6(src=source, dst="ff02::2") / UDP()), VM) is None
     assert learn_any6(bytes(Ether(src="52:54:00:00:00:02") / IPv6(src="2001:db8::9") / UDP()), VM) is None
+
+
+def test_direction_of_a_captured_frame():
+    """A tap port sends (PACKET_OUTGOING) what goes to the VM; a macvtap's lower device receives it."""
+    from engine.model import Binding, FilterRef  # pylint: disable=import-outside-toplevel
+    from learner.service import PACKET_OUTGOING, to_vm  # pylint: disable=import-outside-toplevel
+    tap = Binding("vnet0", VM, FilterRef("clean-traffic"))
+    macvtap = Binding("macvtap0", VM, FilterRef("clean-traffic"), linkdev="eth0")
+    assert to_vm(PACKET_OUTGOING, tap) and not to_vm(0, tap)
+    assert not to_vm(PACKET_OUTGOING, macvtap) and to_vm(0, macvtap)
