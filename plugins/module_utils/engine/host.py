@@ -20,7 +20,7 @@ from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
 from .nft_compile import (MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, lock_sets,
-                          transaction)
+                          lock_variable, transaction)
 from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
@@ -212,8 +212,7 @@ class Host:
                 "port_id": program.port_id}
 
     def _locked(self, program: PortProgram) -> Dict[str, List[str]]:
-        return {"IPV6" if "/lock6-" in name else "IP": self.nft.set_elements(family, name)
-                for family, name, _spec in program.sets}
+        return {lock_variable(name): self.nft.set_elements(family, name) for family, name, _spec in program.sets}
 
     def locked(self, portdev: str) -> Dict[str, List[str]]:
         """What the kernel has locked for a learning port: {IP: [address] or [],

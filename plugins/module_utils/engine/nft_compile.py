@@ -294,6 +294,11 @@ def lock_sets(binding: Binding, variables: Mapping[str, Tuple[str, ...]], ipv6: 
             for name, suffix in (("IP", "4"), ("IPV6", "6")) if name == "IP" or ipv6}
 
 
+def lock_variable(set_name: str) -> str:
+    """IP or IPV6: what a lock set (named by lock_sets) holds."""
+    return "IPV6" if "/lock6-" in set_name else "IP"
+
+
 def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]], port_id: int,
                      ipv6: bool = False) -> PortProgram:
     """libvirt's rules while the VM's IP address is being learned: only its own
@@ -374,8 +379,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         # address locks: kept (with their element) while the port keeps them, deleted with the rules using them
         gone = sorted(now.sets - set(sets))
         if base:
-            lines += [f"add set {family} {TABLE} {name} {{ {LOCK_SPEC['IPV6' if '/lock6-' in name else 'IP']} }}"
-                      for family, name in gone]
+            lines += [f"add set {family} {TABLE} {name} {{ {LOCK_SPEC[lock_variable(name)]} }}" for family, name in gone]
         lines += [f"delete set {family} {TABLE} {name}" for family, name in gone]
         if program is None:
             continue
