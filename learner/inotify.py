@@ -8,11 +8,10 @@ import ctypes
 import os
 from typing import Iterable, Optional
 
-IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
-IN_CREATE, IN_DELETE = 0x100, 0x200
+IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_DELETE = 0x8, 0x40, 0x80, 0x200
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
-# every store write replaces a file (rename) or removes one
-EVENTS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MODIFY
+# every store write replaces a file (rename) or removes one; a file written in place is closed
+EVENTS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
