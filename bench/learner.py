@@ -116,6 +116,7 @@ def capture_latency(count: int) -> list:
                 while not _capturing(service.pid, indexes[i]):
                     if time.perf_counter() - start > 5:
                         raise RuntimeError(f"no capture on lp{i} within 5 s")
+                    time.sleep(0.0002)  # leave the CPU to the service
                 samples.append(time.perf_counter() - start)
         finally:
             service.terminate()
