@@ -89,6 +89,24 @@ def parse_ipv6(text: str) -> str:
         raise _fail("IPv6 address", text) from None
 
 
+def parse_nd_lladdr(text: str) -> str:
+    """A MAC, or ``none`` (an ND message without options); vmguard's own type."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return parse_mac(text)
+    except NwfilterError:
+        raise _fail("ND link-layer address (a MAC or none)", text) from None
+
+
+def eui64_link_local(mac: str) -> str:
+    """The link-local address a MAC gives by modified EUI-64 (RFC 4291), the
+    default of a Linux guest; the default of the variable IPV6_LINKLOCAL."""
+    octets = bytes.fromhex(parse_mac(mac).replace(":", ""))
+    interface_id = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + interface_id))
+
+
 def _mask_prefix(text: str, bits: int, parse_addr: Callable[[str], str], kind: str) -> int:
     if _DEC_RE.fullmatch(text):
         return parse_number(text, 0, bits, kind)
@@ -213,6 +231,7 @@ PARSERS: Dict[str, Callable[[str], Any]] = {
     "comment": parse_comment,
     "ipsetname": parse_ipset_name,
     "ipsetflags": parse_ipset_flags,
+    "ndlladdr": parse_nd_lladdr,
 }
 
 
