@@ -280,3 +280,15 @@ def test_two_dualstack_vms_talk_while_attacks_fail(tmp_path):
         # an address the VM gives itself but was not given gets nowhere
         lab.sh(vm1.name, "ip addr add 2001:db8::99/64 dev eth0 nodad")
         assert not _ping6(vm1, vm2.ipv6, source="2001:db8::99")
+
+
+def test_ipv6_omitted_is_learned_then_guarded(lab, host):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    assert host.bind(Binding(vm.port, vm.mac, FilterRef(DUALSTACK, {"IP": (vm.ip,)}))).learning == [vm.port]
+    assert host.learned(vm.port, [], [vm.ipv6]).learning == []
+    chosen = ("udp from first address", "na for own address", "na for own link-local", "dad ns for own address",
+              "udp from second address", "na for another's address", "router advertisement", "dhcpv6 advertise")
+    probes = {name: probe for name, probe in outgoing_probes(vm, peer).items() if name in chosen}
+    # SECOND was not learned: only the learned address and the link-local one are the VM's
+    expected = {name: passes and name != "udp from second address" for name, (_probe, passes) in probes.items()}
+    assert _verdicts(lab, probes) == expected

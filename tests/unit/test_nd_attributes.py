@@ -114,3 +114,18 @@ def test_ipv6_linklocal_defaults_to_the_mac_and_can_be_given():
     binding = Binding("vnet0", MAC, FilterRef("wrapper", params))
     filters = {**BUILTIN_FILTERS, "wrapper": wrapper}
     assert _linklocal_sources(binding, filters)[:2] == ["2001:db8::10", "fe80::abcd"]
+
+
+def test_the_documented_mdns_extension_merges_into_the_chain():
+    mdns = filter_from_xml("""<filter name='allow-mdns' chain='ipv6-vmg-dst' priority='-610'>
+  <rule action='return' direction='in' priority='100'><ipv6 dstipaddr='ff02::fb'/></rule>
+</filter>""")
+    wrapper = filter_from_xml("""<filter name='dualstack-with-mdns'>
+  <filterref filter='vmguard-clean-traffic-dualstack'/>
+  <filterref filter='allow-mdns'/>
+</filter>""")
+    filters = {**BUILTIN_FILTERS, mdns.name: mdns, wrapper.name: wrapper}
+    binding = Binding("vnet0", MAC, FilterRef(wrapper.name, {"IP": ("192.0.2.10",), "IPV6": ("2001:db8::10",)}))
+    entries = resolve(filters, binding).chain("ipv6-vmg-dst").entries
+    assert [(r.action, str((r.get("dstipaddr") or ("",))[0])) for r in entries if r.direction == "in"][-2:] == [
+        ("return", "ff02::fb"), ("drop", "")]
