@@ -129,3 +129,10 @@ def test_the_documented_mdns_extension_merges_into_the_chain():
     entries = resolve(filters, binding).chain("ipv6-vmg-dst").entries
     assert [(r.action, str((r.get("dstipaddr") or ("",))[0])) for r in entries if r.direction == "in"][-2:] == [
         ("return", "ff02::fb"), ("drop", "")]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in BUILTIN_FILTERS if n.startswith("vmguard-")))
+def test_our_builtins_round_trip(name):
+    flt = BUILTIN_FILTERS[name]
+    assert filter_from_xml(filter_to_xml(flt)) == flt
+    assert filter_from_dict(filter_to_dict(flt)) == flt
