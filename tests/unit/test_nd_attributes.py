@@ -77,8 +77,8 @@ def test_variable_values_are_checked_where_they_land():
     ({"type": "137", "vmguard-ndlladdr": MAC}, "needs type 135 or 136"),
 ])
 def test_nd_attributes_need_an_nd_type(attributes, words):
-    flt = Filter("x", "ipv6-nd", entries=(Rule("drop", "out", protocol="ipv6",
-                                                   attributes={k: Match(v) for k, v in attributes.items()}),))
+    rule = Rule("drop", "out", protocol="ipv6", attributes={k: Match(v) for k, v in attributes.items()})
+    flt = Filter("x", "ipv6-nd", entries=(rule,))
     with pytest.raises(NwfilterError, match=words):
         _rules(flt)
 
