@@ -83,11 +83,27 @@ def test_nd_attributes_need_an_nd_type(attributes, words):
         _rules(flt)
 
 
-def test_negation_is_refused():
+@pytest.mark.parametrize("negated", [("type", "vmguard-ndtargetaddr"), ("vmguard-ndtargetaddr",),
+                                     ("vmguard-ndlladdr",), ("vmguard-ndtargetmask",)])
+def test_negation_is_refused(negated):
+    values = {"type": "136", "vmguard-ndtargetaddr": "2001:db8::1", "vmguard-ndtargetmask": "64",
+              "vmguard-ndlladdr": MAC}
     flt = Filter("x", "ipv6-nd", entries=(Rule("drop", "out", protocol="ipv6", attributes={
-        "type": Match("136", True), "vmguard-ndtargetaddr": Match("2001:db8::1", True)}),))
+        name: Match(value, name in negated) for name, value in values.items()}),))
     with pytest.raises(NwfilterError, match="no match='no'"):
         _rules(flt)
+
+
+def test_prefix_lengths():
+    # nft accepts the masked form: test_nft_compile's every-attribute check runs it through nft -c
+    flt = Filter("x", "ipv6-nd", entries=tuple(Rule("return", "out", protocol="ipv6", attributes={
+        "type": Match("135"), "vmguard-ndtargetaddr": Match("2001:db8::1"), "vmguard-ndtargetmask": Match(prefix)})
+        for prefix in ("0", "1", "127", "128")))
+    rules = _rules(flt)
+    assert rules[0] == "ether type 0x86dd icmpv6 type 135 return"
+    assert rules[1].startswith("ether type 0x86dd icmpv6 type 135 @th,64,128 & 0x8000000000000000000000000000000")
+    assert rules[2].endswith("& 0xfffffffffffffffffffffffffffffffe == 0x20010db8000000000000000000000000 return")
+    assert rules[3] == "ether type 0x86dd icmpv6 type 135 @th,64,128 0x20010db8000000000000000000000001 return"
 
 
 def test_eui64_link_local():

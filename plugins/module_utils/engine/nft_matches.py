@@ -163,9 +163,11 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
 
 
 def _nd_types(attrs: Attrs, attribute: str, allowed: Tuple[int, int]) -> Tuple[int, int]:
-    """The ICMPv6 types the rule matches, which must lie in ``allowed``."""
+    """The ICMPv6 types the rule matches, which must lie in ``allowed``;
+    negation is refused (the negation of several comparisons is not one)."""
     low, high = attrs.values.get("type"), attrs.values.get("typeend")
-    if low is None or low[1] or not allowed[0] <= low[0] <= (high or low)[0] <= allowed[1]:
+    negated = any(attrs.values[name][1] for name in attrs.values if name.startswith("vmguard-nd"))
+    if low is None or low[1] or negated or not allowed[0] <= low[0] <= (high or low)[0] <= allowed[1]:
         what = " or ".join(map(str, range(allowed[0], allowed[1] + 1)))
         raise NwfilterError(f"{attrs.element} {attribute} needs type {what}, and no match='no'")
     return low[0], (high or low)[0]
@@ -179,10 +181,12 @@ def _nd(attrs: Attrs) -> List[str]:
     target, prefix = attrs.take("vmguard-ndtargetaddr"), attrs.take("vmguard-ndtargetmask")
     if target is not None:
         _nd_types(attrs, "vmguard-ndtargetaddr", ND_TARGET_TYPES)
-        bits = (1 << 128) - (1 << (128 - (prefix[0] if prefix else 128)))
+        length = 128 if prefix is None else prefix[0]
+        bits = (1 << 128) - (1 << (128 - length))
         number = int(ipaddress.IPv6Address(target[0])) & bits
         expr = f"@th,{ND_TARGET[0]},{ND_TARGET[1]}"
-        out.append(f"{expr} 0x{number:x}" if prefix is None else f"{expr} & 0x{bits:x} == 0x{number:x}")
+        if length:  # a /0 target is any target
+            out.append(f"{expr} 0x{number:x}" if length == 128 else f"{expr} & 0x{bits:x} == 0x{number:x}")
     lladdr = attrs.take("vmguard-ndlladdr")
     if lladdr is not None:
         low, high = _nd_types(attrs, "vmguard-ndlladdr", (135, 136))
