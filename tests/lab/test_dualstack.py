@@ -276,6 +276,7 @@ def test_two_dualstack_vms_talk_while_attacks_fail(tmp_path):
         _host_neighbour(lab, vm2.ipv6)
         _attack(lab, vm1, vm2)
         assert _poisoned(lab, vm1, vm2) == []
+        assert vm2.mac in _host_neighbour(lab, vm2.ipv6)
         assert _ping6(vm1, vm2.ipv6) and _tcp(vm1, vm2, vm2.ipv6)
         # an address the VM gives itself but was not given gets nowhere
         lab.sh(vm1.name, "ip addr add 2001:db8::99/64 dev eth0 nodad")
