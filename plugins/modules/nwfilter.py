@@ -96,7 +96,7 @@ learning:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
@@ -137,6 +137,7 @@ def main() -> None:
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
     warn_if_layer3_unseen(module, host)
+    warn_unchecked(module, result)
     module.exit_json(**output)
 
 

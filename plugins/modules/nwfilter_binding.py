@@ -106,7 +106,7 @@ rebuilt:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 
@@ -158,6 +158,7 @@ def main() -> None:
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
     warn_if_layer3_unseen(module, host)
+    warn_unchecked(module, result)
     module.exit_json(**output)
 
 

@@ -111,11 +111,18 @@ class Store:
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned")}
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, create: bool = True) -> Iterator[None]:
+        """The store's lock. ``create=False`` (check mode) creates nothing: with
+        no lock file yet nothing is stored, so there is nothing to wait for."""
+        lock = os.path.join(self.root, ".lock")
+        if not create and not os.path.exists(lock):
+            yield
+            return
         try:
-            for path in self.dirs.values():
-                os.makedirs(path, mode=0o755, exist_ok=True)
-            handle = open(os.path.join(self.root, ".lock"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+            if create:
+                for path in self.dirs.values():
+                    os.makedirs(path, mode=0o755, exist_ok=True)
+            handle = open(lock, "a" if create else "r", encoding="utf-8")  # pylint: disable=consider-using-with
         except OSError as exc:
             raise NwfilterError(f"cannot use the store {self.root}: {exc.strerror}") from None
         with handle:
