@@ -16,7 +16,7 @@ description:
   - The bulk form O(bindings) sets many bindings in one nftables transaction; with O(exclusive=true) the host's
     bindings become exactly that list.
   - When the only variables missing from the filter tree are C(IP) and/or C(IPV6) and C(CTRL_IP_LEARNING) is not
-    C(none), the binding is stored, restrictive learning rules are enforced at once and RV(learning) is true;
+    C(none), the binding is stored, restrictive learning rules are enforced at once and RV(learning) names it;
     the learner service (role C(vmguard.nwfilter.learner)) then learns the addresses (C(IPV6) by DHCPv6 snooping
     in mode C(dhcp), trusted servers in C(DHCPSERVERV6)).
 author: vmguard developers (@vmguard)
@@ -95,9 +95,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 learning:
-  description: Single form, whether the binding waits for its IP address; bulk form, the portdevs that do.
+  description:
+    - The portdevs of this task's bindings that wait for their IP address (the learner service fills it in).
+    - Always a list, in the single form too (C([vnet1]) or C([])), so that one test serves both forms.
   returned: success
-  type: raw
+  type: list
+  elements: str
+  sample: [vnet1]
 rebuilt:
   description: The portdevs whose rules were, or in check mode would be, (re)built.
   returned: success
@@ -148,12 +152,13 @@ def main() -> None:
         learning = result.learning
     elif params["state"] == "absent":
         result = engine_call(module, host.unbind, params["portdev"], check=check)
-        learning = False
+        learning = []
     else:
         binding = _binding(module, {key: params[key] for key in FIELDS})
         result = engine_call(module, host.bind, binding, check=check)
-        learning = binding.portdev in result.learning or (
+        waiting = binding.portdev in result.learning or (
             not result.changed and binding.portdev in engine_call(module, host.waiting))
+        learning = [binding.portdev] if waiting else []
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")

@@ -2,8 +2,12 @@
 a fresh host writes nothing and does not fail where the real run succeeds,
 and module_defaults reaches every module through the action group."""
 
+import json
 import os
 
+from engine.dict_form import filter_from_dict
+from engine.host import Host
+from engine.model import Binding, FilterRef
 from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
 
 
@@ -33,3 +37,31 @@ def test_module_defaults_group_sets_root(lab, collections, tmp_path):  # noqa: F
     assert [r["changed"] for r in results] == [True, True, False] and not any(r.get("failed") for r in results)
     assert results[2]["bindings"]["vnet0"]["filter"] == "web"
     assert (root / "filters" / "web.xml").exists() and (root / "bindings" / "vnet0.xml").exists()
+
+
+def test_info_returns_what_was_asked_for(lab, collections, tmp_path):  # noqa: F811
+    """200 bindings: one port's report stays small (its binding and its tree's
+    user filters; built-ins on request), and every key is there."""
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    host.define_filter(filter_from_dict({"name": "web", "rules": [{"filterref": "clean-traffic"}]}))
+    host.set_bindings([Binding(f"vm{i}", f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}", FilterRef("web", {"IP": (f"10.0.{i >> 8}.{i & 255}",)}))
+                       for i in range(1, 201)])
+    one, with_builtins, everything, by_name, bad = play(lab, collections, tmp_path, [
+        {"vmguard.nwfilter.nwfilter_info": {"root": root, "portdev": "vm7"}},
+        {"vmguard.nwfilter.nwfilter_info": {"root": root, "portdev": "vm7", "builtins": True}},
+        {"vmguard.nwfilter.nwfilter_info": {"root": root}},
+        {"vmguard.nwfilter.nwfilter_info": {"root": root, "name": "clean-traffic"}},
+        {"vmguard.nwfilter.nwfilter_info": {"root": root, "portdev": "../x"}}])
+    size = len(json.dumps({k: one[k] for k in ("filters", "bindings")}))
+    assert size < 20000, size
+    assert list(one["bindings"]) == ["vm7"] and list(one["filters"]) == ["web"]
+    vm7 = one["bindings"]["vm7"]
+    assert set(vm7) == {"portdev", "mac", "filter", "parameters", "learning", "learned", "resolved_rules", "nft",
+                        "port_id", "tree"}
+    assert vm7["parameters"] == {"IP": "10.0.0.7"} and vm7["learning"] is False and "chain p/vm7/o" in vm7["nft"]
+    assert "p/vm8/" not in vm7["nft"] and {"web", "clean-traffic", "no-ip-spoofing"} <= set(vm7["tree"])
+    assert set(with_builtins["filters"]) == set(vm7["tree"]) and with_builtins["filters"]["clean-traffic"]["builtin"]
+    assert len(everything["bindings"]) == 200 and list(everything["filters"]) == ["web"]
+    assert list(by_name["filters"]) == ["clean-traffic"] and by_name["filters"]["clean-traffic"]["builtin"]
+    assert bad.get("failed") and "invalid interface name '../x'" in bad["msg"]

@@ -207,16 +207,30 @@ class Host:
         self._tables_seen = True
 
     def status(self, portdev: str) -> Dict[str, object]:
+        return self.report([portdev])[portdev]
+
+    def report(self, portdevs: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
+        """Per binding (every one, or those named): ``learning``, ``learned``,
+        ``resolved_rules``, ``nft`` (in force), ``port_id`` and ``tree`` (the
+        filters it uses). One store load and one listing of our tables for all."""
         state = self._load()
-        binding = state.bindings.get(portdev)
-        if binding is None:
-            raise NwfilterError(f"no binding for {portdev!r}")
-        program = _program(state, portdev)
-        rules: List[str] = []
-        if not program.learning:
-            rules = describe(resolve(state.all_filters(), binding, _extra(state, binding)))
-        return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
-                "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+        ports = sorted(state.bindings) if portdevs is None else list(portdevs)
+        for portdev in ports:
+            if portdev not in state.bindings:
+                raise NwfilterError(f"no binding for {portdev!r}")
+        in_force = self.nft.ports_rules(ports)
+        filters = state.all_filters()
+        found: Dict[str, Dict[str, object]] = {}
+        for portdev in ports:
+            binding = state.bindings[portdev]
+            program = _program(state, portdev)
+            rules: List[str] = []
+            if not program.learning:
+                rules = describe(resolve(filters, binding, _extra(state, binding)))
+            found[portdev] = {"learning": program.learning, "learned": state.learned.get(portdev, {}),
+                              "resolved_rules": rules, "nft": in_force[portdev], "port_id": program.port_id,
+                              "tree": sorted(_tree(filters, binding.filterref.filter))}
+        return found
 
     def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
         """Bindings with addresses for the learner to find: (binding, mode any
