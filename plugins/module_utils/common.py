@@ -8,12 +8,22 @@ warning for bindings whose filters an earlier task would define."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
 
 ROOT_OPTION = dict(type="path", default="/etc/vmguard")
+MIN_PYTHON = (3, 9)  # the engine's oldest need: xml.etree.ElementTree.indent
+
+
+def host_for(module: Any) -> Host:
+    """The Host of the module's store, once the managed host's Python is known to be new enough."""
+    if sys.version_info < MIN_PYTHON:
+        module.fail_json(msg=f"vmguard.nwfilter needs Python {'.'.join(map(str, MIN_PYTHON))} or later on the managed "
+                             f"host, found {sys.version.split()[0]} (set ansible_python_interpreter)")
+    return Host(module.params["root"])
 
 
 def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -44,12 +44,16 @@ options:
       - Each item is either C({filterref, parameters}) or C({action, direction, priority, statematch, <element>}).
     type: list
     elements: dict
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Writes nothing; a binding whose tree names a filter not defined yet (an earlier task may define it) is reported with a warning, its rules not compiled.
+  diff_mode:
+    support: full
+    details: The canonical XML before and after.
 notes:
-  - Supports check mode and diff mode (canonical XML before and after).
   - While a binding learns its address, a redefinition that would add a variable without a value to its filter tree is refused.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
@@ -96,9 +100,8 @@ learning:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen, warn_unchecked
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
 
 
@@ -119,7 +122,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = host_for(module)
     if params["state"] == "absent":
         result = engine_call(module, host.undefine_filter, params["name"], check=module.check_mode)
     else:

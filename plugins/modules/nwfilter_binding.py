@@ -60,12 +60,16 @@ options:
     description: With O(bindings), remove every binding not in the list.
     type: bool
     default: false
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Writes nothing; a binding whose tree names a filter not defined yet (an earlier task may define it) is reported with a warning, its rules not compiled.
+  diff_mode:
+    support: full
+    details: The canonical binding XML before and after.
 notes:
-  - Supports check mode and diff mode (canonical binding XML before and after).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -110,9 +114,8 @@ rebuilt:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen, warn_unchecked
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 
 FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
 
@@ -144,7 +147,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = host_for(module)
     check = module.check_mode
     if params["bindings"] is not None:
         wanted = [_binding(module, item) for item in params["bindings"]]

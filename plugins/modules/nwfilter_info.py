@@ -28,12 +28,15 @@ options:
     description: Also return the built-in filters (those not overridden) among RV(filters).
     type: bool
     default: false
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
 notes:
-  - Read-only; supports check mode.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -129,9 +132,8 @@ bindings:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_to_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_to_xml
 
@@ -146,7 +148,7 @@ def main() -> None:
     portdev = params["portdev"]
     if portdev is not None:
         engine_call(module, check_ifname, portdev, "portdev")
-    host = Host(params["root"])
+    host = host_for(module)
     stored = engine_call(module, host.bindings)
     ports = None if portdev is None else [portdev] if portdev in stored else []
     bindings = {p: dict(binding_to_dict(stored[p]), **status) for p, status in engine_call(module, host.report, ports).items()}
