@@ -70,6 +70,9 @@ attributes:
     support: full
     details: The canonical binding XML before and after.
 notes:
+  - Warns when a binding of the task has the same MAC, IP or IPV6 address as another binding (a failover pair may
+    share one; otherwise it is an inventory mistake, and anti-spoofing lets each of those VMs use the address).
+  - Refuses C(MAC) in O(parameters): it comes from O(mac).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -116,6 +119,8 @@ rebuilt:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import shared_addresses
 
 FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
 
@@ -149,15 +154,19 @@ def main() -> None:
     params = module.params
     host = host_for(module)
     check = module.check_mode
+    present = engine_call(module, host.bindings)
+    wanted = []
     if params["bindings"] is not None:
         wanted = [_binding(module, item) for item in params["bindings"]]
         result = engine_call(module, host.set_bindings, wanted, exclusive=params["exclusive"], check=check)
         learning = result.learning
     elif params["state"] == "absent":
+        engine_call(module, check_ifname, params["portdev"], "portdev")
         result = engine_call(module, host.unbind, params["portdev"], check=check)
         learning = []
     else:
         binding = _binding(module, {key: params[key] for key in FIELDS})
+        wanted = [binding]
         result = engine_call(module, host.bind, binding, check=check)
         waiting = binding.portdev in result.learning or (
             not result.changed and binding.portdev in engine_call(module, host.waiting))
@@ -165,6 +174,11 @@ def main() -> None:
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
+    after = {} if params["exclusive"] and params["bindings"] is not None else dict(present)
+    after.update((b.portdev, b) for b in wanted)
+    for line in shared_addresses(after, {b.portdev for b in wanted}):
+        module.warn(f"{line}: anti-spoofing lets each of them use it (a failover pair may mean to; "
+                    "otherwise check the inventory)")
     warn_if_layer3_unseen(module, host)
     warn_unchecked(module, result)
     module.exit_json(**output)

@@ -65,3 +65,31 @@ def test_info_returns_what_was_asked_for(lab, collections, tmp_path):  # noqa: F
     assert len(everything["bindings"]) == 200 and list(everything["filters"]) == ["web"]
     assert list(by_name["filters"]) == ["clean-traffic"] and by_name["filters"]["clean-traffic"]["builtin"]
     assert bad.get("failed") and "invalid interface name '../x'" in bad["msg"]
+
+
+def test_operator_safety(lab, collections, tmp_path):  # noqa: F811
+    """Overriding a built-in warns and shows what each port loses; shared
+    addresses warn; MAC in parameters, a bad portdev and '1_000' are refused."""
+    root = str(tmp_path / "store")
+    port = {"root": root, "mac": "52:54:00:00:00:01", "filter": "clean-traffic"}
+    binding = "vmguard.nwfilter.nwfilter_binding"
+    results = play(lab, collections, tmp_path, [
+        {binding: dict(port, portdev="vnet0", parameters={"IP": "192.0.2.10"})},
+        {binding: dict(port, portdev="vnet1", mac="52:54:00:00:00:02", parameters={"IP": "192.0.2.10"})},
+        {"vmguard.nwfilter.nwfilter": {"root": root, "name": "no-ip-spoofing", "rules": []}},
+        {binding: dict(port, portdev="vnet2", parameters={"MAC": "52:54:00:00:00:09"})},
+        {binding: {"root": root, "portdev": "../x", "state": "absent"}},
+        {"vmguard.nwfilter.nwfilter": {"root": root, "name": "p", "priority": "1_000", "rules": []}},
+        {"vmguard.nwfilter.nwfilter": {"root": root, "name": "p", "priority": "-100", "rules": []}},
+    ], "--diff")
+    first, shared, override, mac_param, bad_port, underscore, decimal = results
+    assert not first.get("warnings")
+    assert any("IP 192.0.2.10 is bound on vnet0, vnet1" in w for w in shared["warnings"]), shared
+    assert any("'no-ip-spoofing' overrides the built-in" in w and "vnet0, vnet1 lose rules" in w
+               for w in override["warnings"]), override
+    assert "out ipv4-ip: 500 return ip srcipaddr=192.0.2.10" in override["lost_rules"]["vnet0"]
+    assert "vnet1: out ipv4-ip: 500 return ip srcipaddr=192.0.2.10" in override["diff"][1]["before"]
+    assert mac_param.get("failed") and "MAC comes from mac" in mac_param["msg"]
+    assert bad_port.get("failed") and "invalid interface name '../x'" in bad_port["msg"]
+    assert underscore.get("failed") and "must be a whole number, not '1_000'" in underscore["msg"]
+    assert decimal["changed"] and 'priority="-100"' in decimal["filter"]

@@ -37,6 +37,8 @@ class ChangeResult:
     # check mode only: ports not compiled because their tree names filters not defined yet
     # (portdev -> those filters); an earlier task of the same run may define them
     unchecked: Dict[str, List[str]] = field(default_factory=dict)
+    # a user filter overriding a built-in: per port, the resolved rules it takes away
+    lost: Dict[str, List[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +129,23 @@ def _undefined(state: _State, ports: Set[str]) -> Dict[str, List[str]]:
     filters = state.all_filters()
     found = {p: sorted(_tree(filters, state.bindings[p].filterref.filter) - set(filters)) for p in ports}
     return {p: names for p, names in found.items() if names}
+
+
+def _lost_rules(old: _State, new: _State, ports: Set[str]) -> Dict[str, List[str]]:
+    """Per port, the resolved rules in force before and not after (ports still
+    learning their address have none to lose)."""
+    lost = {}
+    for portdev in sorted(ports):
+        binding = old.bindings[portdev]
+        try:
+            before = describe(resolve(old.all_filters(), binding, _extra(old, binding)))
+            after = set(describe(resolve(new.all_filters(), binding, _extra(new, binding))))
+        except MissingVariables:
+            continue
+        gone = [line for line in before if line not in after]
+        if gone:
+            lost[portdev] = gone
+    return lost
 
 
 def _check_learning_trees(old: _State, new: _State, ports: Set[str]) -> None:
@@ -336,7 +355,9 @@ class Host:
                 learning = self._commit(old, new, rebuild - set(unchecked), set(), check)
             except NwfilterError as exc:
                 raise exc.within(f"filter {flt.name!r} not changed") from None
-            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked)
+            overrides = flt.name in BUILTIN_FILTERS and flt.name not in old.filters
+            lost = _lost_rules(old, new, rebuild - set(unchecked)) if overrides else {}
+            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked, lost)
 
     def undefine_filter(self, name: str, check: bool = False) -> ChangeResult:
         with self._changing(check):
