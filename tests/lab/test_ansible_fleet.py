@@ -4,11 +4,13 @@ and module_defaults reaches every module through the action group."""
 
 import json
 import os
+import subprocess
+import sys
 
 from engine.dict_form import filter_from_dict
 from engine.host import Host
 from engine.model import Binding, FilterRef
-from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
+from test_ansible import REPO, collections, play, tasks  # noqa: F401  pylint: disable=unused-import
 
 
 def test_check_mode_on_a_fresh_host_writes_nothing_and_warns(lab, collections, tmp_path):  # noqa: F811
@@ -93,3 +95,22 @@ def test_operator_safety(lab, collections, tmp_path):  # noqa: F811
     assert bad_port.get("failed") and "invalid interface name '../x'" in bad_port["msg"]
     assert underscore.get("failed") and "must be a whole number, not '1_000'" in underscore["msg"]
     assert decimal["changed"] and 'priority="-100"' in decimal["filter"]
+
+
+def test_modules_and_service_refuse_a_newer_store(lab, collections, tmp_path):  # noqa: F811
+    """The controller's modules and the deployed service each refuse, in one
+    line, a store written by a newer release; nothing is applied."""
+    root = tmp_path / "store"
+    play(lab, collections, tmp_path, tasks(str(root)))
+    assert (root / "version").read_text() == "1\n"
+    (root / "version").write_text("2\n")
+    ruleset = lab.nft_list()
+    results = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": str(root)}}]
+                   + tasks(str(root), ip="192.0.2.11"))
+    for result in results:
+        assert result.get("failed") and "format version 2 is newer than this copy" in result["msg"], result
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "plugins", "module_utils"), REPO]))
+    restore = subprocess.run(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", str(root),
+                              "--restore"], capture_output=True, text=True, env=env, check=False)
+    assert restore.returncode == 1 and "restore failed: store" in restore.stderr
+    assert "format version 2 is newer" in restore.stderr and lab.nft_list() == ruleset
