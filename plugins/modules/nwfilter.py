@@ -50,7 +50,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Writes nothing; a binding whose tree names a filter not defined yet (an earlier task may define it) is reported with a warning, its rules not compiled.
+    details:
+      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
+        is reported with a warning, its rules not compiled.
   diff_mode:
     support: full
     details: The canonical XML before and after.

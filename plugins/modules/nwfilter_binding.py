@@ -65,14 +65,16 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Writes nothing; a binding whose tree names a filter not defined yet (an earlier task may define it) is reported with a warning, its rules not compiled.
+    details:
+      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
+        is reported with a warning, its rules not compiled.
   diff_mode:
     support: full
     details: The canonical binding XML before and after.
 notes:
   - Warns when a binding of the task has the same MAC, IP or IPV6 address as another binding (a failover pair may
     share one; otherwise it is an inventory mistake, and anti-spoofing lets each of those VMs use the address).
-  - Refuses C(MAC) in O(parameters): it comes from O(mac).
+  - Refuses C(MAC) in O(parameters), which comes from O(mac).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 

@@ -52,7 +52,7 @@ def test_fleet_playbook_check_first_then_apply(lab, collections, tmp_path):  # n
     assert not bound["changed"] and changed == 1  # only the test's own copy of the result
 
     vm, peer = lab.guests["vm"], lab.guests["peer"]
-    probes = [Probe(f"tcp {port}", "peer", "vm", tagged(Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
-                                                         / TCP(sport=40000 + port, dport=port, flags="S")))
+    to_web1 = Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
+    probes = [Probe(f"tcp {port}", "peer", "vm", tagged(to_web1 / TCP(sport=40000 + port, dport=port, flags="S")))
               for port in (22, 80)]
     assert run_probes(lab, probes) == {"tcp 22": True, "tcp 80": False}

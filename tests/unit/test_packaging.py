@@ -60,8 +60,8 @@ def test_tarball_ships_what_users_need_and_nothing_else(tarball):
         manifest = json.load(archive.extractfile("MANIFEST.json"))["collection_info"]
     assert "GNU GENERAL PUBLIC LICENSE" in license_text and "Version 3" in license_text
     assert manifest["license"] == ["GPL-3.0-or-later"]
-    assert not any("example" in str(manifest.get(key) or "") for key in ("repository", "homepage", "issues",
-                                                                          "documentation"))
+    links = ("repository", "homepage", "issues", "documentation")
+    assert not any("example" in str(manifest.get(key) or "") for key in links)
 
 
 def test_execution_environment_needs_nothing_beyond_ansible_core(installed, tmp_path):
