@@ -16,8 +16,11 @@ from test_ansible import REPO, collections, play, tasks  # noqa: F401  pylint: d
 def test_check_mode_on_a_fresh_host_writes_nothing_and_warns(lab, collections, tmp_path):  # noqa: F811
     root = tmp_path / "store"
     before = lab.nft_list()
-    checked = play(lab, collections, tmp_path, tasks(str(root)), "--check", "--diff")
-    assert [t["changed"] for t in checked] == [True, True] and not any(t.get("failed") for t in checked)
+    others = [{"vmguard.nwfilter.nwfilter_binding": {"root": str(root), "portdev": "vnet9", "state": "absent"}},
+              {"vmguard.nwfilter.nwfilter_info": {"root": str(root)}}]
+    checked = play(lab, collections, tmp_path, tasks(str(root)) + others, "--check", "--diff")
+    assert [t["changed"] for t in checked] == [True, True, False, False] and not any(t.get("failed") for t in checked)
+    assert checked[3]["bindings"] == {} and checked[3]["filters"] == {}
     assert not root.exists() and lab.nft_list() == before
     assert checked[1]["rebuilt"] == ["vnet0"] and 'filter="web"' in checked[1]["diff"]["after"]
     assert any("binding 'vnet0' uses 'web', not defined on the host yet" in w for w in checked[1]["warnings"])
