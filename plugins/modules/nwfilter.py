@@ -89,6 +89,7 @@ filter:
   description: The filter's canonical XML after the change (absent after removal).
   returned: success
   type: str
+  sample: '<filter name="web-vm" chain="root"><filterref filter="clean-traffic"/></filter>'
 rebuilt:
   description: The bindings (portdev) whose rules were, or in check mode would be, rebuilt.
   returned: success
@@ -100,6 +101,7 @@ learning:
   returned: success
   type: list
   elements: str
+  sample: [vnet1]
 lost_rules:
   description:
     - When the filter newly overrides a built-in filter, per binding, the resolved rules (one line each, as

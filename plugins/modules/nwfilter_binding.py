@@ -116,6 +116,7 @@ rebuilt:
   returned: success
   type: list
   elements: str
+  sample: [vnet0, vnet1]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -75,6 +75,10 @@ bindings:
   description: The bindings asked for, by portdev.
   returned: always
   type: dict
+  sample:
+    vnet0: {portdev: vnet0, mac: "52:54:00:aa:00:01", filter: web, parameters: {IP: 192.0.2.10}, learning: false,
+            learned: {}, resolved_rules: ["out mac: 500 return mac srcmacaddr=52:54:00:aa:00:01"],
+            nft: "table bridge vmguard {...}", port_id: 1, tree: [clean-traffic, web]}
   contains:
     portdev:
       description: The VM's interface.
