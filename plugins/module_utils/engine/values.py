@@ -61,6 +61,17 @@ def parse_number(text: str, low: int, high: int, kind: str = "number") -> int:
     return value
 
 
+_SIGNED_RE = re.compile(r"[-+]?[0-9]{1,10}")
+
+
+def parse_whole_number(text: str) -> int:
+    """A signed decimal as libvirt reads one (strtol, base 10): no underscores,
+    no hex or octal prefixes, no spaces, which Python's int() would take."""
+    if not _SIGNED_RE.fullmatch(text):
+        raise _fail("whole number", text)
+    return int(text, 10)
+
+
 def _ranged(low: int, high: int, kind: str) -> Callable[[str], int]:
     return lambda text: parse_number(text, low, high, kind)
 
