@@ -22,7 +22,7 @@ from . import schema
 from .errors import NwfilterError
 from .model import Binding, Filter, FilterRef, Rule
 from .ruleset import Chain, ChainEntry, Jump, ResolvedRule, Ruleset
-from .values import parse_typed
+from .values import eui64_link_local, parse_typed
 from .variables import VarRef, parse_reference
 
 Variables = Dict[str, Tuple[str, ...]]
@@ -62,6 +62,12 @@ def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[
     return variables
 
 
+def derived_defaults(binding: Binding) -> Variables:
+    """Variables with a value derived from the binding, weaker than any value
+    given anywhere in the tree: IPV6_LINKLOCAL, the MAC's EUI-64 link-local address."""
+    return {"IPV6_LINKLOCAL": (eui64_link_local(binding.mac),)}
+
+
 def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]],
          on_rule, path: Tuple[str, ...] = ()) -> None:
     """Depth-first walk of the tree under ``ref``. A filterref's own parameters
@@ -90,9 +96,11 @@ def missing_variables(filters: Mapping[str, Filter], binding: Binding,
                       extra: Optional[Mapping[str, Sequence[str]]] = None) -> Set[str]:
     """Every variable the tree uses without a value, over the whole tree."""
     missing: Set[str] = set()
+    defaults = derived_defaults(binding)
 
     def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
-        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables)
+        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables
+                       and ref.name not in defaults)
 
     walk(filters, binding.filterref, effective_variables(binding, extra), visit)
     return missing
@@ -233,8 +241,11 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
     variables = effective_variables(binding, extra)
     instances: List[_Instance] = []
     missing: Set[str] = set()
+    defaults = derived_defaults(binding)
 
     def collect(flt: Filter, rule: Rule, scope: Mapping[str, Tuple[str, ...]]) -> None:
+        if any(ref.name in defaults and ref.name not in scope for _attr, ref in _references(rule)):
+            scope = {**defaults, **scope}
         missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in scope)
         instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
 
