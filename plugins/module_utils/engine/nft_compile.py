@@ -76,6 +76,10 @@ class PortProgram:
     elements: Tuple[Tuple[str, str, str, str], ...]
 
     @property
+    def rule_count(self) -> int:
+        return sum(len(rules) for _family, _name, rules in self.chains)
+
+    @property
     def text(self) -> str:
         """The port's rules as nft statements, for people (nwfilter_info)."""
         return "\n".join(f"{family} {name}: {rule}" for family, name, rules in self.chains for rule in rules)

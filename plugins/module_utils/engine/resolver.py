@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import schema
 from .errors import NwfilterError
-from .model import Binding, Filter, FilterRef, Rule
+from . import bounds
+from .bounds import check_tree
+from .model import Binding, Entry, Filter, FilterRef, Rule
 from .ruleset import Chain, ChainEntry, Jump, ResolvedRule, Ruleset
 from .values import parse_typed
 from .variables import VarRef, parse_reference
 
 Variables = Dict[str, Tuple[str, ...]]
-MAX_RULE_INSTANCES = 100000  # a cross product beyond this is a mistake, not a filter
+_Values = Tuple[Tuple[str, Tuple[str, ...]], ...]  # the values of the variables a rule names
+_Frame = Tuple[Filter, Dict[str, Tuple[str, ...]], Iterator[Entry]]
 
 
 class MissingVariables(NwfilterError):
@@ -63,21 +67,32 @@ def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[
 
 
 def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]],
-         on_rule, path: Tuple[str, ...] = ()) -> None:
-    """Depth-first walk of the tree under ``ref``. A filterref's own parameters
-    are defaults: what comes from above (the binding) overrides them."""
-    if ref.filter in path:
-        raise NwfilterError(f"filter reference loop: {' -> '.join(path + (ref.filter,))}")
-    flt = filters.get(ref.filter)
-    if flt is None:
-        where = f"filter {path[-1]!r}" if path else "binding"
-        raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
-    variables = {**ref.parameters, **inherited}
-    for entry in flt.entries:
-        if isinstance(entry, FilterRef):
-            walk(filters, entry, variables, on_rule, path + (flt.name,))
-        else:
+         on_rule: Callable[[Filter, Rule, Mapping[str, Tuple[str, ...]]], None], where: str = "binding") -> None:
+    """Depth-first walk of the tree under ``ref`` (``where``: the binding),
+    once its size is known to be within the limits (bounds.check_tree). A
+    filterref's own parameters are defaults: what comes from above (the
+    binding) overrides them."""
+    try:
+        check_tree(filters, ref.filter)
+    except NwfilterError as exc:
+        raise exc.within(where) from None
+
+    def enter(ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]], where: str) -> _Frame:
+        flt = filters.get(ref.filter)
+        if flt is None:
+            raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
+        return flt, {**ref.parameters, **inherited}, iter(flt.entries)
+
+    stack = [enter(ref, inherited, where)]
+    while stack:
+        flt, variables, entries = stack[-1]
+        for entry in entries:
+            if isinstance(entry, FilterRef):
+                stack.append(enter(entry, variables, f"filter {flt.name!r}"))
+                break
             on_rule(flt, entry, variables)
+        else:
+            stack.pop()
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -94,21 +109,23 @@ def missing_variables(filters: Mapping[str, Filter], binding: Binding,
     def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
         missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables)
 
-    walk(filters, binding.filterref, effective_variables(binding, extra), visit)
+    walk(filters, binding.filterref, effective_variables(binding, extra), visit, f"binding {binding.portdev!r}")
     return missing
 
 
-def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
-                  where: str) -> Iterator[Dict[str, str]]:
-    """Each distinct assignment of the rule's variable references: one
-    iterator walks its lists in parallel, different iterators give the cross
-    product (the first varies fastest), repeated tuples are skipped."""
+@functools.lru_cache(maxsize=1 << 16)
+def _axes(rule: Rule, values: _Values, where: str) -> Tuple[Tuple[Dict[str, str], ...], ...]:
+    """The rule's variable references as axes of a cross product: one
+    iterator walks its lists in parallel (repeated tuples skipped), different
+    iterators give the cross product. Linear in the lists' lengths, so the
+    size of the product is known before it is expanded."""
+    variables = dict(values)
     iterators: Dict[Any, List[str]] = {0: []}
     for _attr, ref in _references(rule):
         if ref.index is not None:
-            values = variables[ref.name]
-            if ref.index >= len(values):
-                raise NwfilterError(f"${ref.name}[{ref.index}] is past the end of its {len(values)} value(s)", where)
+            listed = variables[ref.name]
+            if ref.index >= len(listed):
+                raise NwfilterError(f"${ref.name}[{ref.index}] is past the end of its {len(listed)} value(s)", where)
             iterators[("index", ref.name, ref.index)] = [ref.name]
             continue
         names = iterators.setdefault(ref.iterator, [])
@@ -118,10 +135,10 @@ def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
                     f"lists ${names[0]} and ${ref.name} walked by iterator @{ref.iterator}"
                     " must have the same number of values", where)
             names.append(ref.name)
-    axes: List[List[Dict[str, str]]] = []
+    axes = []
     for key, names in iterators.items():
         if isinstance(key, tuple):
-            axes.append([{f"{names[0]}[{key[2]}]": variables[names[0]][key[2]]}])
+            axes.append(({f"{names[0]}[{key[2]}]": variables[names[0]][key[2]]},))
             continue
         length = len(variables[names[0]]) if names else 1
         seen: Set[Tuple[str, ...]] = set()
@@ -131,12 +148,12 @@ def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
             if combo not in seen:
                 seen.add(combo)
                 axis.append({f"{name}@{key}": value for name, value in zip(names, combo)})
-        axes.append(axis)
-    total = 1
-    for axis in axes:
-        total *= len(axis)
-    if total > MAX_RULE_INSTANCES:
-        raise NwfilterError(f"variable lists expand to {total} rules, more than {MAX_RULE_INSTANCES}", where)
+        axes.append(tuple(axis))
+    return tuple(axes)
+
+
+def _combinations(axes: Sequence[Sequence[Dict[str, str]]]) -> Iterator[Dict[str, str]]:
+    """Each assignment of the cross product, the first axis varying fastest."""
     # itertools.product varies the last axis fastest; libvirt varies the first.
     for picked in itertools.product(*reversed(axes)):
         assignment: Dict[str, str] = {}
@@ -166,20 +183,28 @@ def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple
     return tuple(matches)
 
 
-def _expand(instance: _Instance) -> Tuple[ResolvedRule, ...]:
+def _values(instance: _Instance) -> _Values:
     # Only the values of the variables the rule names matter: a rule without
     # variables, or with values many ports share, is expanded once (a redefine
     # rebuilds every port of a tree that mostly repeats itself).
-    values = tuple((ref.name, instance.variables[ref.name]) for _attr, ref in _references(instance.rule))
-    return _expand_rule(instance.rule, instance.origin, values)
+    return tuple((ref.name, instance.variables[ref.name]) for _attr, ref in _references(instance.rule))
+
+
+def _count(instance: _Instance) -> int:
+    """Rule instances ``instance`` expands to, at most (before duplicates are dropped)."""
+    return math.prod(len(axis) for axis in _axes(instance.rule, _values(instance), f"filter {instance.origin!r}"))
+
+
+def _expand(instance: _Instance) -> Tuple[ResolvedRule, ...]:
+    return _expand_rule(instance.rule, instance.origin, _values(instance))
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _expand_rule(rule: Rule, origin: str, values: Tuple[Tuple[str, Tuple[str, ...]], ...]) -> Tuple[ResolvedRule, ...]:
+def _expand_rule(rule: Rule, origin: str, values: _Values) -> Tuple[ResolvedRule, ...]:
     where = f"filter {origin!r}"
     rules = []
     seen = set()
-    for assignment in _combinations(rule, dict(values), where):
+    for assignment in _combinations(_axes(rule, values, where)):
         matches = _instantiate(rule, assignment, where)
         if matches in seen:
             continue
@@ -238,14 +263,16 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
         missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in scope)
         instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
 
-    walk(filters, binding.filterref, variables, collect)
+    walk(filters, binding.filterref, variables, collect, f"binding {binding.portdev!r}")
     if missing:
         raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
+    sizes = [(_count(inst), inst.origin) for inst in instances]
+    total = sum(size for size, _origin in sizes)
+    if total > bounds.MAX_BINDING_RULES:  # refused before anything is expanded
+        size, origin = max(sizes)
+        raise NwfilterError(f"the filter tree expands to {total} rules, more than {bounds.MAX_BINDING_RULES} "
+                            f"(filter {origin!r} alone to {size})", f"binding {binding.portdev!r}")
     ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
     expanded = [(inst, _expand(inst)) for inst in ordered]
-    total = sum(len(rules) for _origin, rules in expanded)
-    if total > MAX_RULE_INSTANCES:
-        raise NwfilterError(f"the filter tree expands to {total} rules, more than {MAX_RULE_INSTANCES}",
-                            f"binding {binding.portdev!r}")
     ip_rules = tuple(r for inst, rules in expanded if _layer(inst) == "l3" for r in rules)
     return Ruleset(_build_chains(expanded), ip_rules, variables)
