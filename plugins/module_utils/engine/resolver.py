@@ -17,7 +17,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import schema
 from .errors import NwfilterError
@@ -48,14 +48,32 @@ class MissingVariables(NwfilterError):
 
 @dataclass(frozen=True)
 class _Instance:
-    """A rule of the tree with the variables in force where it stands."""
+    """A rule of the tree with the defaults in force where it stands (the
+    parameters of the filterrefs above it; the binding's override them)."""
 
     rule: Rule
     chain: str
     chain_priority: int
     origin: str
-    variables: Mapping[str, Tuple[str, ...]]
+    defaults: Mapping[str, Tuple[str, ...]]
     order: int  # position in the tree walk, for stable sorting
+
+    @property
+    def layer(self) -> str:
+        return schema.ELEMENTS[self.rule.protocol].layer if self.rule.protocol else "l2"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What of a binding's resolution depends only on the tree: its rules in
+    libvirt's order and the chains they form (``layout``: per bridge chain,
+    its name, priority and entries as jumps or indexes into ``ordered``).
+    Bindings that share a tree share one plan."""
+
+    filters: Tuple[Filter, ...]  # keeps the filters alive while their ids key the plan
+    ordered: Tuple[_Instance, ...]
+    unset: frozenset  # variables some rule uses that no filterref above it sets
+    layout: Tuple[Tuple[str, int, Tuple[Any, ...]], ...]
 
 
 def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[str]]] = None) -> Variables:
@@ -66,16 +84,51 @@ def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[
     return variables
 
 
-def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]],
-         on_rule: Callable[[Filter, Rule, Mapping[str, Tuple[str, ...]]], None], where: str = "binding") -> None:
-    """Depth-first walk of the tree under ``ref`` (``where``: the binding),
-    once its size is known to be within the limits (bounds.check_tree). A
-    filterref's own parameters are defaults: what comes from above (the
-    binding) overrides them."""
-    try:
-        check_tree(filters, ref.filter)
-    except NwfilterError as exc:
-        raise exc.within(where) from None
+def _reachable(filters: Mapping[str, Filter], root: str) -> List[Tuple[str, Optional[Filter]]]:
+    """Each filter reachable from ``root`` once (missing ones as None): the plan's key."""
+    seen = {root}
+    found, todo = [], [root]
+    while todo:
+        name = todo.pop()
+        flt = filters.get(name)
+        found.append((name, flt))
+        for ref in flt.references() if flt is not None else ():
+            if ref not in seen:
+                seen.add(ref)
+                todo.append(ref)
+    return found
+
+
+_PLANS: Dict[tuple, _Plan] = {}
+MAX_PLANS = 256  # distinct trees kept; a host has a handful
+
+
+def _plan(filters: Mapping[str, Filter], root: str, where: str) -> _Plan:
+    """The plan of the tree under ``root`` (``where``: the binding), built
+    once its size is known to be within the limits (bounds.check_tree)."""
+    reachable = _reachable(filters, root)
+    key = (root,) + tuple((name, id(flt)) for name, flt in reachable)
+    plan = _PLANS.get(key)
+    if plan is None:
+        try:
+            check_tree(filters, root)
+        except NwfilterError as exc:
+            raise exc.within(where) from None
+        instances = _walk(filters, root, where)
+        ordered = tuple(sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order)))
+        unset = frozenset(ref.name for inst in instances for _attr, ref in _references(inst.rule)
+                          if ref.name not in inst.defaults)
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(tuple(flt for _name, flt in reachable if flt is not None), ordered, unset,
+                                   _layout(ordered))
+    return plan
+
+
+def _walk(filters: Mapping[str, Filter], root: str, where: str) -> List[_Instance]:
+    """Depth-first, iterative walk of the tree under ``root``. A filterref's
+    own parameters are defaults: what comes from above overrides them."""
+    instances: List[_Instance] = []
 
     def enter(ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]], where: str) -> _Frame:
         flt = filters.get(ref.filter)
@@ -83,16 +136,17 @@ def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, 
             raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
         return flt, {**ref.parameters, **inherited}, iter(flt.entries)
 
-    stack = [enter(ref, inherited, where)]
+    stack = [enter(FilterRef(root), {}, where)]
     while stack:
-        flt, variables, entries = stack[-1]
+        flt, defaults, entries = stack[-1]
         for entry in entries:
             if isinstance(entry, FilterRef):
-                stack.append(enter(entry, variables, f"filter {flt.name!r}"))
+                stack.append(enter(entry, defaults, f"filter {flt.name!r}"))
                 break
-            on_rule(flt, entry, variables)
+            instances.append(_Instance(entry, flt.chain, flt.effective_priority, flt.name, defaults, len(instances)))
         else:
             stack.pop()
+    return instances
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -104,13 +158,8 @@ def _references(rule: Rule) -> Tuple[Tuple[str, VarRef], ...]:
 def missing_variables(filters: Mapping[str, Filter], binding: Binding,
                       extra: Optional[Mapping[str, Sequence[str]]] = None) -> Set[str]:
     """Every variable the tree uses without a value, over the whole tree."""
-    missing: Set[str] = set()
-
-    def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
-        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables)
-
-    walk(filters, binding.filterref, effective_variables(binding, extra), visit, f"binding {binding.portdev!r}")
-    return missing
+    return set(_plan(filters, binding.filterref.filter, f"binding {binding.portdev!r}").unset
+               - set(effective_variables(binding, extra)))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -183,20 +232,18 @@ def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple
     return tuple(matches)
 
 
-def _values(instance: _Instance) -> _Values:
+def _values(instance: _Instance, variables: Mapping[str, Tuple[str, ...]]) -> _Values:
     # Only the values of the variables the rule names matter: a rule without
     # variables, or with values many ports share, is expanded once (a redefine
     # rebuilds every port of a tree that mostly repeats itself).
-    return tuple((ref.name, instance.variables[ref.name]) for _attr, ref in _references(instance.rule))
+    return tuple((ref.name, variables[ref.name] if ref.name in variables else instance.defaults[ref.name])
+                 for _attr, ref in _references(instance.rule))
 
 
-def _count(instance: _Instance) -> int:
-    """Rule instances ``instance`` expands to, at most (before duplicates are dropped)."""
-    return math.prod(len(axis) for axis in _axes(instance.rule, _values(instance), f"filter {instance.origin!r}"))
-
-
-def _expand(instance: _Instance) -> Tuple[ResolvedRule, ...]:
-    return _expand_rule(instance.rule, instance.origin, _values(instance))
+@functools.lru_cache(maxsize=1 << 16)
+def _count_rule(rule: Rule, values: _Values, origin: str) -> int:
+    """Rule instances the rule expands to, at most (before duplicates are dropped)."""
+    return math.prod(len(axis) for axis in _axes(rule, values, f"filter {origin!r}"))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -224,30 +271,27 @@ def _sub_chains(instances: Sequence[_Instance], direction: str) -> Dict[str, int
     return chains
 
 
-def _layer(instance: _Instance) -> str:
-    protocol = instance.rule.protocol
-    return schema.ELEMENTS[protocol].layer if protocol else "l2"
-
-
-def _build_chains(ordered: Sequence[Tuple[_Instance, List[ResolvedRule]]]) -> Tuple[Chain, ...]:
-    l2 = [(inst, rules) for inst, rules in ordered if _layer(inst) == "l2"]
+def _layout(ordered: Sequence[_Instance]) -> Tuple[Tuple[str, int, Tuple[Any, ...]], ...]:
+    """The bridge chains: root's rules with the sub-chains' jumps among them
+    by priority, then each sub-chain's rules. Every instance expands to at
+    least one rule, all of its priority, so this holds for every binding."""
+    l2 = [index for index, inst in enumerate(ordered) if inst.layer == "l2"]
     subs: Dict[str, int] = {}
     for direction in ("out", "in"):
-        for name, priority in _sub_chains([inst for inst, _where in l2], direction).items():
+        for name, priority in _sub_chains([ordered[i] for i in l2], direction).items():
             subs.setdefault(name, priority)
     jumps = sorted((Jump(name, priority) for name, priority in subs.items()), key=lambda j: j.priority)
-    root_rules = [r for inst, rules in l2 if inst.chain == "root" for r in rules]
-    root: List[ChainEntry] = []
+    root: List[Any] = []
     pending = list(jumps)
-    for rule in root_rules:
-        while pending and pending[0].priority <= rule.priority:
-            root.append(pending.pop(0))
-        root.append(rule)
+    for index in l2:
+        if ordered[index].chain == "root":
+            while pending and pending[0].priority <= ordered[index].rule.priority:
+                root.append(pending.pop(0))
+            root.append(index)
     root.extend(pending)
-    chains = [Chain("root", 0, tuple(root))]
+    chains = [("root", 0, tuple(root))]
     for jump in jumps:
-        entries = tuple(r for inst, rules in l2 if inst.chain == jump.chain for r in rules)
-        chains.append(Chain(jump.chain, jump.priority, entries))
+        chains.append((jump.chain, jump.priority, tuple(i for i in l2 if ordered[i].chain == jump.chain)))
     return tuple(chains)
 
 
@@ -255,24 +299,21 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
             extra: Optional[Mapping[str, Sequence[str]]] = None) -> Ruleset:
     """The binding's tree, flat and ordered; raises MissingVariables when the
     tree needs variables nobody gave, NwfilterError for anything else."""
+    where = f"binding {binding.portdev!r}"
+    plan = _plan(filters, binding.filterref.filter, where)
     variables = effective_variables(binding, extra)
-    instances: List[_Instance] = []
-    missing: Set[str] = set()
-
-    def collect(flt: Filter, rule: Rule, scope: Mapping[str, Tuple[str, ...]]) -> None:
-        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in scope)
-        instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
-
-    walk(filters, binding.filterref, variables, collect, f"binding {binding.portdev!r}")
+    missing = plan.unset - set(variables)
     if missing:
-        raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
-    sizes = [(_count(inst), inst.origin) for inst in instances]
+        raise MissingVariables(sorted(missing), where)
+    values = [_values(inst, variables) for inst in plan.ordered]
+    sizes = [(_count_rule(inst.rule, value, inst.origin), inst.origin) for inst, value in zip(plan.ordered, values)]
     total = sum(size for size, _origin in sizes)
     if total > bounds.MAX_BINDING_RULES:  # refused before anything is expanded
         size, origin = max(sizes)
         raise NwfilterError(f"the filter tree expands to {total} rules, more than {bounds.MAX_BINDING_RULES} "
-                            f"(filter {origin!r} alone to {size})", f"binding {binding.portdev!r}")
-    ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
-    expanded = [(inst, _expand(inst)) for inst in ordered]
-    ip_rules = tuple(r for inst, rules in expanded if _layer(inst) == "l3" for r in rules)
-    return Ruleset(_build_chains(expanded), ip_rules, variables)
+                            f"(filter {origin!r} alone to {size})", where)
+    expanded = [_expand_rule(inst.rule, inst.origin, value) for inst, value in zip(plan.ordered, values)]
+    chains = tuple(Chain(name, priority, tuple(r for entry in entries for r in (
+        (entry,) if isinstance(entry, Jump) else expanded[entry]))) for name, priority, entries in plan.layout)
+    ip_rules = tuple(r for inst, rules in zip(plan.ordered, expanded) if inst.layer == "l3" for r in rules)
+    return Ruleset(chains, ip_rules, variables)
