@@ -153,7 +153,7 @@ def main() -> None:
         binding = _binding(module, {key: params[key] for key in FIELDS})
         result = engine_call(module, host.bind, binding, check=check)
         learning = binding.portdev in result.learning or (
-            not result.changed and binding.portdev in engine_call(module, host.waiting))
+            not result.changed and binding.portdev in engine_call(module, host.waiting, [binding.portdev]))
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")

@@ -218,10 +218,11 @@ class Host:
                 found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})
         return found
 
-    def waiting(self) -> Dict[str, Binding]:
-        """Bindings whose IP address is being learned."""
+    def waiting(self, ports: Optional[Sequence[str]] = None) -> Dict[str, Binding]:
+        """Bindings (of ``ports``, or all) whose IP address is being learned."""
         state = self._load()
-        return {p: state.bindings[p] for p in state.bindings if _program(state, p).learning}
+        wanted = state.bindings if ports is None else [p for p in ports if p in state.bindings]
+        return {p: state.bindings[p] for p in wanted if _program(state, p).learning}
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
