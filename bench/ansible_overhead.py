@@ -4,7 +4,7 @@ nwfilter_binding tasks in one play, and the module's own process on the
 target (interpreter, imports, engine) measured apart, so the rest is the
 controller's (payload build, transfer, result handling).
 
-    python -m bench.ansible_overhead [--rounds N] [--bindings N]
+    python -m bench.ansible_overhead [--rounds N] [--plays N] [--bindings N] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -46,16 +46,17 @@ def _store(root: str, netns: str, bindings: List[dict]) -> None:
                        for b in bindings])
 
 
-def _collection(base: str) -> str:
+def _collection(base: str, source: str = REPO) -> str:
     target = os.path.join(base, "ansible_collections", "vmguard", "nwfilter")
     for part in ("meta", "plugins"):
-        shutil.copytree(os.path.join(REPO, part), os.path.join(target, part),
+        shutil.copytree(os.path.join(source, part), os.path.join(target, part),
                         ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(os.path.join(REPO, "galaxy.yml"), target)
+    shutil.copy(os.path.join(source, "galaxy.yml"), target)
     return base
 
 
-def _play(work: str, netns: str, tasks: List[dict], keep: bool = False) -> Tuple[List[dict], float]:
+def _play(work: str, netns: str, tasks: List[dict], keep: bool = False,
+          collections: str = "collections") -> Tuple[List[dict], float]:
     """Run the tasks on localhost inside ``netns``: their times, in order, and
     the CPU time (user + system) of the whole run, controller and modules:
     on this shared 2-core machine wall times swing with the load, CPU time much less."""
@@ -65,7 +66,7 @@ def _play(work: str, netns: str, tasks: List[dict], keep: bool = False) -> Tuple
     book = os.path.join(work, "play.yml")
     with open(book, "w", encoding="utf-8") as out:
         json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], out)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(work, "collections"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(work, collections),
                ANSIBLE_CALLBACK_PLUGINS=os.path.join(REPO, "bench", "callback_plugins"),
                ANSIBLE_CALLBACKS_ENABLED="task_times", VMGUARD_TASK_TIMES=times,
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
@@ -84,17 +85,20 @@ def _play(work: str, netns: str, tasks: List[dict], keep: bool = False) -> Tuple
         return [json.loads(line) for line in lines], cpu
 
 
-def _module_process(work: str, netns: str, runs: int) -> float:
-    """Median time of the kept AnsiballZ payload of the last task run alone on the target:
-    interpreter start, unzip, imports and the engine."""
+def _module_process(work: str, netns: str, runs: int) -> Tuple[float, float]:
+    """Median wall and CPU time of the kept AnsiballZ payload of the last task
+    run alone on the target: interpreter start, unzip, imports and the engine."""
     payload = sorted(glob.glob(os.path.join(work, "remote", "ansible-tmp-*", "AnsiballZ_*.py")),
                      key=os.path.getmtime)[-1]
-    samples = []
+    walls, cpus = [], []
     for _run in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _imports(module: str, path: str) -> float:
@@ -133,10 +137,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bindings", type=int, default=1000)
+    parser.add_argument("--plays", type=int, default=3, help="plays per kind and version")
+    parser.add_argument("--baseline", help="a directory with another version's plugins/, meta/ and galaxy.yml "
+                        "(for example from git archive), measured interleaved with this tree")
     args = parser.parse_args()
     from lab.netns import Lab  # pylint: disable=import-outside-toplevel
-    print(f"# Ansible overhead, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"{args.rounds} rounds, medians")
+    print(f"# Ansible overhead, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
     with Lab("ao") as lab, tempfile.TemporaryDirectory() as work:
         _collection(os.path.join(work, "collections"))
         many = _bindings(args.bindings, "bm")
@@ -154,22 +160,33 @@ def main() -> int:
             f"bindings: {args.bindings}, exclusive, unchanged": lambda i: {"vmguard.nwfilter.nwfilter_binding": {
                 "bindings": many, "exclusive": True, "root": roots["fleet"]}},
         }
+        versions = {"this tree": "collections"}
+        if args.baseline:
+            versions["baseline"] = _collection(os.path.join(work, "baseline"), args.baseline)
         empty = statistics.median(_play(work, lab.host, [])[1] for _run in range(3))
-        print("\n| tasks of one kind, one play (the first task of a module also builds its payload) "
-              "| wall, median of the rest | wall, first | CPU per task | CPU above ping |\n| --- | --- | --- | --- | --- |")
-        ping = 0.0
+        print(f"\n| {args.rounds} tasks of one kind in a play, {args.plays} plays per version, interleaved "
+              "(a module's first task also builds its payload) | version | wall per task, median | CPU per task "
+              "| CPU above ping |\n| --- | --- | --- | --- | --- |")
+        ping: Dict[str, float] = {}
         for name, task in kinds.items():
-            times, cpu = _play(work, lab.host, [task(i) for i in range(args.rounds)])
-            per_task = (cpu - empty) / args.rounds
-            ping = ping or per_task
-            walls = [t["seconds"] for t in times]
-            print(f"| {name} | {statistics.median(walls[1:]):.3f} s | {walls[0]:.3f} s | {per_task:.3f} s "
-                  f"| {per_task - ping:+.3f} s |")
+            walls: Dict[str, List[float]] = {version: [] for version in versions}
+            cpus: Dict[str, List[float]] = {version: [] for version in versions}
+            for _play_round in range(args.plays):
+                for version, path in versions.items():
+                    times, cpu = _play(work, lab.host, [task(i) for i in range(args.rounds)], collections=path)
+                    walls[version] += [t["seconds"] for t in times]
+                    cpus[version].append((cpu - empty) / args.rounds)
+            for version in versions:
+                per_task = statistics.median(cpus[version])
+                ping.setdefault(version, per_task)
+                print(f"| {name} | {version} | {statistics.median(walls[version]):.3f} s | {per_task:.3f} s "
+                      f"| {per_task - ping[version]:+.3f} s |")
         tasks = [kinds[name](99) for name in kinds]
-        print("\n| the module's process on the target, run alone | median |\n| --- | --- |")
+        print("\n| the module's process on the target, run alone (reruns: unchanged) | wall | CPU |\n| --- | --- | --- |")
         for name, task in zip(kinds, tasks):
             _play(work, lab.host, [task], keep=True)
-            print(f"| {name}: AnsiballZ payload, fresh interpreter | {_module_process(work, lab.host, 5):.3f} s |")
+            wall, cpu = _module_process(work, lab.host, 5)
+            print(f"| {name}: AnsiballZ payload, fresh interpreter | {wall:.3f} s | {cpu:.3f} s |")
             shutil.rmtree(os.path.join(work, "remote"))
         module = "ansible_collections.vmguard.nwfilter.plugins.modules.nwfilter_binding"
         payload, plain = _zipped(work), os.path.join(work, "collections")
