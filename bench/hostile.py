@@ -29,9 +29,9 @@ LEAF = "<rule action='accept' direction='in'><tcp dstportstart='22'/></rule>"
 def fan_out(levels: int = 21, width: int = 2) -> List[str]:
     """``levels`` filters, each referencing the next ``width`` times: width**levels paths in ~1 KB of XML.
     Listed leaf first, the order in which they can be defined."""
-    refs = "".join(f"<filterref filter='fan{{}}'/>" for _ in range(width))
+    ref = "<filterref filter='fan{}'/>"
     return [f"<filter name='fan{levels}'>{LEAF}</filter>"] + [
-        f"<filter name='fan{i}'>{refs.format(*[i + 1] * width)}</filter>" for i in reversed(range(levels))]
+        f"<filter name='fan{i}'>{ref.format(i + 1) * width}</filter>" for i in reversed(range(levels))]
 
 
 def deep(levels: int = 1000) -> List[str]:

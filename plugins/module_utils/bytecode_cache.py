@@ -111,5 +111,14 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
-if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _Finder())
+def _install() -> None:
+    """Just before Python's own path finder, which would find the engine's
+    files first (the front of the list is left alone, as ansible-test asks)."""
+    if any(isinstance(finder, _Finder) for finder in sys.meta_path):
+        return
+    place = next((i for i, finder in enumerate(sys.meta_path) if finder is importlib.machinery.PathFinder),
+                 len(sys.meta_path))
+    sys.meta_path.insert(max(place, 1), _Finder())
+
+
+_install()

@@ -24,7 +24,7 @@ from .errors import NwfilterError
 from . import bounds
 from .bounds import check_tree
 from .model import Binding, Entry, Filter, FilterRef, Rule
-from .ruleset import Chain, ChainEntry, Jump, ResolvedRule, Ruleset
+from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 from .values import parse_typed
 from .variables import VarRef, parse_reference
 
