@@ -54,9 +54,11 @@ def ours(n: int, lab: Lab, bulk: bool) -> Dict[str, float]:
         # the median of REDEFINES changes of the tcp port (one redefine is at the mercy of the disk's fsyncs)
         redefines = [_timed(lambda port=port: host.define_filter(filter_from_xml(FILTER.format(port=port))))
                      for port in range(23, 23 + REDEFINES)]
+        report_all = _timed(host.report)  # what nwfilter_info does: one load, one nft listing
+        report_one = _timed(lambda: host.report([bindings[0].portdev]))
         host.set_bindings([], exclusive=True)
     return {"bind": bind, "redefine": statistics.median(redefines), "redefine min": min(redefines),
-            "redefine max": max(redefines)}
+            "redefine max": max(redefines), "report all": report_all, "report one": report_one}
 
 
 def _plug_ports(lab: Lab, ports: List[tuple]) -> None:
@@ -163,6 +165,8 @@ def main() -> int:
     print(f"| bind N={large}, bulk (one transaction) | {us_large_bulk['bind']:.2f} s | | |")
     spread = f"{us_large['redefine min']:.2f}-{us_large['redefine max']:.2f} s"
     print(f"| redefine a filter used by N={large} (median of {REDEFINES}: {spread}) | {us_large['redefine']:.2f} s | | |")
+    print(f"| report every binding of N={large} (nwfilter_info) | {us_large['report all']:.2f} s | | |")
+    print(f"| report one binding of N={large} (nwfilter_info portdev) | {us_large['report one']:.3f} s | | |")
     plane = data_plane(packets, large)
     base = plane["1 binding"]
     print(f"\n| data plane (median UDP round trip VM-peer, {packets} samples x3) | microseconds | vs 1 binding |")

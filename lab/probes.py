@@ -23,6 +23,7 @@ class Probe:
     sender: str     # guest names in the lab
     observer: str
     frame: bytes    # already tagged
+    tag: bytes = b""  # what identifies it on arrival; default: the last 12 bytes of frame
 
 
 def _socket(ns: str) -> socket.socket:
@@ -63,7 +64,7 @@ def run_probes(lab: Lab, probes: Sequence[Probe], wait: float = 0.3) -> Dict[str
 
 
 def _tag_of(probe: Probe) -> bytes:
-    return probe.frame[-12:]
+    return probe.tag or probe.frame[-12:]
 
 
 def tagged(frame) -> bytes:

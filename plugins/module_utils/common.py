@@ -2,18 +2,29 @@
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the modules share: the store option, running an engine call so that
-a user error ends in fail_json with the engine's one-line message, and the
-warning when layer-3/4 rules cannot see bridged traffic."""
+a user error ends in fail_json with the engine's one-line message, the
+warning when layer-3/4 rules cannot see bridged traffic, and the check-mode
+warning for bindings whose filters an earlier task would define."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils import bytecode_cache  # noqa: F401  # pylint: disable=unused-import  # first: serves the engine
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
 
 ROOT_OPTION = dict(type="path", default="/etc/vmguard")
+MIN_PYTHON = (3, 9)  # the engine's oldest need: xml.etree.ElementTree.indent
+
+
+def host_for(module: Any) -> Host:
+    """The Host of the module's store, once the managed host's Python is known to be new enough."""
+    if sys.version_info < MIN_PYTHON:
+        module.fail_json(msg=f"vmguard.nwfilter needs Python {'.'.join(map(str, MIN_PYTHON))} or later on the managed "
+                             f"host, found {sys.version.split()[0]} (set ansible_python_interpreter)")
+    return Host(module.params["root"])
 
 
 def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -28,3 +39,12 @@ def warn_if_layer3_unseen(module: Any, host: Host) -> None:
     warning = host.layer3_warning()
     if warning:
         module.warn(warning)
+
+
+def warn_unchecked(module: Any, result: ChangeResult) -> None:
+    """Check mode writes nothing, so a filter an earlier task of the run would
+    define is not there: say which bindings could not be compiled, and why."""
+    for portdev, names in sorted(result.unchecked.items()):
+        module.warn(f"check mode: binding {portdev!r} uses {', '.join(repr(n) for n in names)}, not defined on the "
+                    "host yet (an earlier task of this run may define it): its rules were not compiled, "
+                    "so only the real run can check them")

@@ -14,7 +14,8 @@ description:
     or removes it.
   - Redefining a filter rebuilds, in the same nftables transaction, every binding whose filter tree uses it;
     if any of them cannot be built, nothing changes.
-  - A filter with the name of a built-in filter overrides it; undefining the override restores the built-in.
+  - A filter with the name of a built-in filter overrides it, with a warning naming the bindings that lose rules
+    (RV(lost_rules)); undefining the override restores the built-in.
 author: vmguard developers (@vmguard)
 options:
   name:
@@ -33,8 +34,8 @@ options:
     description: The filter's chain (YAML form).
     type: str
   priority:
-    description: The filter's chain priority (YAML form).
-    type: int
+    description: The filter's chain priority (YAML form), a whole number from -1000 to 1000 (or its decimal text).
+    type: raw
   uuid:
     description: The filter's UUID (YAML form).
     type: str
@@ -44,12 +45,18 @@ options:
       - Each item is either C({filterref, parameters}) or C({action, direction, priority, statematch, <element>}).
     type: list
     elements: dict
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
+        is reported with a warning, its rules not compiled.
+  diff_mode:
+    support: full
+    details: The canonical XML before and after.
 notes:
-  - Supports check mode and diff mode (canonical XML before and after).
   - While a binding learns its address, a redefinition that would add a variable without a value to its filter tree is refused.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
@@ -82,6 +89,7 @@ filter:
   description: The filter's canonical XML after the change (absent after removal).
   returned: success
   type: str
+  sample: '<filter name="web-vm" chain="root"><filterref filter="clean-traffic"/></filter>'
 rebuilt:
   description: The bindings (portdev) whose rules were, or in check mode would be, rebuilt.
   returned: success
@@ -93,12 +101,21 @@ learning:
   returned: success
   type: list
   elements: str
+  sample: [vnet1]
+lost_rules:
+  description:
+    - When the filter newly overrides a built-in filter, per binding, the resolved rules (one line each, as
+      nwfilter_info's C(resolved_rules)) that were in force and no longer are; empty otherwise.
+    - Diff mode shows the same lines as a second diff.
+  returned: success
+  type: dict
+  sample: {vnet0: ["out ipv4-ip: 500 return ip srcipaddr=192.0.2.10", "out ipv4-ip: 1000 drop all-frames"]}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.builtin_filters import BUILTIN_FILTERS
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
 
 
@@ -109,7 +126,7 @@ def main() -> None:
             state=dict(type="str", choices=["present", "absent"], default="present"),
             xml=dict(type="str"),
             chain=dict(type="str"),
-            priority=dict(type="int"),
+            priority=dict(type="raw"),  # the engine checks it: Ansible's int() would take '1_000'
             uuid=dict(type="str"),
             rules=dict(type="list", elements="dict"),
             root=ROOT_OPTION,
@@ -119,7 +136,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = host_for(module)
+    name, overriding = params["name"], False
     if params["state"] == "absent":
         result = engine_call(module, host.undefine_filter, params["name"], check=module.check_mode)
     else:
@@ -130,13 +148,25 @@ def main() -> None:
         else:
             data = {key: params[key] for key in ("name", "chain", "priority", "uuid", "rules") if params[key] is not None}
             flt = engine_call(module, filter_from_dict, data)
+        name = flt.name
+        overriding = name in BUILTIN_FILTERS and name not in engine_call(module, host.user_filters)
         result = engine_call(module, host.define_filter, flt, check=module.check_mode)
-    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning, lost_rules=result.lost)
     if result.after is not None:
         output["filter"] = result.after
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
+        if result.lost:  # a second diff: the rules each port loses
+            output["diff"] = [output["diff"], dict(
+                before_header="rules in force", after_header=f"with the built-in {name!r} overridden", after="",
+                before="".join(f"{port}: {line}\n" for port, lines in sorted(result.lost.items()) for line in lines))]
+    if overriding and result.changed:
+        losing = sorted(result.lost)
+        shown = ", ".join(losing[:3]) + (f" and {len(losing) - 3} more" if len(losing) > 3 else "")
+        module.warn(f"filter {name!r} overrides the built-in filter of that name for every binding whose tree uses it"
+                    + (f"; {shown} lose rules (see lost_rules)" if losing else ""))
     warn_if_layer3_unseen(module, host)
+    warn_unchecked(module, result)
     module.exit_json(**output)
 
 

@@ -16,7 +16,7 @@ description:
   - The bulk form O(bindings) sets many bindings in one nftables transaction; with O(exclusive=true) the host's
     bindings become exactly that list.
   - When the only variables missing from the filter tree are C(IP) and/or C(IPV6) and C(CTRL_IP_LEARNING) is not
-    C(none), the binding is stored, restrictive learning rules are enforced at once and RV(learning) is true;
+    C(none), the binding is stored, restrictive learning rules are enforced at once and RV(learning) names it;
     the learner service (role C(vmguard.nwfilter.learner)) then learns the addresses (C(IPV6) by DHCPv6 snooping
     in mode C(dhcp), trusted servers in C(DHCPSERVERV6)).
 author: vmguard developers (@vmguard)
@@ -60,12 +60,21 @@ options:
     description: With O(bindings), remove every binding not in the list.
     type: bool
     default: false
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
+        is reported with a warning, its rules not compiled.
+  diff_mode:
+    support: full
+    details: The canonical binding XML before and after.
 notes:
-  - Supports check mode and diff mode (canonical binding XML before and after).
+  - Warns when a binding of the task has the same MAC, IP or IPV6 address as another binding (a failover pair may
+    share one; otherwise it is an inventory mistake, and anti-spoofing lets each of those VMs use the address).
+  - Refuses C(MAC) in O(parameters), which comes from O(mac).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -95,20 +104,26 @@ EXAMPLES = r"""
 
 RETURN = r"""
 learning:
-  description: Single form, whether the binding waits for its IP address; bulk form, the portdevs that do.
+  description:
+    - The portdevs of this task's bindings that wait for their IP address (the learner service fills it in).
+    - Always a list, in the single form too (C([vnet1]) or C([])), so that one test serves both forms.
   returned: success
-  type: raw
+  type: list
+  elements: str
+  sample: [vnet1]
 rebuilt:
   description: The portdevs whose rules were, or in check mode would be, (re)built.
   returned: success
   type: list
   elements: str
+  sample: [vnet0, vnet1]
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import shared_addresses
 
 FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
 
@@ -140,24 +155,35 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = host_for(module)
     check = module.check_mode
+    present = engine_call(module, host.bindings)
+    wanted = []
     if params["bindings"] is not None:
         wanted = [_binding(module, item) for item in params["bindings"]]
         result = engine_call(module, host.set_bindings, wanted, exclusive=params["exclusive"], check=check)
         learning = result.learning
     elif params["state"] == "absent":
+        engine_call(module, check_ifname, params["portdev"], "portdev")
         result = engine_call(module, host.unbind, params["portdev"], check=check)
-        learning = False
+        learning = []
     else:
         binding = _binding(module, {key: params[key] for key in FIELDS})
+        wanted = [binding]
         result = engine_call(module, host.bind, binding, check=check)
-        learning = binding.portdev in result.learning or (
+        waiting = binding.portdev in result.learning or (
             not result.changed and binding.portdev in engine_call(module, host.waiting, [binding.portdev]))
+        learning = [binding.portdev] if waiting else []
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = dict(before=result.before or "", after=result.after or "")
+    after = {} if params["exclusive"] and params["bindings"] is not None else dict(present)
+    after.update((b.portdev, b) for b in wanted)
+    for line in shared_addresses(after, {b.portdev for b in wanted}):
+        module.warn(f"{line}: anti-spoofing lets each of them use it (a failover pair may mean to; "
+                    "otherwise check the inventory)")
     warn_if_layer3_unseen(module, host)
+    warn_unchecked(module, result)
     module.exit_json(**output)
 
 

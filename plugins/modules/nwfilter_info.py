@@ -10,22 +10,33 @@ module: nwfilter_info
 short_description: Report the network filters and bindings of a host, and the rules in force
 version_added: 0.1.0
 description:
-  - Returns every filter (built-in or defined) as canonical XML, and every binding with its resolved rules
-    and the exact nftables rules in force for it.
+  - Returns the bindings asked for, each with its resolved rules and the exact nftables rules in force,
+    and the filters asked for as canonical XML.
+  - By default only what the user defined is returned; the built-in filters only with O(builtins=true) or by O(name).
+  - Reads the store once and lists the nftables rules once per call, whatever the number of bindings.
 author: vmguard developers (@vmguard)
 options:
   name:
-    description: Report only this filter.
+    description: Report only this filter (built-in or not).
     type: str
   portdev:
-    description: Report only this binding.
+    description:
+      - Report only this binding, and as RV(filters) only the filters of its tree.
+      - Nothing is returned for a valid name without a binding; an invalid interface name fails.
     type: str
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
+  builtins:
+    description: Also return the built-in filters (those not overridden) among RV(filters).
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
 notes:
-  - Read-only; supports check mode.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -37,43 +48,123 @@ EXAMPLES = r"""
 
 - ansible.builtin.debug:
     var: info.bindings.vnet0.nft
+
+- name: The built-in clean-traffic filter as XML
+  vmguard.nwfilter.nwfilter_info:
+    name: clean-traffic
+  register: builtin
 """
 
 RETURN = r"""
 filters:
-  description: Filter name to C(xml) (canonical XML) and C(builtin) (true for a built-in not overridden).
-  returned: always
-  type: dict
-bindings:
   description:
-    - portdev to the binding (C(mac), C(filter), C(parameters), C(owner), C(linkdev)), C(learning), C(learned)
-      addresses, C(resolved_rules) (one line per rule) and C(nft) (the nftables rules in force).
+    - The filters asked for, by name; with O(portdev), those of its tree; built-ins only with O(builtins=true) or O(name).
   returned: always
   type: dict
+  contains:
+    xml:
+      description: The filter as canonical libvirt XML.
+      type: str
+      sample: '<filter name="web" chain="root"><filterref filter="clean-traffic"/></filter>'
+    builtin:
+      description: True for a built-in filter that no user filter overrides.
+      type: bool
+      sample: false
+  sample: {web: {xml: '<filter name="web" chain="root"><filterref filter="clean-traffic"/></filter>', builtin: false}}
+bindings:
+  description: The bindings asked for, by portdev.
+  returned: always
+  type: dict
+  sample:
+    vnet0: {portdev: vnet0, mac: "52:54:00:aa:00:01", filter: web, parameters: {IP: 192.0.2.10}, learning: false,
+            learned: {}, resolved_rules: ["out mac: 500 return mac srcmacaddr=52:54:00:aa:00:01"],
+            nft: "table bridge vmguard {...}", port_id: 1, tree: [clean-traffic, web]}
+  contains:
+    portdev:
+      description: The VM's interface.
+      type: str
+      sample: vnet0
+    mac:
+      description: The VM's MAC address.
+      type: str
+      sample: "52:54:00:aa:00:01"
+    filter:
+      description: The bound filter.
+      type: str
+      sample: clean-traffic
+    parameters:
+      description: The binding's variables (a string or a list of strings each); absent when none.
+      type: dict
+      returned: when the binding has parameters
+      sample: {IP: 192.0.2.10}
+    owner:
+      description: The VM that owns the interface (C(name), C(uuid)).
+      type: dict
+      returned: when given
+      sample: {name: web1}
+    linkdev:
+      description: The lower device of a macvtap interface.
+      type: str
+      returned: when given
+      sample: eth0
+    learning:
+      description: Whether the binding waits for its IP address (learning rules are in force).
+      type: bool
+      sample: false
+    learned:
+      description: Addresses the learner found, per variable (C(IP), C(IPV6)).
+      type: dict
+      sample: {IP: [192.0.2.10]}
+    resolved_rules:
+      description: The resolved rules, one line each (empty while learning).
+      type: list
+      elements: str
+      sample: ["out root: jump mac (priority -800)", "out mac: 500 return mac srcmacaddr=52:54:00:aa:00:01", "out mac: 500 drop mac"]
+    nft:
+      description: The nftables rules in force for this binding, as C(nft list) prints them.
+      type: str
+      sample: "table bridge vmguard {\n\tchain p/vnet0/o {\n\t\tjump p/vnet0/o/mac\n\t\tdrop\n\t}\n}\n"
+    port_id:
+      description: The binding's port number in the nftables rules (packet mark bits).
+      type: int
+      sample: 1
+    tree:
+      description: The names of the filters the binding's tree uses, built-ins included.
+      type: list
+      elements: str
+      sample: [allow-incoming-ipv4, clean-traffic, no-arp-spoofing, no-ip-spoofing, no-mac-spoofing, web]
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_to_dict
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_to_xml
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(name=dict(type="str"), portdev=dict(type="str"), root=ROOT_OPTION),
+        argument_spec=dict(name=dict(type="str"), portdev=dict(type="str"), builtins=dict(type="bool", default=False),
+                           root=ROOT_OPTION),
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    portdev = params["portdev"]
+    if portdev is not None:
+        engine_call(module, check_ifname, portdev, "portdev")
+    host = host_for(module)
+    stored = engine_call(module, host.bindings)
+    ports = None if portdev is None else [portdev] if portdev in stored else []
+    bindings = {p: dict(binding_to_dict(stored[p]), **status) for p, status in engine_call(module, host.report, ports).items()}
     user = engine_call(module, host.user_filters)
-    filters = {name: dict(xml=filter_to_xml(flt), builtin=name not in user)
-               for name, flt in engine_call(module, host.filters).items()
-               if params["name"] in (None, name)}
-    bindings = {}
-    for portdev, binding in engine_call(module, host.bindings).items():
-        if params["portdev"] in (None, portdev):
-            bindings[portdev] = dict(binding_to_dict(binding), **engine_call(module, host.status, portdev))
+    every = engine_call(module, host.filters)
+    if params["name"] is not None:
+        wanted = {params["name"]}
+    else:
+        wanted = set(every) if portdev is None else {name for found in bindings.values() for name in found["tree"]}
+        if not params["builtins"]:
+            wanted &= set(user)
+    filters = {name: dict(xml=filter_to_xml(every[name]), builtin=name not in user) for name in sorted(wanted & set(every))}
     warn_if_layer3_unseen(module, host)
     module.exit_json(changed=False, filters=filters, bindings=bindings)
 

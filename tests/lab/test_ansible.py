@@ -28,15 +28,16 @@ def collections(tmp_path_factory):
     return str(base)
 
 
-def play(lab, collections, tmp_path, tasks, *args):
-    """Run the tasks; return each task's registered result (failures included)."""
+def play(lab, collections, tmp_path, tasks, *args, **play_keys):
+    """Run the tasks (in a play with ``play_keys`` added); return each task's
+    registered result (failures included)."""
     out = tmp_path / "results.json"
     steps = [dict(task, register=f"r{i}", ignore_errors=True) for i, task in enumerate(tasks)]
     names = ", ".join(f"r{i}" for i in range(len(tasks)))
     steps.append({"ansible.builtin.copy": {"dest": str(out), "content": "{{ [%s] | to_json }}" % names},
                   "check_mode": False, "diff": False})
     book = tmp_path / "play.yml"
-    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": steps}]))
+    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": steps, **play_keys}]))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                ANSIBLE_HOME=str(tmp_path / "ansible-home"))

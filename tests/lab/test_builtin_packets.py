@@ -9,7 +9,7 @@ from engine.resolver import missing_variables
 from lab.probes import run_probes, standard_probes
 
 PARAMS = {"IP": ("192.0.2.10",), "IPV6": ("2001:db8::10",), "GATEWAY_MAC": ("52:54:00:00:00:02",),
-          "DHCPSERVER": ("192.0.2.20",)}
+          "DHCPSERVER": ("192.0.2.20",), "RA_SERVER": ("fe80::1",)}
 ORDER = ["ipv4 udp", "ipv4 tcp syn", "ipv4 icmp echo", "spoofed mac", "spoofed ipv4", "arp request",
          "arp spoofed ip", "arp spoofed mac", "rarp", "dhcp discover", "rogue dhcp offer", "vlan tagged",
          "unknown ethertype", "ipv6", "spoofed ipv6", "incoming ipv4", "incoming ipv6"]
@@ -28,6 +28,10 @@ EXPECTED = {
     "no-other-l2-traffic": ".................",
     "no-other-rarp-traffic": "PPPPPPPP.PPPPPPPP",
     "qemu-announce-self": "PPPPPPPP.PPPPPPPP",
+    # vmguard's own (tests/lab/test_dualstack.py has their IPv6 cases)
+    "vmguard-clean-traffic-dualstack": "PPP..P...PP..P.PP",
+    "vmguard-clean-traffic-dualstack-ra-server": "PPP..P...PP..P.PP",
+    "vmguard-no-ipv6-spoofing": "PPPPPPPPPPPPPP.PP",
 }
 
 

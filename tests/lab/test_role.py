@@ -24,7 +24,8 @@ def deployed(tmp_path):
         variables = yaml.safe_load(handle)
     variables.update(vmguard_learner_root=str(tmp_path / "store"), vmguard_learner_state_dir=str(tmp_path / "state"),
                      vmguard_learner_install_dir=str(tmp_path / "lib"), vmguard_learner_python=sys.executable,
-                     vmguard_learner_command=str(tmp_path / "vmguard-learner"), ansible_managed="managed by test")
+                     vmguard_learner_command=str(tmp_path / "vmguard-learner"), ansible_managed="managed by test",
+                     vmguard_learner_pyroute2_pip="")  # Debian's choice (vars/Debian.yml)
     for directory in ("store", "state"):
         (tmp_path / directory).mkdir()
     shutil.copytree(os.path.join(REPO, "plugins", "module_utils", "engine"), tmp_path / "lib" / "engine")
@@ -72,9 +73,12 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 
 @pytest.mark.skipif(not os.path.exists(MOLECULE), reason="molecule is not installed (make setup installs it)")
 @pytest.mark.skipif(not os.path.isdir(COLLECTIONS), reason="the collection is not built (make collection)")
-def test_molecule_scenario_converges_verifies_and_is_idempotent():
-    """`molecule test`: converge, converge again with changed=0, verify, clean up."""
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], NO_COLOR="1")
+def test_molecule_scenario_converges_verifies_and_is_idempotent(tmp_path):
+    """`molecule test`: converge, converge again with changed=0, verify, clean up.
+    The scenario's directory is the test's own: molecule names its default after
+    the role's directory, which every checkout of the project shares."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], NO_COLOR="1",
+               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"))
     done = subprocess.run([MOLECULE, "test"], cwd=ROLE, env=env, capture_output=True, text=True,
                           check=False, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

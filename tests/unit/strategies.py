@@ -37,6 +37,7 @@ BY_KIND = {
     "comment": st.from_regex(r"[a-zA-Z0-9 _.,:;()=+-]{0,60}", fullmatch=True),
     "ipsetname": st.from_regex(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}", fullmatch=True),
     "ipsetflags": _flags(["src", "dst"]),
+    "ndlladdr": st.one_of(MACS, st.sampled_from(["none", "NONE"])),
 }
 REFERENCES = st.one_of(VARNAMES.map(lambda n: "$" + n), st.tuples(VARNAMES, st.integers(0, 3)).map(
     lambda t: f"${t[0]}[{t[1]}]"), st.tuples(VARNAMES, st.integers(0, 3)).map(lambda t: f"${t[0]}[@{t[1]}]"))

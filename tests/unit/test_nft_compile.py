@@ -19,7 +19,7 @@ SAMPLES = {
     "ipv6": "2001:db8::9", "ipv6mask": "64", "uint8": "8", "uint16": "0x10", "uint32": "7", "port": "22",
     "dscp": "10", "vlanid": "10", "ethertype": "0x0800", "ipproto": "udp", "arpopcode": "Request",
     "state": "NEW,ESTABLISHED", "tcpflags": "SYN,ACK/SYN", "boolean": "true", "comment": "a comment",
-    "ipsetname": "myset", "ipsetflags": "src,dst",
+    "ipsetname": "myset", "ipsetflags": "src,dst", "ndlladdr": "52:54:00:00:00:09",
 }
 REFUSED = {("arp", "gratuitous"), ("rarp", "gratuitous")} | {
     (name, attr) for name, spec in schema.ELEMENTS.items() for attr in spec.attributes if attr.startswith("ipset")}
@@ -48,6 +48,8 @@ def _attributes(element, attribute):
         attrs[base] = SAMPLES[spec.attributes[base]]
     if attribute == "state":
         attrs[attribute] = "NEW"
+    if attribute.startswith("vmguard-nd"):
+        attrs["type"] = "136"  # neighbour advertisement
     return attrs
 
 
@@ -80,15 +82,21 @@ def test_every_attribute_compiles_or_is_refused(nft_check):
                 with pytest.raises(NwfilterError, match="not supported by the nftables backend"):
                     compile_port(binding, resolve(filters, binding), 1)
                 continue
+            if negate and attribute.startswith("vmguard-nd"):
+                with pytest.raises(NwfilterError, match="no match='no'"):
+                    compile_port(binding, resolve(filters, binding), 1)
+                continue
             programs.append(compile_port(binding, resolve(filters, binding), 1 + len(programs)))
     nft_check(transaction(programs, [], {}))
-    assert len(programs) == 2 * (len(CASES) - len(REFUSED))
+    nd_attributes = [case for case in CASES if case[1].startswith("vmguard-nd")]
+    assert len(programs) == 2 * (len(CASES) - len(REFUSED)) - len(nd_attributes)
 
 
 def test_builtin_filters_compile(nft_check):
     programs = []
     for index, name in enumerate(sorted(BUILTIN_FILTERS)):
         params = {"IP": ("192.0.2.10",), "IPV6": ("2001:db8::10",), "GATEWAY_MAC": ("52:54:00:00:00:fe",),
+                  "RA_SERVER": ("fe80::1",),
                   "DHCPSERVER": ("2001:db8::1",) if "v6" in name else ("192.0.2.1",)}
         binding = Binding(f"b{index}", "52:54:00:00:00:01", FilterRef(name, params))
         programs.append(compile_port(binding, resolve(BUILTIN_FILTERS, binding), index + 1))

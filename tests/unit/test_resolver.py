@@ -183,7 +183,8 @@ def test_l3_rules_are_separate_and_ordered_root_first():
 
 
 def test_every_builtin_resolves_with_typical_parameters():
-    params = dict(IP="192.0.2.10", IPV6="2001:db8::10", DHCPSERVER="192.0.2.1", GATEWAY_MAC="52:54:00:00:00:fe")
+    params = dict(IP="192.0.2.10", IPV6="2001:db8::10", DHCPSERVER="192.0.2.1", GATEWAY_MAC="52:54:00:00:00:fe",
+                  RA_SERVER="fe80::1")
     for name in BUILTIN_FILTERS:
         params["DHCPSERVER"] = "2001:db8::1" if "dhcpv6" in name else "192.0.2.1"
         needed = missing_variables(BUILTIN_FILTERS, bind(name))

@@ -2,9 +2,10 @@
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Our filter library: the 24 names libvirt ships, with the same meaning,
-written here in our own words. A user's filter of the same name overrides one
-of these. Kept as code (not data files) because Ansible ships only Python
-module_utils to the managed host."""
+written here in our own words, and vmguard's own filters (names starting
+``vmguard-``, which libvirt's plain names cannot take). A user's filter of the
+same name overrides one of these. Kept as code (not data files) because
+Ansible ships only Python module_utils to the managed host."""
 
 from __future__ import annotations
 
@@ -125,4 +126,71 @@ _FILTERS = (
             _ref("qemu-announce-self")),
 )
 
-BUILTIN_FILTERS: Dict[str, Filter] = {flt.name: flt for flt in _FILTERS}
+LIBVIRT_FILTERS: Dict[str, Filter] = {flt.name: flt for flt in _FILTERS}
+
+# ---- vmguard's own: IPv6 with neighbour discovery guarded (docs/dual-stack.md) ----
+# ICMPv6 types (RFC 4861, RFC 3810)
+MLD_REPORT, MLD_DONE, ROUTER_ADVERT, NEIGHBOR_SOLICIT, NEIGHBOR_ADVERT, REDIRECT, MLD2_REPORT = \
+    131, 132, 134, 135, 136, 137, 143
+OWN_ADDRESSES = ("$IPV6", "$IPV6_LINKLOCAL")
+
+
+def _icmp6(action: str, direction: str, priority: int, first: int, last: Optional[int] = None,
+           **attributes: str) -> Rule:
+    if last is not None:
+        attributes["typeend"] = str(last)
+    return _rule(action, direction, priority, "ipv6", protocol="icmpv6", type=str(first), **attributes)
+
+
+_VMGUARD_FILTERS = (
+    # From the VM: no RA, redirect or DHCPv6 server message; NS and NA only
+    # about its own addresses and MAC. Frames that pass return to the root
+    # chain, where ipv6-vmg-src checks their source.
+    _filter("vmguard-ipv6-nd-guard", "ipv6-vmg-nd",
+            _rule("drop", "out", 100, "ipv6", protocol="udp", srcportstart="547"),
+            Rule("return", "out", 110, protocol="ipv6", attributes={"protocol": Match("icmpv6", negate=True)}),
+            _icmp6("drop", "out", 120, ROUTER_ADVERT),
+            _icmp6("drop", "out", 120, REDIRECT),
+            _icmp6("return", "out", 130, 0, ROUTER_ADVERT),
+            _icmp6("return", "out", 130, REDIRECT + 1, 255),
+            # duplicate address detection: from ::, for an address of its own
+            *(_icmp6("return", "out", 200, NEIGHBOR_SOLICIT, srcipaddr="::", vmguard_ndtargetaddr=own)
+              for own in OWN_ADDRESSES),
+            _icmp6("drop", "out", 210, NEIGHBOR_SOLICIT, srcipaddr="::"),
+            *(_icmp6("return", "out", 220, NEIGHBOR_SOLICIT, vmguard_ndlladdr=lladdr) for lladdr in ("$MAC[0]", "none")),
+            *(_icmp6("return", "out", 230, NEIGHBOR_ADVERT, vmguard_ndtargetaddr=own, vmguard_ndlladdr=lladdr)
+              for own in OWN_ADDRESSES for lladdr in ("$MAC[0]", "none")),
+            _drop_other(),
+            priority=-620),
+    # IPv6 from the VM comes from one of its addresses, or from :: for DAD and MLD.
+    _filter("vmguard-no-ipv6-spoofing", "ipv6-vmg-src",
+            *(_rule("return", "out", 100, "ipv6", srcipaddr=own) for own in OWN_ADDRESSES),
+            _icmp6("return", "out", 110, NEIGHBOR_SOLICIT, srcipaddr="::"),
+            _icmp6("return", "out", 110, MLD_REPORT, MLD_DONE, srcipaddr="::"),
+            _icmp6("return", "out", 110, MLD2_REPORT, srcipaddr="::"),
+            _drop_other(),
+            priority=-610),
+    # IPv6 to the VM: to its addresses, all nodes and solicited-node groups.
+    _filter("vmguard-ipv6-incoming", "ipv6-vmg-dst",
+            *(_rule("return", "in", 100, "ipv6", dstipaddr=own) for own in OWN_ADDRESSES),
+            _rule("return", "in", 100, "ipv6", dstipaddr="ff02::1"),
+            _rule("return", "in", 100, "ipv6", dstipaddr="ff02::1:ff00:0", dstipmask="104"),
+            _drop_other("in"),
+            priority=-610),
+    _filter("vmguard-clean-traffic-dualstack", "root",
+            _ref("clean-traffic"),
+            _ref("vmguard-ipv6-nd-guard"),
+            _ref("vmguard-no-ipv6-spoofing"),
+            _ref("vmguard-ipv6-incoming"),
+            _rule("accept", "inout", -590, "mac", protocolid="ipv6")),
+    # RAs to the VM only from the routers in $RA_SERVER (their link-local addresses).
+    _filter("vmguard-ipv6-ra-server", "ipv6-vmg-dst",
+            _icmp6("return", "in", 90, ROUTER_ADVERT, srcipaddr="$RA_SERVER"),
+            _icmp6("drop", "in", 95, ROUTER_ADVERT),
+            priority=-610),
+    _filter("vmguard-clean-traffic-dualstack-ra-server", "root",
+            _ref("vmguard-clean-traffic-dualstack"),
+            _ref("vmguard-ipv6-ra-server")),
+)
+
+BUILTIN_FILTERS: Dict[str, Filter] = {**LIBVIRT_FILTERS, **{flt.name: flt for flt in _VMGUARD_FILTERS}}

@@ -6,11 +6,13 @@ expressive power as the XML form, converted both ways (docs/yaml-form.md)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import schema
 from .errors import NwfilterError
 from .model import Binding, Entry, Filter, FilterRef, Match, Rule, _shown
+from .values import parse_whole_number
 
 _RULE_KEYS = ("action", "direction", "priority", "statematch")
 
@@ -43,9 +45,13 @@ def _flag(value: Any, where: str) -> bool:
 
 
 def _priority(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NwfilterError(f"must be a whole number, not {_shown(str(value))}", where)
-    return value
+    """A number, or its decimal text (a templated value): never '1_000' or '0x10'."""
+    if isinstance(value, str):
+        with contextlib.suppress(NwfilterError):
+            return parse_whole_number(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise NwfilterError(f"must be a whole number, not {_shown(str(value))}", where)
 
 
 def parameters_from_dict(params: Any, where: str) -> Dict[str, Tuple[str, ...]]:
@@ -166,9 +172,11 @@ def binding_from_dict(data: Any) -> Binding:
     owner = _mapping(data.get("owner") or {}, f"{where}.owner")
     _known(owner, ("name", "uuid"), f"{where}.owner")
     linkdev: Optional[Any] = data.get("linkdev")
+    parameters = parameters_from_dict(data.get("parameters") or {}, f"{where}.parameters")
+    if "MAC" in parameters:
+        raise NwfilterError("MAC comes from mac, not from parameters (it would be ignored)", f"{where}.parameters")
     return Binding(_scalar(data["portdev"], f"{where}.portdev"), _scalar(data["mac"], f"{where}.mac"),
-                   FilterRef(_scalar(data["filter"], f"{where}.filter"),
-                             parameters_from_dict(data.get("parameters") or {}, f"{where}.parameters")),
+                   FilterRef(_scalar(data["filter"], f"{where}.filter"), parameters),
                    owner_name=_scalar(owner.get("name", ""), f"{where}.owner.name"),
                    owner_uuid=None if owner.get("uuid") is None else _scalar(owner["uuid"], f"{where}.owner.uuid"),
                    linkdev=None if linkdev is None else _scalar(linkdev, f"{where}.linkdev"))

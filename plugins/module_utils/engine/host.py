@@ -35,6 +35,11 @@ class ChangeResult:
     learning: List[str] = field(default_factory=list)
     before: Optional[str] = None
     after: Optional[str] = None
+    # check mode only: ports not compiled because their tree names filters not defined yet
+    # (portdev -> those filters); an earlier task of the same run may define them
+    unchecked: Dict[str, List[str]] = field(default_factory=dict)
+    # a user filter overriding a built-in: per port, the resolved rules it takes away
+    lost: Dict[str, List[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +115,30 @@ def _rule_line(rule: ResolvedRule) -> str:
 def _extra(state: _State, binding: Binding) -> Dict[str, List[str]]:
     learned = state.learned.get(binding.portdev, {})
     return {name: values for name, values in learned.items() if values and name not in binding.parameters}
+
+
+def _undefined(state: _State, ports: Set[str]) -> Dict[str, List[str]]:
+    """Per port, the filters its tree references that are not defined."""
+    filters = state.all_filters()
+    found = {p: sorted(_tree(filters, state.bindings[p].filterref.filter) - set(filters)) for p in ports}
+    return {p: names for p, names in found.items() if names}
+
+
+def _lost_rules(old: _State, new: _State, ports: Set[str]) -> Dict[str, List[str]]:
+    """Per port, the resolved rules in force before and not after (ports still
+    learning their address have none to lose)."""
+    lost = {}
+    for portdev in sorted(ports):
+        binding = old.bindings[portdev]
+        try:
+            before = describe(resolve(old.all_filters(), binding, _extra(old, binding)))
+            after = set(describe(resolve(new.all_filters(), binding, _extra(new, binding))))
+        except MissingVariables:
+            continue
+        gone = [line for line in before if line not in after]
+        if gone:
+            lost[portdev] = gone
+    return lost
 
 
 def _check_learning_trees(old: _State, new: _State, ports: Set[str]) -> None:
@@ -191,16 +220,30 @@ class Host:
         self._tables_seen = True
 
     def status(self, portdev: str) -> Dict[str, object]:
+        return self.report([portdev])[portdev]
+
+    def report(self, portdevs: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
+        """Per binding (every one, or those named): ``learning``, ``learned``,
+        ``resolved_rules``, ``nft`` (in force), ``port_id`` and ``tree`` (the
+        filters it uses). One store load and one listing of our tables for all."""
         state = self._load()
-        binding = state.bindings.get(portdev)
-        if binding is None:
-            raise NwfilterError(f"no binding for {portdev!r}")
-        program = _program(state, portdev)
-        rules: List[str] = []
-        if not program.learning:
-            rules = describe(resolve(state.all_filters(), binding, _extra(state, binding)))
-        return {"learning": program.learning, "learned": state.learned.get(portdev, {}),
-                "resolved_rules": rules, "nft": self.nft.port_rules(portdev), "port_id": program.port_id}
+        ports = sorted(state.bindings) if portdevs is None else list(portdevs)
+        for portdev in ports:
+            if portdev not in state.bindings:
+                raise NwfilterError(f"no binding for {portdev!r}")
+        in_force = self.nft.ports_rules(ports)
+        filters = state.all_filters()
+        found: Dict[str, Dict[str, object]] = {}
+        for portdev in ports:
+            binding = state.bindings[portdev]
+            program = _program(state, portdev)
+            rules: List[str] = []
+            if not program.learning:
+                rules = describe(resolve(filters, binding, _extra(state, binding)))
+            found[portdev] = {"learning": program.learning, "learned": state.learned.get(portdev, {}),
+                              "resolved_rules": rules, "nft": in_force[portdev], "port_id": program.port_id,
+                              "tree": sorted(_tree(filters, binding.filterref.filter))}
+        return found
 
     def learnable(self) -> Dict[str, Tuple[Binding, str, Dict[str, List[str]]]]:
         """Bindings with addresses for the learner to find: (binding, mode any
@@ -237,7 +280,7 @@ class Host:
 
     # ---- changing --------------------------------------------------------
     @contextlib.contextmanager
-    def _changing(self) -> Iterator[None]:
+    def _changing(self, check: bool = False) -> Iterator[None]:
         """The store's lock, with the cyclic garbage collector paused: a change
         builds and drops many small acyclic objects, and the collector would
         walk the whole heap over and over for nothing (a tenth of a redefine
@@ -245,7 +288,7 @@ class Host:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            with self.store.locked():
+            with self.store.locked(create=not check):
                 yield
         finally:
             if enabled:
@@ -297,7 +340,7 @@ class Host:
         return sorted(p for p, b in state.bindings.items() if b.filterref.filter in using)
 
     def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
-        with self._changing():
+        with self._changing(check):
             old = self._load()
             current = old.all_filters().get(flt.name)
             before = filter_to_xml(current) if current else None
@@ -308,14 +351,17 @@ class Host:
             try:
                 check_definition(new.all_filters(), flt.name)
                 rebuild = set(self._users(new, flt.name))
-                _check_learning_trees(old, new, rebuild)
-                learning = self._commit(old, new, rebuild, set(), check)
+                unchecked = _undefined(new, rebuild) if check else {}
+                _check_learning_trees(old, new, rebuild - set(unchecked))
+                learning = self._commit(old, new, rebuild - set(unchecked), set(), check)
             except NwfilterError as exc:
                 raise exc.within(f"filter {flt.name!r} not changed") from None
-            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt))
+            overrides = flt.name in BUILTIN_FILTERS and flt.name not in old.filters
+            lost = _lost_rules(old, new, rebuild - set(unchecked)) if overrides else {}
+            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked, lost)
 
     def undefine_filter(self, name: str, check: bool = False) -> ChangeResult:
-        with self._changing():
+        with self._changing(check):
             old = self._load()
             if name not in old.filters:
                 if name in BUILTIN_FILTERS:
@@ -343,7 +389,7 @@ class Host:
             if binding.portdev in wanted:
                 raise NwfilterError(f"portdev {binding.portdev!r} given twice")
             wanted[binding.portdev] = binding
-        with self._changing():
+        with self._changing(check):
             old = self._load()
             new = old.copy()
             remove = set(old.bindings) - set(wanted) if exclusive else set()
@@ -355,17 +401,18 @@ class Host:
                 return ChangeResult(False)
             for portdev in rebuild:
                 new.learned.pop(portdev, None)  # a changed binding learns afresh
-            learning = self._commit(old, new, rebuild, remove, check)
+            unchecked = _undefined(new, rebuild) if check else {}
+            learning = self._commit(old, new, rebuild - set(unchecked), remove, check)
             changed = rebuild | remove
             return ChangeResult(True, sorted(rebuild), learning,
                                 _bindings_xml({p: b for p, b in old.bindings.items() if p in changed}),
-                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}))
+                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}), unchecked)
 
     def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
         return self.set_bindings([binding], exclusive=False, check=check)
 
     def unbind(self, portdev: str, check: bool = False) -> ChangeResult:
-        with self._changing():
+        with self._changing(check):
             old = self._load()
             if portdev not in old.bindings:
                 return ChangeResult(False)

@@ -32,6 +32,14 @@ ARP_FIELDS: Dict[str, Tuple[int, int]] = {
     "hwtype": (0, 16), "protocoltype": (16, 16), "opcode": (48, 16), "arpsrcmacaddr": (64, 48),
     "arpsrcipaddr": (112, 32), "arpdstmacaddr": (144, 48), "arpdstipaddr": (192, 32),
 }
+# Neighbour discovery (RFC 4861), in bits from the start of the ICMPv6 header:
+# NS, NA and redirect carry the target address at 64; the options of NS and NA
+# start at 192. The link-layer address option an NS (source, 1) or an NA
+# (target, 2) carries: its type and length (1 = 8 bytes), then the MAC.
+ND_TARGET_TYPES = (135, 137)
+ND_TARGET = (64, 128)
+ND_LLADDR_OPTION = {135: 0x0101, 136: 0x0201}
+ND_HEADER_BYTES = 24
 SWAPS = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
 CT_STATES = {"NEW": "new", "ESTABLISHED": "established", "RELATED": "related", "INVALID": "invalid",
              "NONE": "untracked"}
@@ -154,6 +162,46 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
     return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
 
 
+def _nd_types(attrs: Attrs, attribute: str, allowed: Tuple[int, int]) -> Tuple[int, int]:
+    """The ICMPv6 types the rule matches, which must lie in ``allowed``;
+    negation is refused (the negation of several comparisons is not one)."""
+    low, high = attrs.values.get("type"), attrs.values.get("typeend")
+    negated = any(attrs.values[name][1] for name in attrs.values if name.startswith("vmguard-nd"))
+    if low is None or low[1] or negated or not allowed[0] <= low[0] <= (high or low)[0] <= allowed[1]:
+        what = " or ".join(map(str, range(allowed[0], allowed[1] + 1)))
+        raise NwfilterError(f"{attrs.element} {attribute} needs type {what}, and no match='no'")
+    return low[0], (high or low)[0]
+
+
+def _nd(attrs: Attrs) -> List[str]:
+    """vmguard's neighbour-discovery matches (no nft 1.0.6 keyword reads the
+    target or the options, so raw transport-header payload). Where the message
+    is too short the load fails and the rule does not match: fail closed."""
+    out = []
+    target, prefix = attrs.take("vmguard-ndtargetaddr"), attrs.take("vmguard-ndtargetmask")
+    if target is not None:
+        _nd_types(attrs, "vmguard-ndtargetaddr", ND_TARGET_TYPES)
+        length = 128 if prefix is None else prefix[0]
+        bits = (1 << 128) - (1 << (128 - length))
+        number = int(ipaddress.IPv6Address(target[0])) & bits
+        expr = f"@th,{ND_TARGET[0]},{ND_TARGET[1]}"
+        if length:  # a /0 target is any target
+            out.append(f"{expr} 0x{number:x}" if length == 128 else f"{expr} & 0x{bits:x} == 0x{number:x}")
+    lladdr = attrs.take("vmguard-ndlladdr")
+    if lladdr is not None:
+        low, high = _nd_types(attrs, "vmguard-ndlladdr", (135, 136))
+        if low != high:
+            raise NwfilterError(f"{attrs.element} vmguard-ndlladdr needs one type, 135 or 136")
+        # no extension headers and exactly the options named, so no second option can carry another MAC
+        if lladdr[0] == "none":
+            out += ["ip6 nexthdr 58", f"ip6 length {ND_HEADER_BYTES}"]
+        else:
+            out += ["ip6 nexthdr 58", f"ip6 length {ND_HEADER_BYTES + 8}",
+                    f"@th,{ND_HEADER_BYTES * 8},16 0x{ND_LLADDR_OPTION[low]:04x}",
+                    f"@th,{ND_HEADER_BYTES * 8 + 16},48 0x{_mac_int(lladdr[0]):012x}"]
+    return out
+
+
 def _comment(attrs: Attrs) -> List[str]:
     found = attrs.take("comment")
     return [f'comment "{found[0]}"'] if found else []
@@ -218,6 +266,7 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
         out += _ports(attrs)
         out += [_is("ip dscp", v[0], v[1]) for v in [attrs.take("dscp")] if v]
         out += _range(attrs, "type", "typeend", "icmpv6 type") + _range(attrs, "code", "codeend", "icmpv6 code")
+        out += _nd(attrs)
     out += _comment(attrs)
     attrs.check_all_used()
     return out

@@ -99,20 +99,22 @@ class Nft:
                             (vmap["family"], vmap["name"], text))
         return ports
 
-    def port_rules(self, portdev: str) -> str:
-        """The exact rules in force for a port, as nft prints them. One listing
-        per table, so a change running at the same time cannot make it fail."""
-        prefix = f"p/{portdev}"
-        shown = []
+    def ports_rules(self, portdevs: Sequence[str]) -> Dict[str, str]:
+        """Per port, the exact rules in force, as nft prints them. One listing
+        per table for all the ports, so a change running at the same time
+        cannot make it fail and many ports cost no more listings than one."""
+        wanted = set(portdevs)
+        chains: Dict[str, Dict[str, List[str]]] = {p: {} for p in portdevs}
         for family in FAMILIES:
             try:
                 text = self._run(["list", "table", family, TABLE])
             except NwfilterError:
                 continue  # the table does not exist
             text = text.rstrip()[:-1]  # without the table's closing brace
-            chains = [block for block in text.split("\n\tchain ")[1:]
-                      if block.split(" ", 1)[0] == prefix or block.startswith(prefix + "/")]
-            if chains:
-                body = "\n".join(f"\tchain {block.rstrip()}" for block in chains)
-                shown.append(f"table {family} {TABLE} {{\n{body}\n}}\n")
-        return "".join(shown)
+            for block in text.split("\n\tchain ")[1:]:
+                parts = block.split(" ", 1)[0].split("/")
+                if len(parts) > 1 and parts[0] == "p" and parts[1] in wanted:
+                    chains[parts[1]].setdefault(family, []).append(f"\tchain {block.rstrip()}")
+        return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
+                                 for family, blocks in found.items())
+                for portdev, found in chains.items()}

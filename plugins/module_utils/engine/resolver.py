@@ -25,7 +25,7 @@ from . import bounds
 from .bounds import check_tree
 from .model import Binding, Entry, Filter, FilterRef, Rule
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
-from .values import parse_typed
+from .values import eui64_link_local, parse_typed
 from .variables import VarRef, parse_reference
 
 Variables = Dict[str, Tuple[str, ...]]
@@ -82,6 +82,12 @@ def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[
     for name, values in (extra or {}).items():
         variables[name] = tuple(values)
     return variables
+
+
+def derived_defaults(binding: Binding) -> Variables:
+    """Variables with a value derived from the binding, weaker than any value
+    given anywhere in the tree: IPV6_LINKLOCAL, the MAC's EUI-64 link-local address."""
+    return {"IPV6_LINKLOCAL": (eui64_link_local(binding.mac),)}
 
 
 def _reachable(filters: Mapping[str, Filter], root: str) -> List[Tuple[str, Optional[Filter]]]:
@@ -158,8 +164,9 @@ def _references(rule: Rule) -> Tuple[Tuple[str, VarRef], ...]:
 def missing_variables(filters: Mapping[str, Filter], binding: Binding,
                       extra: Optional[Mapping[str, Sequence[str]]] = None) -> Set[str]:
     """Every variable the tree uses without a value, over the whole tree."""
+    derived = derived_defaults(binding)
     return set(_plan(filters, binding.filterref.filter, f"binding {binding.portdev!r}").unset
-               - set(effective_variables(binding, extra)))
+               - set(effective_variables(binding, extra)) - set(derived))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -232,11 +239,15 @@ def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple
     return tuple(matches)
 
 
-def _values(instance: _Instance, variables: Mapping[str, Tuple[str, ...]]) -> _Values:
-    # Only the values of the variables the rule names matter: a rule without
-    # variables, or with values many ports share, is expanded once (a redefine
-    # rebuilds every port of a tree that mostly repeats itself).
-    return tuple((ref.name, variables[ref.name] if ref.name in variables else instance.defaults[ref.name])
+def _values(instance: _Instance, variables: Mapping[str, Tuple[str, ...]],
+            derived: Mapping[str, Tuple[str, ...]]) -> _Values:
+    """The values of the variables the rule names: the binding's, else the
+    tree's defaults where the rule stands, else those derived from the binding."""
+    # Only these matter: a rule without variables, or with values many ports
+    # share, is expanded once (a redefine rebuilds every port of a tree that
+    # mostly repeats itself).
+    return tuple((ref.name, variables[ref.name] if ref.name in variables else
+                  instance.defaults[ref.name] if ref.name in instance.defaults else derived[ref.name])
                  for _attr, ref in _references(instance.rule))
 
 
@@ -302,10 +313,11 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
     where = f"binding {binding.portdev!r}"
     plan = _plan(filters, binding.filterref.filter, where)
     variables = effective_variables(binding, extra)
-    missing = plan.unset - set(variables)
+    derived = derived_defaults(binding)
+    missing = plan.unset - set(variables) - set(derived)
     if missing:
         raise MissingVariables(sorted(missing), where)
-    values = [_values(inst, variables) for inst in plan.ordered]
+    values = [_values(inst, variables, derived) for inst in plan.ordered]
     sizes = [(_count_rule(inst.rule, value, inst.origin), inst.origin) for inst, value in zip(plan.ordered, values)]
     total = sum(size for size, _origin in sizes)
     if total > bounds.MAX_BINDING_RULES:  # refused before anything is expanded

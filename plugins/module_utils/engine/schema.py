@@ -43,7 +43,7 @@ CHAIN_ETHERTYPE: Dict[str, Optional[int]] = {
 _CHAIN_RE = re.compile(r"(root|(stp|mac|vlan|ipv4|ipv6|arp|rarp)[a-zA-Z0-9_.:-]*)")
 CHAIN_MAX_LEN = 12
 
-RESERVED_VARIABLES = ("MAC", "IP", "IPV6", "DHCPSERVER", "CTRL_IP_LEARNING")
+RESERVED_VARIABLES = ("MAC", "IP", "IPV6", "DHCPSERVER", "CTRL_IP_LEARNING", "IPV6_LINKLOCAL")
 IP_LEARNING_MODES = ("any", "dhcp", "none")
 
 _MAC = {"srcmacaddr": "mac", "srcmacmask": "macmask", "dstmacaddr": "mac", "dstmacmask": "macmask"}
@@ -69,6 +69,12 @@ _ARP = {
     "arpdstipaddr": "ipv4", "arpdstipmask": "ipv4mask",
     "gratuitous": "boolean",
 }
+
+
+# vmguard's own attributes, where libvirt's language cannot say it (neighbour
+# discovery): the prefix keeps them apart from any libvirt may add, and a
+# filter that uses them cannot be fed back to libvirt.
+_ND = {"vmguard-ndtargetaddr": "ipv6", "vmguard-ndtargetmask": "ipv6mask", "vmguard-ndlladdr": "ndlladdr"}
 
 
 def _addresses(addr: str, mask: str) -> Dict[str, str]:
@@ -118,7 +124,7 @@ _ELEMENT_LIST: Tuple[ElementSpec, ...] = (
     }),
     ElementSpec("ipv6", "l2", {
         **_MAC, **_addresses("ipv6", "ipv6mask"), "protocol": "ipproto", **_PORTS,
-        "type": "uint8", "typeend": "uint8", "code": "uint8", "codeend": "uint8", **_COMMENT,
+        "type": "uint8", "typeend": "uint8", "code": "uint8", "codeend": "uint8", **_ND, **_COMMENT,
     }),
     _l4("tcp", "ipv4", 6, {**_PORTS, "flags": "tcpflags"}),
     _l4("udp", "ipv4", 17, _PORTS),

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -23,6 +24,12 @@ from .model import Binding, Filter
 from .xml_form import binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 DEFAULT_ROOT = "/etc/vmguard"
+# The store's format, in the file "version": the modules run the controller's
+# copy of this code and the learner service the copy the role deployed, so each
+# refuses a store newer than it reads. A store without the file is version 1
+# (the format before the file existed); a format change adds its conversion in
+# Store.check_version.
+STORE_VERSION = 1
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -111,18 +118,43 @@ class Store:
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned")}
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, create: bool = True) -> Iterator[None]:
+        """The store's lock. ``create=False`` (check mode) creates nothing: with
+        no lock file yet nothing is stored, so there is nothing to wait for."""
+        lock = os.path.join(self.root, ".lock")
+        if not create and not os.path.exists(lock):
+            yield
+            return
         try:
-            for path in self.dirs.values():
-                os.makedirs(path, mode=0o755, exist_ok=True)
-            handle = open(os.path.join(self.root, ".lock"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+            if create:
+                for path in self.dirs.values():
+                    os.makedirs(path, mode=0o755, exist_ok=True)
+            handle = open(lock, "a" if create else "r", encoding="utf-8")  # pylint: disable=consider-using-with
         except OSError as exc:
             raise NwfilterError(f"cannot use the store {self.root}: {exc.strerror}") from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            self.check_version(stamp=create)
             yield
 
+    def check_version(self, stamp: bool = False) -> None:
+        """Refuse a store newer than this code reads; with ``stamp`` (under the
+        lock, about to write) bring an older one to this version: today only
+        the version 1 store without the file, which gets it."""
+        path = os.path.join(self.root, "version")
+        text = _text_of(path)
+        if text is not None and not re.fullmatch(r"[0-9]{1,6}\n?", text):
+            raise NwfilterError(f"unreadable format version {text.strip()[:20]!r}", f"store {self.root}")
+        version = int(text) if text is not None else 1
+        if version > STORE_VERSION:
+            raise NwfilterError(f"format version {version} is newer than this copy of vmguard.nwfilter reads "
+                                f"({STORE_VERSION}): upgrade the collection and the learner role first "
+                                "(docs/upgrading.md)", f"store {self.root}")
+        if stamp and text is None:
+            atomic_write(path, f"{STORE_VERSION}\n")
+
     def _read_all(self, kind: str) -> List[tuple]:
+        self.check_version()
         directory = self.dirs[kind]
         try:
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
@@ -162,6 +194,7 @@ class Store:
 
     def ports(self) -> Dict[str, dict]:
         """Per port: its id and what of it was installed (``chains``, ``elements``)."""
+        self.check_version()
         text = _text_of(os.path.join(self.root, "ports.json"))
         return json.loads(text) if text else {}
 

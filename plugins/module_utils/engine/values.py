@@ -61,6 +61,17 @@ def parse_number(text: str, low: int, high: int, kind: str = "number") -> int:
     return value
 
 
+_SIGNED_RE = re.compile(r"[-+]?[0-9]{1,10}")
+
+
+def parse_whole_number(text: str) -> int:
+    """A signed decimal as libvirt reads one (strtol, base 10): no underscores,
+    no hex or octal prefixes, no spaces, which Python's int() would take."""
+    if not _SIGNED_RE.fullmatch(text):
+        raise _fail("whole number", text)
+    return int(text, 10)
+
+
 def _ranged(low: int, high: int, kind: str) -> Callable[[str], int]:
     return lambda text: parse_number(text, low, high, kind)
 
@@ -87,6 +98,24 @@ def parse_ipv6(text: str) -> str:
         return str(ipaddress.IPv6Address(text))
     except ValueError:
         raise _fail("IPv6 address", text) from None
+
+
+def parse_nd_lladdr(text: str) -> str:
+    """A MAC, or ``none`` (an ND message without options); vmguard's own type."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return parse_mac(text)
+    except NwfilterError:
+        raise _fail("ND link-layer address (a MAC or none)", text) from None
+
+
+def eui64_link_local(mac: str) -> str:
+    """The link-local address a MAC gives by modified EUI-64 (RFC 4291), the
+    default of a Linux guest; the default of the variable IPV6_LINKLOCAL."""
+    octets = bytes.fromhex(parse_mac(mac).replace(":", ""))
+    interface_id = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + interface_id))
 
 
 def _mask_prefix(text: str, bits: int, parse_addr: Callable[[str], str], kind: str) -> int:
@@ -213,6 +242,7 @@ PARSERS: Dict[str, Callable[[str], Any]] = {
     "comment": parse_comment,
     "ipsetname": parse_ipset_name,
     "ipsetflags": parse_ipset_flags,
+    "ndlladdr": parse_nd_lladdr,
 }
 
 

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 from . import schema
 from .errors import NwfilterError
 from .model import Binding, Entry, Filter, FilterRef, Match, Rule, _shown
+from .values import parse_whole_number
 
 MAX_DOCUMENT = 1024 * 1024
 # Entity declarations are the door to entity-expansion attacks; nwfilter XML never needs them.
@@ -49,8 +50,8 @@ def _only(elem: ET.Element, allowed: Iterable[str], where: str) -> Dict[str, str
 
 def _integer(text: str, what: str, where: str) -> int:
     try:
-        return int(text, 0)
-    except ValueError:
+        return parse_whole_number(text)
+    except NwfilterError:
         raise NwfilterError(f"{what} {_shown(text)} is not a whole number", where) from None
 
 

@@ -1,0 +1,37 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every module shares in its documentation: the store option, what a
+managed host needs, and the attributes (each module states its own support
+for check and diff mode)."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  root:
+    description: Directory of the on-host store (shared by the modules and the learner service).
+    type: path
+    default: /etc/vmguard
+requirements:
+  - "On the managed host: Linux with nf_tables, Python 3.9 or later (the modules use only its standard library),
+    and libnftables (C(libnftables.so.1): package C(libnftables1) on Debian and Ubuntu, C(nftables) on the RHEL family,
+    Fedora and openSUSE) or else the C(nft) command."
+  - Root on the managed host (C(become=true)); the rules are kernel firewall state.
+  - Nothing on the controller or in an execution environment beyond ansible-core.
+attributes:
+  check_mode:
+    description: Can run in check mode and predict the change without modifying the host.
+  diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
+  platform:
+    description: Target OS families that can be operated against.
+    support: full
+    platforms: posix
+  action_group:
+    description: Part of an action group, for setting options such as O(root) through C(module_defaults).
+    support: full
+    membership: [vmguard.nwfilter.all]
+"""
