@@ -172,7 +172,7 @@ def main() -> None:
         wanted = [binding]
         result = engine_call(module, host.bind, binding, check=check)
         waiting = binding.portdev in result.learning or (
-            not result.changed and binding.portdev in engine_call(module, host.waiting))
+            not result.changed and binding.portdev in engine_call(module, host.waiting, [binding.portdev]))
         learning = [binding.portdev] if waiting else []
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
     if module._diff:  # pylint: disable=protected-access

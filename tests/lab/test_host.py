@@ -96,7 +96,7 @@ def test_missing_variables_and_learning(lab, host):
     with pytest.raises(MissingVariables, match="IP"):
         host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"CTRL_IP_LEARNING": ("none",)})))
     assert host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic"))).learning == [vm.port]
-    assert list(host.waiting()) == [vm.port]
+    assert list(host.waiting()) == [vm.port] == list(host.waiting(["vnet9", vm.port]))
     assert host.learned(vm.port, ["192.0.2.10"]).learning == []
     verdicts = run_probes(lab, standard_probes(lab.guests["vm"], lab.guests["peer"]))
     assert verdicts["ipv4 udp"] and not verdicts["spoofed ipv4"]

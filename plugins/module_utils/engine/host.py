@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import bridge_netfilter
+from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
@@ -48,7 +49,7 @@ class _State:
     bindings: Dict[str, Binding]
     learned: Dict[str, Dict[str, List[str]]]
     port_ids: Dict[str, int]
-    installed: Dict[str, dict]  # per port, what it has in our tables as last applied ({"chains", "elements"})
+    installed: Dict[str, dict]  # per port, what it has in our tables as last applied ({"chains", "elements", "rules"})
 
     def copy(self) -> "_State":
         """A state to change; model objects are immutable, so the maps are enough."""
@@ -84,14 +85,6 @@ def _tree(filters: Mapping[str, Filter], name: str) -> Set[str]:
             if current in filters:
                 todo.extend(filters[current].references())
     return seen
-
-
-def _check_loops(filters: Mapping[str, Filter], name: str, path: Tuple[str, ...] = ()) -> None:
-    if name in path:
-        raise NwfilterError(f"filter reference loop: {' -> '.join(path + (name,))}")
-    if name in filters:
-        for ref in filters[name].references():
-            _check_loops(filters, ref, path + (name,))
 
 
 def _learning_mode(binding: Binding) -> str:
@@ -290,10 +283,11 @@ class Host:
                 found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})
         return found
 
-    def waiting(self) -> Dict[str, Binding]:
-        """Bindings whose IP address is being learned."""
+    def waiting(self, ports: Optional[Sequence[str]] = None) -> Dict[str, Binding]:
+        """Bindings (of ``ports``, or all) whose IP address is being learned."""
         state = self._load()
-        return {p: state.bindings[p] for p in state.bindings if _program(state, p).learning}
+        wanted = state.bindings if ports is None else [p for p in ports if p in state.bindings]
+        return {p: state.bindings[p] for p in wanted if _program(state, p).learning}
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
@@ -339,6 +333,8 @@ class Host:
                 if not new.port_ids[portdev]:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
         programs = [_program(new, portdev) for portdev in sorted(rebuild)]
+        check_host_rules({**{p: r.get("rules", 0) for p, r in new.installed.items()},
+                          **{p.portdev: p.rule_count for p in programs}})
         if not check:
             touched = rebuild | remove
             before = live if live is not None else old.live(touched)
@@ -346,7 +342,8 @@ class Host:
             for program in programs:
                 new.installed[program.portdev] = {
                     "chains": sorted([f, n, digest(rules)] for f, n, rules in program.chains),
-                    "elements": sorted([f, m, k] for f, m, k, _target in program.elements)}
+                    "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
+                    "rules": program.rule_count}
                 if program.sets:
                     new.installed[program.portdev]["sets"] = sorted([f, n] for f, n, _spec in program.sets)
             try:
@@ -361,7 +358,10 @@ class Host:
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()
-        return sorted(p for p, b in state.bindings.items() if name in _tree(filters, b.filterref.filter))
+        # one walk per distinct root filter, not per binding: bindings mostly share a few trees
+        roots = {b.filterref.filter for b in state.bindings.values()}
+        using = {root for root in roots if name in _tree(filters, root)}
+        return sorted(p for p, b in state.bindings.items() if b.filterref.filter in using)
 
     def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
         with self._changing(check):
@@ -372,10 +372,10 @@ class Host:
                 return ChangeResult(False, before=before, after=before)
             new = old.copy()
             new.filters[flt.name] = flt
-            _check_loops(new.all_filters(), flt.name)
-            rebuild = set(self._users(new, flt.name))
-            unchecked = _undefined(new, rebuild) if check else {}
             try:
+                check_definition(new.all_filters(), flt.name)
+                rebuild = set(self._users(new, flt.name))
+                unchecked = _undefined(new, rebuild) if check else {}
                 _check_learning_trees(old, new, rebuild - set(unchecked))
                 learning = self._commit(old, new, rebuild - set(unchecked), set(), check)
             except NwfilterError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import queue
 import threading
 import weakref
@@ -19,7 +20,10 @@ CLONE_NEWNET = 0x40000000
 OUTPUT_JSON = 1 << 4
 
 
-def _load() -> Optional[ctypes.CDLL]:
+@functools.lru_cache(maxsize=None)
+def library() -> Optional[ctypes.CDLL]:
+    """libnftables, loaded on first use: a call that changes nothing (an
+    idempotent module run) does not pay for loading it (~15 ms)."""
     name = ctypes.util.find_library("nftables")
     if not name:
         return None
@@ -40,22 +44,26 @@ def _load() -> Optional[ctypes.CDLL]:
     return lib
 
 
-LIB = _load()
-_LIBC = ctypes.CDLL(None, use_errno=True)
+def _lib() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise OSError("libnftables is not available")
+    return lib
 
 
 def _new_context() -> int:
-    ctx = LIB.nft_ctx_new(0)
-    LIB.nft_ctx_buffer_output(ctx)
-    LIB.nft_ctx_buffer_error(ctx)
+    ctx = _lib().nft_ctx_new(0)
+    _lib().nft_ctx_buffer_output(ctx)
+    _lib().nft_ctx_buffer_error(ctx)
     return ctx
 
 
 def _run(ctx: int, commands: str, json_output: bool) -> "tuple[int, str, str]":
-    LIB.nft_ctx_output_set_flags(ctx, OUTPUT_JSON if json_output else 0)
-    code = LIB.nft_run_cmd_from_buffer(ctx, commands.encode())
-    output = (LIB.nft_ctx_get_output_buffer(ctx) or b"").decode()
-    error = (LIB.nft_ctx_get_error_buffer(ctx) or b"").decode()
+    lib = _lib()
+    lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON if json_output else 0)
+    code = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+    output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+    error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
     return code, output, error
 
 
@@ -63,7 +71,7 @@ def _serve(netns: str, jobs: "queue.Queue[Optional[tuple]]", entered: "queue.Que
     """The worker thread of a namespace: enter it once, then run jobs until None."""
     try:
         with open(f"/run/netns/{netns}", "rb") as handle:
-            if _LIBC.setns(handle.fileno(), CLONE_NEWNET) != 0:
+            if ctypes.CDLL(None, use_errno=True).setns(handle.fileno(), CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
     except OSError as exc:
         entered.put(exc)
@@ -78,7 +86,7 @@ def _serve(netns: str, jobs: "queue.Queue[Optional[tuple]]", entered: "queue.Que
             except BaseException as exc:  # pylint: disable=broad-except
                 done.put((None, exc))
     finally:
-        LIB.nft_ctx_free(ctx)
+        _lib().nft_ctx_free(ctx)
 
 
 class LibNftables:
@@ -88,8 +96,7 @@ class LibNftables:
     ruleset generation before each command, so its cache never goes stale."""
 
     def __init__(self, netns: Optional[str] = None) -> None:
-        if LIB is None:
-            raise OSError("libnftables is not available")
+        _lib()
         self.netns = netns
         self._lock = threading.Lock()
         self._ctx: Optional[int] = None
@@ -101,7 +108,7 @@ class LibNftables:
             if self.netns is None:
                 if self._ctx is None:
                     self._ctx = _new_context()
-                    weakref.finalize(self, LIB.nft_ctx_free, self._ctx)
+                    weakref.finalize(self, _lib().nft_ctx_free, self._ctx)
                 return _run(self._ctx, commands, json_output)
             return self._in_namespace(commands, json_output)
 

@@ -77,6 +77,10 @@ class PortProgram:
     sets: Tuple[Tuple[str, str, str], ...] = ()  # (family, name, spec): a learning port's address locks
 
     @property
+    def rule_count(self) -> int:
+        return sum(len(rules) for _family, _name, rules in self.chains)
+
+    @property
     def text(self) -> str:
         """The port's rules as nft statements, for people (nwfilter_info)."""
         return "\n".join(f"{family} {name}: {rule}" for family, name, rules in self.chains for rule in rules)

@@ -11,7 +11,7 @@ import subprocess
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
-from .libnftables import LIB, LibNftables
+from .libnftables import LibNftables, library
 from .nft_compile import TABLE, PortLive, portdev_of
 
 FAMILIES = ("bridge", "inet")
@@ -24,15 +24,31 @@ class Nft:
 
     def __init__(self, argv: Optional[Sequence[str]] = None, netns: Optional[str] = None) -> None:
         self.argv = list(argv or ("nft",))
-        self.lib = LibNftables(netns) if argv is None and LIB is not None else None
-        if netns is not None and self.lib is None:
-            self.argv = ["ip", "netns", "exec", netns] + self.argv
+        self.netns = netns
+        self.lib: Optional[LibNftables] = None
+        # libnftables is loaded on first use: a run that changes nothing never pays for it
+        self._undecided = argv is None
+        if argv is not None:
+            self._command_in_netns()
+
+    def _command_in_netns(self) -> None:
+        if self.netns is not None:
+            self.argv = ["ip", "netns", "exec", self.netns] + self.argv
+
+    def _backend(self) -> Optional[LibNftables]:
+        if self._undecided:
+            self._undecided = False
+            self.lib = LibNftables(self.netns) if library() is not None else None
+            if self.lib is None:
+                self._command_in_netns()
+        return self.lib
 
     def _run(self, args: List[str], stdin: str = "") -> str:
-        if self.lib is not None:
+        lib = self._backend()
+        if lib is not None:
             json_output = args[:1] == ["-j"]
             commands = stdin if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
-            code, output, error = self.lib.run(commands, json_output)
+            code, output, error = lib.run(commands, json_output)
         else:
             try:
                 done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, check=False)

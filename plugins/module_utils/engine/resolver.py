@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import schema
 from .errors import NwfilterError
-from .model import Binding, Filter, FilterRef, Rule
-from .ruleset import Chain, ChainEntry, Jump, ResolvedRule, Ruleset
+from . import bounds
+from .bounds import check_tree
+from .model import Binding, Entry, Filter, FilterRef, Rule
+from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 from .values import eui64_link_local, parse_typed
 from .variables import VarRef, parse_reference
 
 Variables = Dict[str, Tuple[str, ...]]
-MAX_RULE_INSTANCES = 100000  # a cross product beyond this is a mistake, not a filter
+_Values = Tuple[Tuple[str, Tuple[str, ...]], ...]  # the values of the variables a rule names
+_Frame = Tuple[Filter, Dict[str, Tuple[str, ...]], Iterator[Entry]]
 
 
 class MissingVariables(NwfilterError):
@@ -44,14 +48,32 @@ class MissingVariables(NwfilterError):
 
 @dataclass(frozen=True)
 class _Instance:
-    """A rule of the tree with the variables in force where it stands."""
+    """A rule of the tree with the defaults in force where it stands (the
+    parameters of the filterrefs above it; the binding's override them)."""
 
     rule: Rule
     chain: str
     chain_priority: int
     origin: str
-    variables: Mapping[str, Tuple[str, ...]]
+    defaults: Mapping[str, Tuple[str, ...]]
     order: int  # position in the tree walk, for stable sorting
+
+    @property
+    def layer(self) -> str:
+        return schema.ELEMENTS[self.rule.protocol].layer if self.rule.protocol else "l2"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What of a binding's resolution depends only on the tree: its rules in
+    libvirt's order and the chains they form (``layout``: per bridge chain,
+    its name, priority and entries as jumps or indexes into ``ordered``).
+    Bindings that share a tree share one plan."""
+
+    filters: Tuple[Filter, ...]  # keeps the filters alive while their ids key the plan
+    ordered: Tuple[_Instance, ...]
+    unset: frozenset  # variables some rule uses that no filterref above it sets
+    layout: Tuple[Tuple[str, int, Tuple[Any, ...]], ...]
 
 
 def effective_variables(binding: Binding, extra: Optional[Mapping[str, Sequence[str]]] = None) -> Variables:
@@ -68,22 +90,69 @@ def derived_defaults(binding: Binding) -> Variables:
     return {"IPV6_LINKLOCAL": (eui64_link_local(binding.mac),)}
 
 
-def walk(filters: Mapping[str, Filter], ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]],
-         on_rule, path: Tuple[str, ...] = ()) -> None:
-    """Depth-first walk of the tree under ``ref``. A filterref's own parameters
-    are defaults: what comes from above (the binding) overrides them."""
-    if ref.filter in path:
-        raise NwfilterError(f"filter reference loop: {' -> '.join(path + (ref.filter,))}")
-    flt = filters.get(ref.filter)
-    if flt is None:
-        where = f"filter {path[-1]!r}" if path else "binding"
-        raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
-    variables = {**ref.parameters, **inherited}
-    for entry in flt.entries:
-        if isinstance(entry, FilterRef):
-            walk(filters, entry, variables, on_rule, path + (flt.name,))
+def _reachable(filters: Mapping[str, Filter], root: str) -> List[Tuple[str, Optional[Filter]]]:
+    """Each filter reachable from ``root`` once (missing ones as None): the plan's key."""
+    seen = {root}
+    found, todo = [], [root]
+    while todo:
+        name = todo.pop()
+        flt = filters.get(name)
+        found.append((name, flt))
+        for ref in flt.references() if flt is not None else ():
+            if ref not in seen:
+                seen.add(ref)
+                todo.append(ref)
+    return found
+
+
+_PLANS: Dict[tuple, _Plan] = {}
+MAX_PLANS = 256  # distinct trees kept; a host has a handful
+
+
+def _plan(filters: Mapping[str, Filter], root: str, where: str) -> _Plan:
+    """The plan of the tree under ``root`` (``where``: the binding), built
+    once its size is known to be within the limits (bounds.check_tree)."""
+    reachable = _reachable(filters, root)
+    key = (root,) + tuple((name, id(flt)) for name, flt in reachable)
+    plan = _PLANS.get(key)
+    if plan is None:
+        try:
+            check_tree(filters, root)
+        except NwfilterError as exc:
+            raise exc.within(where) from None
+        instances = _walk(filters, root, where)
+        ordered = tuple(sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order)))
+        unset = frozenset(ref.name for inst in instances for _attr, ref in _references(inst.rule)
+                          if ref.name not in inst.defaults)
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(tuple(flt for _name, flt in reachable if flt is not None), ordered, unset,
+                                   _layout(ordered))
+    return plan
+
+
+def _walk(filters: Mapping[str, Filter], root: str, where: str) -> List[_Instance]:
+    """Depth-first, iterative walk of the tree under ``root``. A filterref's
+    own parameters are defaults: what comes from above overrides them."""
+    instances: List[_Instance] = []
+
+    def enter(ref: FilterRef, inherited: Mapping[str, Tuple[str, ...]], where: str) -> _Frame:
+        flt = filters.get(ref.filter)
+        if flt is None:
+            raise NwfilterError(f"references filter {ref.filter!r}, which is not defined", where)
+        return flt, {**ref.parameters, **inherited}, iter(flt.entries)
+
+    stack = [enter(FilterRef(root), {}, where)]
+    while stack:
+        flt, defaults, entries = stack[-1]
+        for entry in entries:
+            if isinstance(entry, FilterRef):
+                stack.append(enter(entry, defaults, f"filter {flt.name!r}"))
+                break
+            instances.append(_Instance(entry, flt.chain, flt.effective_priority, flt.name, defaults, len(instances)))
         else:
-            on_rule(flt, entry, variables)
+            stack.pop()
+    return instances
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -95,28 +164,24 @@ def _references(rule: Rule) -> Tuple[Tuple[str, VarRef], ...]:
 def missing_variables(filters: Mapping[str, Filter], binding: Binding,
                       extra: Optional[Mapping[str, Sequence[str]]] = None) -> Set[str]:
     """Every variable the tree uses without a value, over the whole tree."""
-    missing: Set[str] = set()
-    defaults = derived_defaults(binding)
-
-    def visit(_flt: Filter, rule: Rule, variables: Mapping[str, Tuple[str, ...]]) -> None:
-        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in variables
-                       and ref.name not in defaults)
-
-    walk(filters, binding.filterref, effective_variables(binding, extra), visit)
-    return missing
+    derived = derived_defaults(binding)
+    return set(_plan(filters, binding.filterref.filter, f"binding {binding.portdev!r}").unset
+               - set(effective_variables(binding, extra)) - set(derived))
 
 
-def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
-                  where: str) -> Iterator[Dict[str, str]]:
-    """Each distinct assignment of the rule's variable references: one
-    iterator walks its lists in parallel, different iterators give the cross
-    product (the first varies fastest), repeated tuples are skipped."""
+@functools.lru_cache(maxsize=1 << 16)
+def _axes(rule: Rule, values: _Values, where: str) -> Tuple[Tuple[Dict[str, str], ...], ...]:
+    """The rule's variable references as axes of a cross product: one
+    iterator walks its lists in parallel (repeated tuples skipped), different
+    iterators give the cross product. Linear in the lists' lengths, so the
+    size of the product is known before it is expanded."""
+    variables = dict(values)
     iterators: Dict[Any, List[str]] = {0: []}
     for _attr, ref in _references(rule):
         if ref.index is not None:
-            values = variables[ref.name]
-            if ref.index >= len(values):
-                raise NwfilterError(f"${ref.name}[{ref.index}] is past the end of its {len(values)} value(s)", where)
+            listed = variables[ref.name]
+            if ref.index >= len(listed):
+                raise NwfilterError(f"${ref.name}[{ref.index}] is past the end of its {len(listed)} value(s)", where)
             iterators[("index", ref.name, ref.index)] = [ref.name]
             continue
         names = iterators.setdefault(ref.iterator, [])
@@ -126,10 +191,10 @@ def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
                     f"lists ${names[0]} and ${ref.name} walked by iterator @{ref.iterator}"
                     " must have the same number of values", where)
             names.append(ref.name)
-    axes: List[List[Dict[str, str]]] = []
+    axes = []
     for key, names in iterators.items():
         if isinstance(key, tuple):
-            axes.append([{f"{names[0]}[{key[2]}]": variables[names[0]][key[2]]}])
+            axes.append(({f"{names[0]}[{key[2]}]": variables[names[0]][key[2]]},))
             continue
         length = len(variables[names[0]]) if names else 1
         seen: Set[Tuple[str, ...]] = set()
@@ -139,12 +204,12 @@ def _combinations(rule: Rule, variables: Mapping[str, Tuple[str, ...]],
             if combo not in seen:
                 seen.add(combo)
                 axis.append({f"{name}@{key}": value for name, value in zip(names, combo)})
-        axes.append(axis)
-    total = 1
-    for axis in axes:
-        total *= len(axis)
-    if total > MAX_RULE_INSTANCES:
-        raise NwfilterError(f"variable lists expand to {total} rules, more than {MAX_RULE_INSTANCES}", where)
+        axes.append(tuple(axis))
+    return tuple(axes)
+
+
+def _combinations(axes: Sequence[Sequence[Dict[str, str]]]) -> Iterator[Dict[str, str]]:
+    """Each assignment of the cross product, the first axis varying fastest."""
     # itertools.product varies the last axis fastest; libvirt varies the first.
     for picked in itertools.product(*reversed(axes)):
         assignment: Dict[str, str] = {}
@@ -174,20 +239,30 @@ def _instantiate(rule: Rule, assignment: Mapping[str, str], where: str) -> Tuple
     return tuple(matches)
 
 
-def _expand(instance: _Instance) -> Tuple[ResolvedRule, ...]:
-    # Only the values of the variables the rule names matter: a rule without
-    # variables, or with values many ports share, is expanded once (a redefine
-    # rebuilds every port of a tree that mostly repeats itself).
-    values = tuple((ref.name, instance.variables[ref.name]) for _attr, ref in _references(instance.rule))
-    return _expand_rule(instance.rule, instance.origin, values)
+def _values(instance: _Instance, variables: Mapping[str, Tuple[str, ...]],
+            derived: Mapping[str, Tuple[str, ...]]) -> _Values:
+    """The values of the variables the rule names: the binding's, else the
+    tree's defaults where the rule stands, else those derived from the binding."""
+    # Only these matter: a rule without variables, or with values many ports
+    # share, is expanded once (a redefine rebuilds every port of a tree that
+    # mostly repeats itself).
+    return tuple((ref.name, variables[ref.name] if ref.name in variables else
+                  instance.defaults[ref.name] if ref.name in instance.defaults else derived[ref.name])
+                 for _attr, ref in _references(instance.rule))
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _expand_rule(rule: Rule, origin: str, values: Tuple[Tuple[str, Tuple[str, ...]], ...]) -> Tuple[ResolvedRule, ...]:
+def _count_rule(rule: Rule, values: _Values, origin: str) -> int:
+    """Rule instances the rule expands to, at most (before duplicates are dropped)."""
+    return math.prod(len(axis) for axis in _axes(rule, values, f"filter {origin!r}"))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _expand_rule(rule: Rule, origin: str, values: _Values) -> Tuple[ResolvedRule, ...]:
     where = f"filter {origin!r}"
     rules = []
     seen = set()
-    for assignment in _combinations(rule, dict(values), where):
+    for assignment in _combinations(_axes(rule, values, where)):
         matches = _instantiate(rule, assignment, where)
         if matches in seen:
             continue
@@ -207,30 +282,27 @@ def _sub_chains(instances: Sequence[_Instance], direction: str) -> Dict[str, int
     return chains
 
 
-def _layer(instance: _Instance) -> str:
-    protocol = instance.rule.protocol
-    return schema.ELEMENTS[protocol].layer if protocol else "l2"
-
-
-def _build_chains(ordered: Sequence[Tuple[_Instance, List[ResolvedRule]]]) -> Tuple[Chain, ...]:
-    l2 = [(inst, rules) for inst, rules in ordered if _layer(inst) == "l2"]
+def _layout(ordered: Sequence[_Instance]) -> Tuple[Tuple[str, int, Tuple[Any, ...]], ...]:
+    """The bridge chains: root's rules with the sub-chains' jumps among them
+    by priority, then each sub-chain's rules. Every instance expands to at
+    least one rule, all of its priority, so this holds for every binding."""
+    l2 = [index for index, inst in enumerate(ordered) if inst.layer == "l2"]
     subs: Dict[str, int] = {}
     for direction in ("out", "in"):
-        for name, priority in _sub_chains([inst for inst, _where in l2], direction).items():
+        for name, priority in _sub_chains([ordered[i] for i in l2], direction).items():
             subs.setdefault(name, priority)
     jumps = sorted((Jump(name, priority) for name, priority in subs.items()), key=lambda j: j.priority)
-    root_rules = [r for inst, rules in l2 if inst.chain == "root" for r in rules]
-    root: List[ChainEntry] = []
+    root: List[Any] = []
     pending = list(jumps)
-    for rule in root_rules:
-        while pending and pending[0].priority <= rule.priority:
-            root.append(pending.pop(0))
-        root.append(rule)
+    for index in l2:
+        if ordered[index].chain == "root":
+            while pending and pending[0].priority <= ordered[index].rule.priority:
+                root.append(pending.pop(0))
+            root.append(index)
     root.extend(pending)
-    chains = [Chain("root", 0, tuple(root))]
+    chains = [("root", 0, tuple(root))]
     for jump in jumps:
-        entries = tuple(r for inst, rules in l2 if inst.chain == jump.chain for r in rules)
-        chains.append(Chain(jump.chain, jump.priority, entries))
+        chains.append((jump.chain, jump.priority, tuple(i for i in l2 if ordered[i].chain == jump.chain)))
     return tuple(chains)
 
 
@@ -238,25 +310,22 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
             extra: Optional[Mapping[str, Sequence[str]]] = None) -> Ruleset:
     """The binding's tree, flat and ordered; raises MissingVariables when the
     tree needs variables nobody gave, NwfilterError for anything else."""
+    where = f"binding {binding.portdev!r}"
+    plan = _plan(filters, binding.filterref.filter, where)
     variables = effective_variables(binding, extra)
-    instances: List[_Instance] = []
-    missing: Set[str] = set()
-    defaults = derived_defaults(binding)
-
-    def collect(flt: Filter, rule: Rule, scope: Mapping[str, Tuple[str, ...]]) -> None:
-        if any(ref.name in defaults and ref.name not in scope for _attr, ref in _references(rule)):
-            scope = {**defaults, **scope}
-        missing.update(ref.name for _attr, ref in _references(rule) if ref.name not in scope)
-        instances.append(_Instance(rule, flt.chain, flt.effective_priority, flt.name, scope, len(instances)))
-
-    walk(filters, binding.filterref, variables, collect)
+    derived = derived_defaults(binding)
+    missing = plan.unset - set(variables) - set(derived)
     if missing:
-        raise MissingVariables(sorted(missing), f"binding {binding.portdev!r}")
-    ordered = sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order))
-    expanded = [(inst, _expand(inst)) for inst in ordered]
-    total = sum(len(rules) for _origin, rules in expanded)
-    if total > MAX_RULE_INSTANCES:
-        raise NwfilterError(f"the filter tree expands to {total} rules, more than {MAX_RULE_INSTANCES}",
-                            f"binding {binding.portdev!r}")
-    ip_rules = tuple(r for inst, rules in expanded if _layer(inst) == "l3" for r in rules)
-    return Ruleset(_build_chains(expanded), ip_rules, variables)
+        raise MissingVariables(sorted(missing), where)
+    values = [_values(inst, variables, derived) for inst in plan.ordered]
+    sizes = [(_count_rule(inst.rule, value, inst.origin), inst.origin) for inst, value in zip(plan.ordered, values)]
+    total = sum(size for size, _origin in sizes)
+    if total > bounds.MAX_BINDING_RULES:  # refused before anything is expanded
+        size, origin = max(sizes)
+        raise NwfilterError(f"the filter tree expands to {total} rules, more than {bounds.MAX_BINDING_RULES} "
+                            f"(filter {origin!r} alone to {size})", where)
+    expanded = [_expand_rule(inst.rule, inst.origin, value) for inst, value in zip(plan.ordered, values)]
+    chains = tuple(Chain(name, priority, tuple(r for entry in entries for r in (
+        (entry,) if isinstance(entry, Jump) else expanded[entry]))) for name, priority, entries in plan.layout)
+    ip_rules = tuple(r for inst, rules in zip(plan.ordered, expanded) if inst.layer == "l3" for r in rules)
+    return Ruleset(chains, ip_rules, variables)

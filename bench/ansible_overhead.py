@@ -1,0 +1,201 @@
+"""Where a module task's time goes through ansible-playbook: task times
+(start to result, as profile_tasks shows them) of ping and of
+nwfilter_binding tasks in one play, and the module's own process on the
+target (interpreter, imports, engine) measured apart, so the rest is the
+controller's (payload build, transfer, result handling).
+
+    python -m bench.ansible_overhead [--rounds N] [--plays N] [--bindings N] [--baseline DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "module_utils"))
+
+from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
+from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
+from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.path.dirname(sys.executable)
+FILTER = "<filter name='bench-vm'><filterref filter='clean-traffic'/></filter>"
+
+
+def _bindings(count: int, prefix: str) -> List[dict]:
+    return [{"portdev": f"{prefix}{i}", "mac": f"52:54:00:20:{i >> 8:02x}:{i & 0xff:02x}", "filter": "bench-vm",
+             "parameters": {"IP": f"10.{i >> 8}.{i & 0xff}.2"}} for i in range(count)]
+
+
+def _store(root: str, netns: str, bindings: List[dict]) -> None:
+    host = Host(root, netns=netns)
+    host.define_filter(filter_from_xml(FILTER))
+    host.set_bindings([Binding(b["portdev"], b["mac"], FilterRef(b["filter"], {"IP": (b["parameters"]["IP"],)}))
+                       for b in bindings])
+
+
+def _collection(base: str, source: str = REPO) -> str:
+    target = os.path.join(base, "ansible_collections", "vmguard", "nwfilter")
+    for part in ("meta", "plugins"):
+        shutil.copytree(os.path.join(source, part), os.path.join(target, part),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(source, "galaxy.yml"), target)
+    return base
+
+
+def _play(work: str, netns: str, tasks: List[dict], keep: bool = False,
+          collections: str = "collections") -> Tuple[List[dict], float]:
+    """Run the tasks on localhost inside ``netns``: their times, in order, and
+    the CPU time (user + system) of the whole run, controller and modules:
+    on this shared 2-core machine wall times swing with the load, CPU time much less."""
+    times = os.path.join(work, "times.jsonl")
+    if os.path.exists(times):
+        os.remove(times)
+    book = os.path.join(work, "play.yml")
+    with open(book, "w", encoding="utf-8") as out:
+        json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], out)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(work, collections),
+               ANSIBLE_CALLBACK_PLUGINS=os.path.join(REPO, "bench", "callback_plugins"),
+               ANSIBLE_CALLBACKS_ENABLED="task_times", VMGUARD_TASK_TIMES=times,
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_HOME=os.path.join(work, "home"),
+               ANSIBLE_REMOTE_TMP=os.path.join(work, "remote"), ANSIBLE_KEEP_REMOTE_FILES="1" if keep else "0")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(["ip", "netns", "exec", netns, os.path.join(BIN, "ansible-playbook"), "-i", "localhost,",
+                           "-c", "local", book], capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(done.stdout[-2000:] + done.stderr[-2000:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if not os.path.exists(times):
+        return [], cpu
+    with open(times, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines], cpu
+
+
+def _module_process(work: str, netns: str, runs: int) -> Tuple[float, float]:
+    """Median wall and CPU time of the kept AnsiballZ payload of the last task
+    run alone on the target: interpreter start, unzip, imports and the engine."""
+    payload = sorted(glob.glob(os.path.join(work, "remote", "ansible-tmp-*", "AnsiballZ_*.py")),
+                     key=os.path.getmtime)[-1]
+    walls, cpus = [], []
+    for _run in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _imports(module: str, path: str) -> float:
+    """Median time of a fresh interpreter that imports ``module`` from ``path`` and exits."""
+    samples = []
+    for _run in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, env=dict(os.environ, PYTHONPATH=path))
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _zipped(work: str) -> str:
+    """The collection and ansible's module_utils in one zip, as an AnsiballZ
+    payload carries them: imported from a zip, every source is compiled again
+    on every run (no bytecode is cached)."""
+    import ansible  # pylint: disable=import-outside-toplevel
+    path = os.path.join(work, "payload.zip")
+    with zipfile.ZipFile(path, "w") as payload:
+        written, packages = set(), set()
+        for base in (os.path.join(work, "collections"), os.path.dirname(os.path.dirname(ansible.__file__))):
+            for name in glob.glob(os.path.join(base, "ansible*", "**", "*.py"), recursive=True):
+                inside = os.path.relpath(name, base)
+                if "module_utils" in inside or "ansible_collections" in inside:
+                    payload.write(name, inside)
+                    written.add(inside)
+                    parts = inside.split(os.sep)[:-1]
+                    packages.update(os.sep.join(parts[:i]) for i in range(1, len(parts) + 1))
+        for package in packages:  # empty markers where the payload has them (ansible's own would import more)
+            if os.path.join(package, "__init__.py") not in written:
+                payload.writestr(os.path.join(package, "__init__.py"), "")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bindings", type=int, default=1000)
+    parser.add_argument("--plays", type=int, default=3, help="plays per kind and version")
+    parser.add_argument("--baseline", help="a directory with another version's plugins/, meta/ and galaxy.yml "
+                        "(for example from git archive), measured interleaved with this tree")
+    args = parser.parse_args()
+    from lab.netns import Lab  # pylint: disable=import-outside-toplevel
+    print(f"# Ansible overhead, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    with Lab("ao") as lab, tempfile.TemporaryDirectory() as work:
+        _collection(os.path.join(work, "collections"))
+        many = _bindings(args.bindings, "bm")
+        roots = {name: os.path.join(work, name) for name in ("one", "big", "fleet")}
+        _store(roots["one"], lab.host, [])
+        _store(roots["big"], lab.host, _bindings(args.bindings, "bb"))
+        _store(roots["fleet"], lab.host, many)
+        single = {"portdev": "vone", "mac": "52:54:00:30:00:01", "filter": "bench-vm"}
+        kinds = {
+            "ping": lambda i: {"ansible.builtin.ping": {}},
+            "bind one, changed (store of 1)": lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
+                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["one"])},
+            f"bind one, changed (store of {args.bindings})": lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
+                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["big"])},
+            f"bindings: {args.bindings}, exclusive, unchanged": lambda i: {"vmguard.nwfilter.nwfilter_binding": {
+                "bindings": many, "exclusive": True, "root": roots["fleet"]}},
+        }
+        versions = {"this tree": "collections"}
+        if args.baseline:
+            versions["baseline"] = _collection(os.path.join(work, "baseline"), args.baseline)
+        empty = statistics.median(_play(work, lab.host, [])[1] for _run in range(3))
+        print(f"\n| {args.rounds} tasks of one kind in a play, {args.plays} plays per version, interleaved "
+              "(a module's first task also builds its payload) | version | wall per task, median | CPU per task "
+              "| CPU above ping |\n| --- | --- | --- | --- | --- |")
+        ping: Dict[str, float] = {}
+        for name, task in kinds.items():
+            walls: Dict[str, List[float]] = {version: [] for version in versions}
+            cpus: Dict[str, List[float]] = {version: [] for version in versions}
+            for _play_round in range(args.plays):
+                for version, path in versions.items():
+                    times, cpu = _play(work, lab.host, [task(i) for i in range(args.rounds)], collections=path)
+                    walls[version] += [t["seconds"] for t in times]
+                    cpus[version].append((cpu - empty) / args.rounds)
+            for version in versions:
+                per_task = statistics.median(cpus[version])
+                ping.setdefault(version, per_task)
+                print(f"| {name} | {version} | {statistics.median(walls[version]):.3f} s | {per_task:.3f} s "
+                      f"| {per_task - ping[version]:+.3f} s |")
+        tasks = [kinds[name](99) for name in kinds]
+        print("\n| the module's process on the target, run alone (reruns: unchanged) | wall | CPU |\n| --- | --- | --- |")
+        for name, task in zip(kinds, tasks):
+            _play(work, lab.host, [task], keep=True)
+            wall, cpu = _module_process(work, lab.host, 5)
+            print(f"| {name}: AnsiballZ payload, fresh interpreter | {wall:.3f} s | {cpu:.3f} s |")
+            shutil.rmtree(os.path.join(work, "remote"))
+        module = "ansible_collections.vmguard.nwfilter.plugins.modules.nwfilter_binding"
+        payload, plain = _zipped(work), os.path.join(work, "collections")
+        print(f"| python -c pass | {_imports('sys', plain):.3f} s |")
+        for name, path in (("from the zip", payload), ("from files, bytecode cached", plain)):
+            print(f"| import ansible.module_utils.basic, {name} | {_imports('ansible.module_utils.basic', path):.3f} s |")
+            print(f"| import nwfilter_binding (basic + engine), {name} | {_imports(module, path):.3f} s |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Where a bulk bind of N ports goes: one set_bindings call of N bench-vm
+bindings in a fresh store, split into the engine's own work (resolve,
+compile, the script), nft (libnftables, one transaction) and the store
+(files written and fsynced), as wall and CPU time.
+
+    python -m bench.bulk [--ports N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "module_utils"))
+
+from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
+from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
+from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
+
+from bench.run import FILTER, _ports  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _timing(parts: Dict[str, List[float]], name: str, call: Callable) -> Callable:
+    def timed(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            parts[f"{name} wall"].append(time.perf_counter() - wall)
+            parts[f"{name} CPU"].append(time.process_time() - cpu)
+    return timed
+
+
+def bulk(netns: str, ports: int) -> Dict[str, float]:
+    parts: Dict[str, List[float]] = {f"{name} {kind}": [] for name in ("nft", "store") for kind in ("wall", "CPU")}
+    with tempfile.TemporaryDirectory() as root:
+        host = Host(root, netns=netns)
+        host.define_filter(filter_from_xml(FILTER.format(port=22)))
+        bindings = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(ports)]
+        host.nft.apply = _timing(parts, "nft", host.nft.apply)
+        host.store.save = _timing(parts, "store", host.store.save)
+        wall, cpu = time.perf_counter(), time.process_time()
+        host.set_bindings(bindings)
+        figures = {"total wall": time.perf_counter() - wall, "total CPU": time.process_time() - cpu}
+        host.set_bindings([], exclusive=True)
+    figures.update({name: sum(values[:1]) for name, values in parts.items()})  # the bind's own calls
+    figures["engine wall"] = figures["total wall"] - figures["nft wall"] - figures["store wall"]
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ports", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    from lab.netns import Lab  # pylint: disable=import-outside-toplevel
+    with Lab("bb") as lab:
+        runs = [bulk(lab.host, args.ports) for _round in range(args.rounds)]
+    print(f"# bulk bind of {args.ports} ports, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"median of {args.rounds} (CPU: this process, libnftables included; nft's kernel work is system time)")
+    print("\n| part | median | runs |\n| --- | --- | --- |")
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        print(f"| {name} | {statistics.median(values):.3f} s | {' '.join(f'{v:.2f}' for v in values)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
