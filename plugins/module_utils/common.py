@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from ansible_collections.vmguard.nwfilter.plugins.module_utils import bytecode_cache  # noqa: F401  # pylint: disable=unused-import  # first: serves the engine
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
 
