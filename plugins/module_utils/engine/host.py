@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import bridge_netfilter
 from .builtin_filters import BUILTIN_FILTERS
@@ -334,9 +334,10 @@ class Host:
             return ChangeResult(True, sorted(rebuild), learning, before,
                                 filter_to_xml(fallback) if fallback else None)
 
-    def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False) -> ChangeResult:
-        """Add or replace these bindings (and with ``exclusive`` remove all
-        others) in one transaction."""
+    def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False,
+                     unbind: Collection[str] = ()) -> ChangeResult:
+        """Add or replace these bindings and remove those of the ports in
+        ``unbind`` (with ``exclusive``, all others) in one transaction."""
         wanted = {}
         for binding in bindings:
             if binding.portdev in wanted:
@@ -345,7 +346,7 @@ class Host:
         with self._changing():
             old = self._load()
             new = old.copy()
-            remove = set(old.bindings) - set(wanted) if exclusive else set()
+            remove = (set(old.bindings) if exclusive else set(old.bindings) & set(unbind)) - set(wanted)
             rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
             for portdev in remove:
                 del new.bindings[portdev]
