@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional, TextIO
+from typing import TYPE_CHECKING, List, Optional, TextIO
 
-from engine.errors import NwfilterError
-from engine.host import Host
-from engine.libvirt_domain import Domain
-from engine.store import DEFAULT_ROOT
+if TYPE_CHECKING:
+    from engine.host import Host
+    from engine.libvirt_domain import Domain
 
 BIND = ("start", "reconnect", "attach")
 UNBIND = ("stopped", "release")
@@ -29,6 +28,7 @@ UNBIND = ("stopped", "release")
 def bind(host: Host, domain: Domain) -> List[str]:
     """One transaction: this start's bindings, and away with the domain's
     earlier ones and whatever another domain left bound to these tap names."""
+    from engine.errors import NwfilterError  # pylint: disable=import-outside-toplevel
     both = domain.doubly_filtered()
     if both:
         raise NwfilterError(f"interface {', '.join(both)} also has a <filterref> in <interface>, so libvirt's "
@@ -50,7 +50,8 @@ def unbind(host: Host, domain: Domain) -> List[str]:
     return mine
 
 
-def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin) -> int:
+def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin, root: Optional[str] = None) -> int:
+    """``root``: the store (default $VMGUARD_ROOT, else /etc/vmguard)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
         print("usage: vmguard-libvirt-hook <domain> <operation> [<sub-operation> <extra>] < domain.xml",
@@ -59,10 +60,15 @@ def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin) -> int:
     text = stdin.read()  # always: libvirt writes the whole XML
     operation = args[1]
     if operation not in BIND + UNBIND:
-        return 0
+        return 0  # before any import of the engine: the other phases cost only the interpreter's start
+    # pylint: disable=import-outside-toplevel
+    from engine.errors import NwfilterError
+    from engine.host import Host
+    from engine.libvirt_domain import Domain
+    from engine.store import DEFAULT_ROOT
     try:
         domain = Domain(text)
-        host = Host(os.environ.get("VMGUARD_ROOT", DEFAULT_ROOT))
+        host = Host(root or os.environ.get("VMGUARD_ROOT") or DEFAULT_ROOT)
         done = bind(host, domain) if operation in BIND else unbind(host, domain)
     except NwfilterError as exc:
         print(f"vmguard-libvirt-hook: {args[0]} {operation}: {exc}", file=sys.stderr)

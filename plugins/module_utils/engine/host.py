@@ -164,7 +164,6 @@ class Host:
         self.store = Store(root)
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
-        self._tables_seen = False
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:
@@ -185,16 +184,17 @@ class Host:
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
                force_base: bool) -> None:
         """One transaction. Our base chains are rewritten only when our tables
-        are missing (rewriting them makes the kernel re-validate every port);
-        if they vanished since we last looked, the retry puts them back."""
-        base = force_base or not (self._tables_seen or self.nft.has_tables())
+        are missing (rewriting them makes the kernel re-validate every port):
+        a script without them fails then, and the retry puts them back. Not
+        asking first matters to short-lived processes (a module run, the
+        libvirt hook): listing the tables costs nft a full ruleset read, a
+        second with 1000 bindings."""
         try:
-            self.nft.apply(transaction(programs, remove, before, base=base))
+            self.nft.apply(transaction(programs, remove, before, base=force_base))
         except NwfilterError:
-            if base:
+            if force_base:
                 raise
             self.nft.apply(transaction(programs, remove, before, base=True))
-        self._tables_seen = True
 
     def status(self, portdev: str) -> Dict[str, object]:
         state = self._load()

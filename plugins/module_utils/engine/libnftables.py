@@ -17,16 +17,21 @@ from typing import Optional
 
 CLONE_NEWNET = 0x40000000
 OUTPUT_JSON = 1 << 4
+SONAME = "libnftables.so.1"
 
 
 def _load() -> Optional[ctypes.CDLL]:
-    name = ctypes.util.find_library("nftables")
-    if not name:
-        return None
+    # the soname first: find_library runs ldconfig, a process of its own (short-lived callers feel it)
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
+        lib = ctypes.CDLL(SONAME, use_errno=True)
     except OSError:
-        return None
+        name = ctypes.util.find_library("nftables")
+        if not name:
+            return None
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
     lib.nft_ctx_new.restype = ctypes.c_void_p
     lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
     for function in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
