@@ -89,7 +89,7 @@ def build(directory: str) -> Tuple[str, str]:
 
 def domain_xml(name: str, uuid: str, mac: str, boot: Tuple[str, str], cmdline: Mapping[str, str],
                metadata: str = "", console: str = "") -> str:
-    """A transient domain: 1 vCPU (TCG), direct kernel boot, one virtio NIC on br0."""
+    """A domain: 1 vCPU (TCG), direct kernel boot, one virtio NIC on br0."""
     args = " ".join(f"vmg.{key}={value}" for key, value in cmdline.items())
     serial = (f"<serial type='file'><source path='{console}'/><target port='0'/></serial>" if console else "")
     return f"""<domain type='qemu'>

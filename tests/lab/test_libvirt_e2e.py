@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from engine.host import Host
-from engine.libvirt_domain import NAMESPACE
+from engine.libvirt_domain import NAMESPACE, Domain
+from engine.model import FilterRef
 from lab import qemu_guest
 from lab.libvirt_oracle import Oracle
 from lab.netns import Lab, inside
@@ -48,9 +49,9 @@ with open(%r, "a") as log:
 """
 
 
-def _metadata(mac, ip, filter_name="clean-traffic"):
+def _metadata(mac, ip):
     return (f"<vmguard:nwfilter xmlns:vmguard='{NAMESPACE}'><vmguard:interface mac='{mac}'>"
-            f"<vmguard:filterref filter='{filter_name}'><vmguard:parameter name='IP' value='{ip}'/>"
+            "<vmguard:filterref filter='clean-traffic'><vmguard:parameter name='IP' value='{ip}'/>"
             "</vmguard:filterref></vmguard:interface></vmguard:nwfilter>")
 
 
@@ -88,11 +89,10 @@ def e2e(tmp_path_factory):
             oracle.virsh(["destroy", name], check=False)
 
 
-def _start(oracle, boot, tmp, name, metadata=None):
+def _start(oracle, boot, tmp, name):
     uuid, mac, ip, spoof = GUESTS[name]
     xml = qemu_guest.domain_xml(name, uuid, mac, boot, {"ip": ip, "spoof": spoof, "gw": GATEWAY, "gwmac": GATEWAY_MAC},
-                                metadata if metadata is not None else _metadata(mac, ip),
-                                console=str(tmp / f"{name}.console"))
+                                _metadata(mac, ip), console=str(tmp / f"{name}.console"))
     path = tmp / f"{name}.xml"
     path.write_text(xml)
     return oracle.virsh(["create", str(path)], check=False)
@@ -144,8 +144,7 @@ def _probe_log(tmp):
 
 
 def test_bindings_follow_the_vm(e2e):
-    lab, oracle, _boot, tmp = e2e
-    boot = e2e[2]
+    lab, oracle, boot, tmp = e2e
     host = Host(str(tmp / "store"), netns=lab.host)
     started = time.monotonic()
     for name in ("vmg-a", "vmg-b"):
@@ -179,12 +178,27 @@ def test_bindings_follow_the_vm(e2e):
     print(f"two guests booted twice and judged in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
-def test_a_failed_bind_keeps_the_domain_from_starting(e2e):
+def test_metadata_set_by_virsh_and_a_failed_bind_keeps_the_domain_from_starting(e2e):
+    """The migration guide's `virsh metadata` commands on a defined domain,
+    and a reference to a filter that does not exist: libvirt aborts the start."""
     lab, oracle, boot, tmp = e2e
-    _uuid, mac, ip, _spoof = GUESTS["vmg-a"]
-    done = _start(oracle, boot, tmp, "vmg-a", metadata=_metadata(mac, ip, filter_name="no-such-filter"))
-    assert done.returncode != 0
-    assert "vmguard-libvirt-hook: vmg-a start: domain 'vmg-a'" in done.stderr and "no-such-filter" in done.stderr
-    assert oracle.virsh(["domstate", "vmg-a"], check=False).returncode != 0  # not running, not defined
-    assert subprocess.run(["pgrep", "-f", "guest=vmg-a,"], capture_output=True, check=False).returncode != 0
-    assert Host(str(tmp / "store"), netns=lab.host).bindings() == {}
+    uuid, mac, ip, spoof = GUESTS["vmg-a"]
+    path = tmp / "vmg-a-defined.xml"
+    path.write_text(qemu_guest.domain_xml("vmg-a", uuid, mac, boot, {"ip": ip, "spoof": spoof}))
+    oracle.virsh(["define", str(path)])
+    try:
+        oracle.virsh(["metadata", "vmg-a", NAMESPACE, "--key", "vmguard", "--config", "--set",
+                      f"<nwfilter><interface mac='{mac}'><filterref filter='no-such-filter'>"
+                      f"<parameter name='IP' value='{ip}'/></filterref></interface></nwfilter>"])
+        defined = Domain(oracle.virsh(["dumpxml", "--inactive", "vmg-a"]).stdout)
+        assert defined.references() == {mac: FilterRef("no-such-filter", {"IP": (ip,)})}
+        done = oracle.virsh(["start", "vmg-a"], check=False)
+        assert done.returncode != 0
+        assert "vmguard-libvirt-hook: vmg-a start: domain 'vmg-a'" in done.stderr and "no-such-filter" in done.stderr
+        assert oracle.virsh(["domstate", "vmg-a"]).stdout.strip() == "shut off"
+        assert subprocess.run(["pgrep", "-f", "guest=vmg-a,"], capture_output=True, check=False).returncode != 0
+        assert Host(str(tmp / "store"), netns=lab.host).bindings() == {}
+        oracle.virsh(["metadata", "vmg-a", NAMESPACE, "--config", "--remove"])
+        assert Domain(oracle.virsh(["dumpxml", "--inactive", "vmg-a"]).stdout).references() == {}
+    finally:
+        oracle.virsh(["undefine", "vmg-a"], check=False)
