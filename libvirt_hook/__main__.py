@@ -15,39 +15,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, TextIO
-
-if TYPE_CHECKING:
-    from engine.host import Host
-    from engine.libvirt_domain import Domain
+from typing import List, Optional, TextIO
 
 BIND = ("start", "reconnect", "attach")
 UNBIND = ("stopped", "release")
-
-
-def bind(host: Host, domain: Domain) -> List[str]:
-    """One transaction: this start's bindings, and away with the domain's
-    earlier ones and whatever another domain left bound to these tap names."""
-    from engine.errors import NwfilterError  # pylint: disable=import-outside-toplevel
-    both = domain.doubly_filtered()
-    if both:
-        raise NwfilterError(f"interface {', '.join(both)} also has a <filterref> in <interface>, so libvirt's "
-                            "nwfilter would filter it too: remove that <filterref>", domain.where)
-    wanted = domain.bindings()
-    current = host.bindings()
-    stale = [p for p, b in current.items() if b.owner_uuid == domain.uuid] + [t for t in domain.taps if t in current]
-    try:
-        host.set_bindings(wanted, unbind=stale)
-    except NwfilterError as exc:
-        raise exc.within(domain.where) from None
-    return [b.portdev for b in wanted]
-
-
-def unbind(host: Host, domain: Domain) -> List[str]:
-    mine = sorted(p for p, b in host.bindings().items() if b.owner_uuid == domain.uuid)
-    if mine:
-        host.set_bindings([], unbind=mine)
-    return mine
 
 
 def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin, root: Optional[str] = None) -> int:
@@ -66,6 +37,8 @@ def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin, root: Opti
     from engine.host import Host
     from engine.libvirt_domain import Domain
     from engine.store import DEFAULT_ROOT
+
+    from .phases import bind, unbind
     try:
         domain = Domain(text)
         host = Host(root or os.environ.get("VMGUARD_ROOT") or DEFAULT_ROOT)
