@@ -78,9 +78,9 @@ def measure(bindings: int, runs: int, python: List[str], taps: int) -> Dict[str,
                                    FilterRef("bench-vm", {"IP": (f"10.201.{i >> 8}.{i & 0xff}",)}))
                            for i in range(bindings)])
         xml = _domain(taps)
-        noop = [_hook(python, lab, root, "started", xml) for _ in range(runs)]
+        noop = [_hook(python, lab, root, "started", xml) for _run in range(runs)]
         start, stop = [], []
-        for _ in range(runs):
+        for _run in range(runs):
             start.append(_hook(python, lab, root, "start", xml))
             stop.append(_hook(python, lab, root, "stopped", xml))
         if len(host.bindings()) != bindings:

@@ -43,14 +43,14 @@ done
 """
 
 
-def kernel() -> Optional[Tuple[str, str]]:
-    """(vmlinuz, modules directory) of the newest installed cloud kernel, if any."""
+def kernel() -> Tuple[str, str]:
+    """(vmlinuz, modules directory) of the newest installed cloud kernel."""
     found = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
-    if not found:
-        return None
-    version = os.path.basename(found[-1])[len("vmlinuz-"):]
-    modules = f"/lib/modules/{version}"
-    return (found[-1], modules) if os.path.isdir(modules) else None
+    if found:
+        modules = f"/lib/modules/{os.path.basename(found[-1])[len('vmlinuz-'):]}"
+        if os.path.isdir(modules):
+            return found[-1], modules
+    raise FileNotFoundError("no Debian cloud kernel (linux-image-cloud-amd64) is installed")
 
 
 def available() -> Optional[str]:
@@ -59,14 +59,16 @@ def available() -> Optional[str]:
         return "qemu-system-x86 is not installed"
     if not os.path.exists(BUSYBOX):
         return "busybox-static is not installed"
-    if kernel() is None:
-        return "no Debian cloud kernel (linux-image-cloud-amd64) is installed"
+    try:
+        kernel()
+    except FileNotFoundError as exc:
+        return str(exc)
     return None
 
 
 def build(directory: str) -> Tuple[str, str]:
     """Kernel and initramfs, copied and built under ``directory``."""
-    vmlinuz, modules = kernel()  # type: ignore[misc]
+    vmlinuz, modules = kernel()
     tree = os.path.join(directory, "initramfs")
     os.makedirs(os.path.join(tree, "bin"))
     os.makedirs(os.path.join(tree, "lib"))

@@ -8,9 +8,9 @@ on br0. Slow: two guests booted twice (about 2-3 minutes on 2 busy cores)."""
 import json
 import os
 import select
+import shlex
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -51,7 +51,7 @@ with open(%r, "a") as log:
 
 def _metadata(mac, ip):
     return (f"<vmguard:nwfilter xmlns:vmguard='{NAMESPACE}'><vmguard:interface mac='{mac}'>"
-            "<vmguard:filterref filter='clean-traffic'><vmguard:parameter name='IP' value='{ip}'/>"
+            f"<vmguard:filterref filter='clean-traffic'><vmguard:parameter name='IP' value='{ip}'/>"
             "</vmguard:filterref></vmguard:interface></vmguard:nwfilter>")
 
 
@@ -67,6 +67,7 @@ def _install_hooks(tmp):
     (hooks / "qemu.d").mkdir(parents=True)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROLE, "templates")),
                              undefined=jinja2.StrictUndefined)
+    env.filters["quote"] = shlex.quote  # as Ansible's
     (hooks / "qemu.d" / "vmguard").write_text(env.get_template("vmguard-libvirt-hook.j2").render(**variables))
     (hooks / "qemu.d" / "zz-probe").write_text(PROBE_HOOK % str(tmp / "probe.log"))
     for script in ("vmguard", "zz-probe"):

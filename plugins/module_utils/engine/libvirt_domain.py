@@ -144,4 +144,3 @@ class Domain:
         """MACs of interfaces that libvirt's nwfilter filters too (a <filterref> left in <interface>)."""
         refs = self.references()
         return [i.mac for i in self.interfaces if i.libvirt_filter and i.mac in refs]
-
