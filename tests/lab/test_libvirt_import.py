@@ -1,4 +1,4 @@
-"""playbooks/libvirt-import.yml against a running libvirt 9.0 host (libvirtd
+"""playbooks/libvirt_import.yml against a running libvirt 9.0 host (libvirtd
 in the lab's host namespace): several of libvirt's shipped filters, a custom
 one and bindings with parameters. Judged on test_differential's probe battery:
 libvirt's verdicts before, ours after with libvirt's bindings deleted."""
@@ -16,17 +16,17 @@ from test_differential import CUSTOM, _probes
 
 pytestmark = pytest.mark.oracle
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PLAYBOOK_BIN = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
 
 def _import(lab, collections_path, tmp_path, *args):  # pylint: disable=redefined-outer-name
-    """Run the playbook on localhost (source and target); the names of the tasks that changed something."""
+    """Run the playbook by its name in the collection, on localhost (source and
+    target); the names of the tasks that changed something."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                ANSIBLE_HOME=str(tmp_path / "ansible-home"), ANSIBLE_NOCOLOR="1")
     done = subprocess.run(["ip", "netns", "exec", lab.host, PLAYBOOK_BIN, "-i", "localhost,", "-c", "local",
-                           os.path.join(REPO, "playbooks", "libvirt-import.yml"), "-e", "vmguard_import_source=localhost",
+                           "vmguard.nwfilter.libvirt_import", "-e", "vmguard_import_source=localhost",
                            "-e", f"vmguard_root={tmp_path / 'store'}", *args],
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
