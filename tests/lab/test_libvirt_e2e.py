@@ -172,6 +172,13 @@ def test_bindings_follow_the_vm(e2e):
     assert {p: (b.owner_name, b.mac) for p, b in bindings.items()} == {
         "vnet0": ("vmg-b", GUESTS["vmg-b"][1]), "vnet1": ("vmg-a", GUESTS["vmg-a"][1])}
     _judge(lab, oracle, ("vmg-a", "vmg-b"))
+    oracle.restart()  # libvirtd reconnects to the running domains (a thread each): the hook changes nothing
+    deadline = time.monotonic() + 30
+    while len(reconnects := [r for r in _probe_log(tmp) if r["op"] == "reconnect"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sorted(r["domain"] for r in reconnects) == ["vmg-a", "vmg-b"]
+    assert all(r["bound"] == r["taps"] and r["qemu_running"] for r in reconnects), reconnects
+    assert host.bindings() == bindings
     oracle.virsh(["destroy", "vmg-a"])
     assert set(host.bindings()) == {"vnet0"} and "p/vnet1/" not in lab.nft_list()
     oracle.virsh(["destroy", "vmg-b"])
