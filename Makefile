@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 BUILD := .build
 COLLECTION := $(BUILD)/collections/ansible_collections/vmguard/nwfilter
 APT_PACKAGES := nftables iptables ebtables iproute2 libvirt-daemon libvirt-daemon-system \
-	libvirt-daemon-config-nwfilter libvirt-clients dnsmasq-base isc-dhcp-client python3-venv git
+	libvirt-daemon-config-nwfilter libvirt-clients dnsmasq-base isc-dhcp-client python3-venv git \
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv collection test unit lab sanity demo bench clean

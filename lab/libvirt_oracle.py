@@ -11,7 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from .netns import Lab, run
 
@@ -33,13 +33,20 @@ def prepare_machine() -> None:
     if 'user = "root"' not in conf.splitlines():
         with open(QEMU_CONF, "a", encoding="utf-8") as handle:
             handle.write('\nuser = "root"\ngroup = "root"\n')
+    # guests' consoles to plain files: no virtlogd daemon to run beside the oracle
+    if 'stdio_handler = "file"' not in conf.splitlines():
+        with open(QEMU_CONF, "a", encoding="utf-8") as handle:
+            handle.write('stdio_handler = "file"\n')
 
 
 class Oracle:
     """``with Oracle(lab) as oracle: oracle.bind(...)``"""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, hooks: Optional[str] = None) -> None:
+        """``hooks``: a directory this libvirtd alone sees as /etc/libvirt/hooks
+        (a private mount namespace), so a test's hooks never reach the machine's."""
         self.lab = lab
+        self.hooks = hooks
         self.defined: list = []
         self.bound: set = set()
         self._lock = None
@@ -56,13 +63,26 @@ class Oracle:
             self._release()
             raise RuntimeError("a libvirtd is already running; the oracle needs its own")
         prepare_machine()
-        run(["ip", "netns", "exec", self.lab.host, "libvirtd", "-d", "-p", PIDFILE])
+        self._start()
+        return self
+
+    def _start(self) -> None:
+        start = ["ip", "netns", "exec", self.lab.host, "libvirtd", "-d", "-p", PIDFILE]
+        if self.hooks:
+            start = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     'mount --bind "$0" /etc/libvirt/hooks && exec "$@"', self.hooks] + start
+        run(start)
         deadline = time.monotonic() + 20
         while self.virsh(["nwfilter-list"], check=False).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("libvirtd did not answer within 20 s")
             time.sleep(0.2)
-        return self
+
+    def restart(self) -> None:
+        """libvirtd stopped and started again (as at a host's reboot, its tap
+        names start again from vnet0), keeping the machine-wide lock."""
+        self._stop()
+        self._start()
 
     def __exit__(self, *exc: object) -> None:
         # libvirt keeps bindings and filters under /etc and /run: leave them as found
@@ -70,6 +90,10 @@ class Oracle:
             self.virsh(["nwfilter-binding-delete", portdev], check=False)
         for name in self.defined:
             self.virsh(["nwfilter-undefine", name], check=False)
+        self._stop()
+        self._release()
+
+    def _stop(self) -> None:
         try:
             with open(PIDFILE, encoding="utf-8") as handle:
                 os.kill(int(handle.read().strip()), signal.SIGTERM)
@@ -79,7 +103,6 @@ class Oracle:
             if run(["pgrep", "-x", "libvirtd"], check=False).returncode != 0:
                 break
             time.sleep(0.1)
-        self._release()
 
     def _release(self) -> None:
         if self._lock is not None:

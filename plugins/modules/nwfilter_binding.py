@@ -13,6 +13,7 @@ description:
   - Binds a filter, with its parameters, to a VM's interface (its tap, C(portdev)), or removes the binding.
   - The rules match the interface by name, so they are in force before the tap exists and stay in force when it
     is deleted and re-created.
+  - O(xml) takes libvirt's C(<filterbinding>) XML unchanged, as C(virsh nwfilter-binding-dumpxml) prints it.
   - The bulk form O(bindings) sets many bindings in one nftables transaction; with O(exclusive=true) the host's
     bindings become exactly that list.
   - When the only variables missing from the filter tree are C(IP) and/or C(IPV6) and C(CTRL_IP_LEARNING) is not
@@ -21,6 +22,11 @@ description:
     in mode C(dhcp), trusted servers in C(DHCPSERVERV6)).
 author: vmguard developers (@vmguard)
 options:
+  xml:
+    description:
+      - The binding as libvirt C(<filterbinding>) XML, instead of O(portdev), O(mac), O(filter), O(parameters),
+        O(owner) and O(linkdev). With O(state=absent) only its C(portdev) is used.
+    type: str
   portdev:
     description: The VM's interface on the host (for example C(vnet0)).
     type: str
@@ -53,7 +59,9 @@ options:
     choices: [present, absent]
     default: present
   bindings:
-    description: Bulk form, a list of bindings with the keys C(portdev), C(mac), C(filter), C(parameters), C(owner), C(linkdev).
+    description:
+      - Bulk form, a list of bindings with the keys C(portdev), C(mac), C(filter), C(parameters), C(owner), C(linkdev),
+        or each with the single key C(xml) (libvirt C(<filterbinding>) XML).
     type: list
     elements: dict
   exclusive:
@@ -100,6 +108,10 @@ EXAMPLES = r"""
     bindings:
       - {portdev: vnet0, mac: "52:54:00:aa:00:01", filter: clean-traffic, parameters: {IP: 192.0.2.10}}
       - {portdev: vnet1, mac: "52:54:00:aa:00:02", filter: clean-traffic, parameters: {IP: 192.0.2.11}}
+
+- name: A binding exported from libvirt (virsh nwfilter-binding-dumpxml vnet0)
+  vmguard.nwfilter.nwfilter_binding:
+    xml: "{{ lookup('file', 'vnet0-binding.xml') }}"
 """
 
 RETURN = r"""
@@ -124,11 +136,17 @@ from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROO
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import shared_addresses
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import binding_from_xml
 
 FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
 
 
 def _binding(module: AnsibleModule, data: dict):
+    if "xml" in data:
+        others = sorted(key for key in data if key != "xml")
+        if others:
+            module.fail_json(msg=f"a binding given as xml takes no other keys, found {', '.join(others)}")
+        return engine_call(module, binding_from_xml, data["xml"])
     data = {key: value for key, value in data.items() if value not in (None, {}) or key == "filter"}
     if isinstance(data.get("owner"), dict):
         data["owner"] = {k: v for k, v in data["owner"].items() if v is not None}
@@ -138,6 +156,7 @@ def _binding(module: AnsibleModule, data: dict):
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
+            xml=dict(type="str"),
             portdev=dict(type="str"),
             mac=dict(type="str"),
             filter=dict(type="str"),
@@ -149,9 +168,10 @@ def main() -> None:
             exclusive=dict(type="bool", default=False),
             root=ROOT_OPTION,
         ),
-        mutually_exclusive=[("bindings", name) for name in ("portdev", "mac", "filter", "owner", "linkdev")],
-        required_one_of=[("bindings", "portdev")],
-        required_if=[("state", "present", ("mac", "filter", "bindings"), True)],
+        mutually_exclusive=[("bindings", name) for name in ("xml", "portdev", "mac", "filter", "owner", "linkdev")]
+        + [("xml", name) for name in ("portdev", "mac", "filter", "parameters", "owner", "linkdev")],
+        required_one_of=[("bindings", "portdev", "xml")],
+        required_if=[("state", "present", ("mac", "filter", "bindings", "xml"), True)],
         supports_check_mode=True,
     )
     params = module.params
@@ -164,11 +184,13 @@ def main() -> None:
         result = engine_call(module, host.set_bindings, wanted, exclusive=params["exclusive"], check=check)
         learning = result.learning
     elif params["state"] == "absent":
-        engine_call(module, check_ifname, params["portdev"], "portdev")
-        result = engine_call(module, host.unbind, params["portdev"], check=check)
+        portdev = _binding(module, {"xml": params["xml"]}).portdev if params["xml"] is not None else params["portdev"]
+        engine_call(module, check_ifname, portdev, "portdev")
+        result = engine_call(module, host.unbind, portdev, check=check)
         learning = []
     else:
-        binding = _binding(module, {key: params[key] for key in FIELDS})
+        given = {"xml": params["xml"]} if params["xml"] is not None else {key: params[key] for key in FIELDS}
+        binding = _binding(module, given)
         wanted = [binding]
         result = engine_call(module, host.bind, binding, check=check)
         waiting = binding.portdev in result.learning or (

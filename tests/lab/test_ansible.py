@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from lab.netns import VM
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PLAYBOOK_BIN = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
@@ -19,7 +21,7 @@ def collections(tmp_path_factory):
     base = tmp_path_factory.mktemp("collections")
     target = base / "ansible_collections" / "vmguard" / "nwfilter"
     target.mkdir(parents=True)
-    for part in ("galaxy.yml", "meta", "plugins"):
+    for part in ("galaxy.yml", "meta", "plugins", "playbooks"):
         source = os.path.join(REPO, part)
         if os.path.isdir(source):
             shutil.copytree(source, target / part, ignore=shutil.ignore_patterns("__pycache__"))
@@ -145,3 +147,42 @@ def test_redefine_may_not_add_variables_while_learning(lab, collections, tmp_pat
                                                             "the new tree would add IPV6 while its address is being learned")
     # the port keeps its learning rules through both: they do not depend on the rest of the tree
     assert harmless["changed"] and harmless["rebuilt"] == ["vnet0"] and lab.nft_list() == ruleset
+
+
+def _binding_xml(portdev, mac, ip):
+    """As `virsh nwfilter-binding-dumpxml` prints it."""
+    return f"""<filterbinding>
+  <owner>
+    <name>vm-{portdev}</name>
+    <uuid>6f1c1bd4-3e0b-4d35-9c3e-0a4c5d6e7f{portdev[-1]}0</uuid>
+  </owner>
+  <portdev name='{portdev}'/>
+  <mac address='{mac}'/>
+  <filterref filter='clean-traffic'>
+    <parameter name='IP' value='{ip}'/>
+  </filterref>
+</filterbinding>
+"""
+
+
+def test_libvirt_binding_xml(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    single = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "xml": _binding_xml("vnet0", VM[0], VM[1])}}
+    bulk = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "bindings": [
+        {"xml": _binding_xml("vnet1", "52:54:00:00:00:03", "192.0.2.3")},
+        {"portdev": "vnet2", "mac": "52:54:00:00:00:04", "filter": "clean-traffic", "parameters": {"IP": "192.0.2.4"}}]}}
+    checked = play(lab, collections, tmp_path, [single, bulk], "--check", "--diff")
+    assert [r["changed"] for r in checked] == [True, True] and "p/vnet0" not in lab.nft_list()
+    assert "<name>vm-vnet0</name>" in checked[0]["diff"]["after"] and "192.0.2.3" in checked[1]["diff"]["after"]
+    assert [r["changed"] for r in play(lab, collections, tmp_path, [single, bulk])] == [True, True]
+    assert all(f"p/{port}/o" in lab.nft_list() for port in ("vnet0", "vnet1", "vnet2"))
+    assert [r["changed"] for r in play(lab, collections, tmp_path, [single, bulk], "--check")] == [False, False]
+    mixed = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "bindings": [
+        {"xml": _binding_xml("vnet1", "52:54:00:00:00:03", "192.0.2.3"), "portdev": "vnet1"}]}}
+    bad = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "xml": "<filterbinding><portdev name='x'/>"}}
+    gone = {"vmguard.nwfilter.nwfilter_binding": {"root": root, "xml": _binding_xml("vnet0", VM[0], VM[1]),
+                                                  "state": "absent"}}
+    mixed_result, bad_result, gone_result = play(lab, collections, tmp_path, [mixed, bad, gone])
+    assert mixed_result["msg"] == "a binding given as xml takes no other keys, found portdev"
+    assert bad_result["failed"] and "malformed XML" in bad_result["msg"]
+    assert gone_result["changed"] and "p/vnet0" not in lab.nft_list()

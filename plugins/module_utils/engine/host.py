@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import bridge_netfilter
 from .bounds import check_definition, check_host_rules
@@ -188,7 +188,6 @@ class Host:
         self.store = Store(root)
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
-        self._tables_seen = False
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:
@@ -209,16 +208,17 @@ class Host:
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
                force_base: bool) -> None:
         """One transaction. Our base chains are rewritten only when our tables
-        are missing (rewriting them makes the kernel re-validate every port);
-        if they vanished since we last looked, the retry puts them back."""
-        base = force_base or not (self._tables_seen or self.nft.has_tables())
+        are missing (rewriting them makes the kernel re-validate every port):
+        a script without them fails then, and the retry puts them back. Not
+        asking first matters to short-lived processes (a module run, the
+        libvirt hook): listing the tables costs nft a full ruleset read, a
+        second with 1000 bindings."""
         try:
-            self.nft.apply(transaction(programs, remove, before, base=base))
+            self.nft.apply(transaction(programs, remove, before, base=force_base))
         except NwfilterError:
-            if base:
+            if force_base:
                 raise
             self.nft.apply(transaction(programs, remove, before, base=True))
-        self._tables_seen = True
 
     def status(self, portdev: str) -> Dict[str, object]:
         return self.report([portdev])[portdev]
@@ -405,9 +405,10 @@ class Host:
             return ChangeResult(True, sorted(rebuild), learning, before,
                                 filter_to_xml(fallback) if fallback else None)
 
-    def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False) -> ChangeResult:
-        """Add or replace these bindings (and with ``exclusive`` remove all
-        others) in one transaction."""
+    def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False,
+                     unbind: Collection[str] = ()) -> ChangeResult:
+        """Add or replace these bindings and remove those of the ports in
+        ``unbind`` (with ``exclusive``, all others) in one transaction."""
         wanted = {}
         for binding in bindings:
             if binding.portdev in wanted:
@@ -416,7 +417,7 @@ class Host:
         with self._changing(check):
             old = self._load()
             new = old.copy()
-            remove = set(old.bindings) - set(wanted) if exclusive else set()
+            remove = (set(old.bindings) if exclusive else set(old.bindings) & set(unbind)) - set(wanted)
             rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
             for portdev in remove:
                 del new.bindings[portdev]

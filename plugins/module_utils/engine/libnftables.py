@@ -18,19 +18,24 @@ from typing import Optional
 
 CLONE_NEWNET = 0x40000000
 OUTPUT_JSON = 1 << 4
+SONAME = "libnftables.so.1"
 
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
     """libnftables, loaded on first use: a call that changes nothing (an
-    idempotent module run) does not pay for loading it (~15 ms)."""
-    name = ctypes.util.find_library("nftables")
-    if not name:
-        return None
+    idempotent module run) does not pay for loading it (~15 ms). The soname
+    first: find_library runs ldconfig, a process of its own."""
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
+        lib = ctypes.CDLL(SONAME, use_errno=True)
     except OSError:
-        return None
+        name = ctypes.util.find_library("nftables")
+        if not name:
+            return None
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
     lib.nft_ctx_new.restype = ctypes.c_void_p
     lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
     for function in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):

@@ -64,11 +64,6 @@ class Nft:
         """Run ``script`` as one transaction; on error nothing of it is in force."""
         self._run(["-f", "-"], script)
 
-    def has_tables(self) -> bool:
-        """Both our tables exist (they are created with their base chains, in one transaction)."""
-        tables = self._run(["list", "tables"])
-        return all(f"table {family} {TABLE}" in tables for family in FAMILIES)
-
     def _tables(self) -> List[Dict[str, Any]]:
         items: List[Dict[str, Any]] = []
         for family in FAMILIES:
