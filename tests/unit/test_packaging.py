@@ -47,9 +47,9 @@ def test_tarball_ships_what_users_need_and_nothing_else(tarball):
         names = set(archive.getnames())
     tops = {name.split("/")[0] for name in names}
     assert tops == {"FILES.json", "MANIFEST.json", "LICENSE", "README.md", "requirements.txt", "bindep.txt",
-                    "changelogs", "docs", "learner", "meta", "playbooks", "plugins", "roles"}
+                    "changelogs", "docs", "learner", "libvirt_hook", "meta", "playbooks", "plugins", "roles"}
     for needed in ("meta/runtime.yml", "meta/execution-environment.yml", "plugins/doc_fragments/host.py",
-                   "plugins/module_utils/engine/host.py", "learner/service.py", "roles/learner/tasks/main.yml",
+                   "plugins/module_utils/engine/host.py", "learner/service.py", "libvirt_hook/__main__.py", "roles/learner/tasks/main.yml",
                    "changelogs/changelog.yaml", *(f"plugins/modules/{m}.py" for m in MODULES)):
         assert needed in names, needed
     unwanted = [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/molecule" in n
