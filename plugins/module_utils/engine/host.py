@@ -19,6 +19,7 @@ from . import bridge_netfilter
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
+from .networks import Networks
 from .nft_compile import MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, transaction
 from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
@@ -165,6 +166,7 @@ class Host:
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
         self._tables_seen = False
+        self.networks = Networks(self.store, self.nft, netns)  # the virtual networks' firewall
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:

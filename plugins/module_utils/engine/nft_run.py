@@ -48,6 +48,13 @@ class Nft:
         """Run ``script`` as one transaction; on error nothing of it is in force."""
         self._run(["-f", "-"], script)
 
+    def table(self, family: str, name: str) -> Optional[List[Dict[str, Any]]]:
+        """The items of one table as nft's JSON gives them; None when it does not exist."""
+        try:
+            return json.loads(self._run(["-j", "list", "table", family, name])).get("nftables", [])
+        except NwfilterError:
+            return None
+
     def has_tables(self) -> bool:
         """Both our tables exist (they are created with their base chains, in one transaction)."""
         tables = self._run(["list", "tables"])

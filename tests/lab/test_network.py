@@ -1,0 +1,182 @@
+"""Virtual networks with real traffic: a VM on br0 in the lab host H reaches
+an "outside" namespace through the forward device ext0; what the outside
+sees, and what is refused, is the kernel's verdict on our rules."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from lab.netns import PEER, VM, Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.network_lab import (OUTSIDE, OUTSIDE_GATEWAY, add_outside, create_bridge, delete_bridge,  # noqa: E402
+                             plug_outside, route_guests, tcp, udp, udp_source)
+from engine.dict_form import binding_from_dict  # noqa: E402  pylint: disable=wrong-import-position
+from engine.errors import NwfilterError  # noqa: E402  pylint: disable=wrong-import-position
+from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
+from engine.network_forms import network_from_dict  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def netlab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    with Lab("n") as built:
+        built.add_vm("vm", *VM)
+        built.add_vm("peer", *PEER)
+        route_guests(built)
+        yield built
+
+
+@pytest.fixture
+def host(netlab, tmp_path):
+    return Host(str(tmp_path / "store"), netns=netlab.host)
+
+
+def network(mode, dev="ext0", **extra):
+    data = {"name": "lab", "bridge": "br0", "forward": {"mode": mode}, "ipv4": ["192.0.2.1/24"],
+            "ipv6": ["2001:db8::1/64"], **extra}
+    if dev:
+        data["forward"]["dev"] = dev
+    return network_from_dict(data)
+
+
+def vm_ns(lab):
+    return lab.guests["vm"].name
+
+
+def test_nat(netlab, host):
+    out = add_outside(netlab)
+    host.networks.define([network("nat")])
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]        # masqueraded
+    assert tcp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]        # replies to the guest's connection pass
+    assert tcp(out, vm, VM[1]) == "refused"                      # new connections from outside do not
+    assert udp(out, vm, VM[1]) is None
+    assert udp(vm, out, OUTSIDE[1]) == VM[2]                     # IPv6 without nat ipv6: routed (libvirt)
+    assert udp(vm, netlab.guests["peer"].name, PEER[1]) == VM[1]  # guests reach each other
+    assert udp(vm, netlab.host, "192.0.2.1") == VM[1]             # and the host
+
+
+def test_nat_ipv6_and_options(netlab, host):
+    out = add_outside(netlab)
+    host.networks.define([network("nat", nat={"ipv6": True, "ports": "20000-20010",
+                                               "addresses": "198.51.100.1-198.51.100.1"})])
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[1]) == OUTSIDE_GATEWAY[1]
+    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
+    assert tcp(out, vm, VM[2]) == "refused"
+    address, port = udp_source(vm, out, OUTSIDE[0], port=7004)
+    assert address == OUTSIDE_GATEWAY[0] and 20000 <= port <= 20010  # the translated source port is in range
+
+
+def test_route(netlab, host):
+    out = add_outside(netlab)
+    host.networks.define([network("route")])
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[0]) == VM[1]
+    assert udp(vm, out, OUTSIDE[1]) == VM[2]
+    assert tcp(out, vm, VM[1]) == OUTSIDE[0]                     # routed both ways, no state needed
+
+
+def test_isolated_and_open(netlab, host):
+    out = add_outside(netlab)
+    netlab.sh(netlab.host, "sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv6.conf.all.forwarding=1")
+    vm = vm_ns(netlab)
+    host.networks.define([network("isolated", dev=None)])
+    assert udp(vm, out, OUTSIDE[0]) is None
+    assert tcp(vm, out, OUTSIDE[0]) == "refused"
+    assert udp(vm, out, OUTSIDE[1]) is None
+    assert tcp(out, vm, VM[1]) == "refused"
+    assert udp(vm, netlab.guests["peer"].name, PEER[1]) == VM[1]
+    assert udp(vm, netlab.host, "192.0.2.1") == VM[1]
+    host.networks.define([network("open", dev=None)])
+    assert udp(vm, out, OUTSIDE[0]) == VM[1]                     # no rules at all
+    assert "vmguard-net" not in netlab.nft_list()
+
+
+def test_forward_device_missing_then_recreated(netlab, host):
+    host.networks.define([network("nat")])                       # ext0 does not exist yet
+    out = add_outside(netlab)
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
+    netlab.sh(netlab.host, "ip link del ext0")
+    plug_outside(netlab, out)
+    assert udp(vm, out, OUTSIDE[0], port=7002) == OUTSIDE_GATEWAY[0]
+    assert tcp(out, vm, VM[1]) == "refused"
+
+
+def test_bridge_missing_then_recreated(netlab, host):
+    out = add_outside(netlab)
+    delete_bridge(netlab)
+    host.networks.define([network("nat")])                       # br0 does not exist
+    create_bridge(netlab)
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
+    assert tcp(out, vm, VM[1]) == "refused"
+    delete_bridge(netlab)
+    create_bridge(netlab)
+    assert udp(vm, out, OUTSIDE[0], port=7003) == OUTSIDE_GATEWAY[0]
+    assert tcp(out, vm, VM[1]) == "refused"
+
+
+def test_clean_traffic_on_a_nat_network(netlab, host):
+    from scapy.all import IP, UDP, Ether, Raw  # pylint: disable=import-outside-toplevel,no-name-in-module
+    import socket  # pylint: disable=import-outside-toplevel
+    out = add_outside(netlab)
+    host.networks.define([network("nat")])
+    host.bind(binding_from_dict({"portdev": netlab.guests["vm"].port, "mac": VM[0], "filter": "clean-traffic",
+                                 "parameters": {"IP": VM[1]}}))
+    vm = vm_ns(netlab)
+    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
+    bridge_mac = run(["ip", "netns", "exec", netlab.host, "cat", "/sys/class/net/br0/address"]).stdout.strip()
+
+    def sent_from(source):
+        with inside(out):
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with inside(vm):
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        with receiver, raw:
+            receiver.bind(("0.0.0.0", 7009))
+            receiver.settimeout(0.5)
+            raw.bind(("eth0", 0))
+            raw.send(bytes(Ether(src=VM[0], dst=bridge_mac) / IP(src=source, dst=OUTSIDE[0]) /
+                           UDP(sport=4000, dport=7009) / Raw(b"probe")))
+            try:
+                return receiver.recvfrom(100)[1][0]
+            except socket.timeout:
+                return None
+
+    assert sent_from(VM[1]) == OUTSIDE_GATEWAY[0]                # its own address: NATed
+    assert sent_from("192.0.2.99") is None                       # spoofed: dropped by the port filter
+
+
+def test_absent_leaves_nothing_and_ports_untouched(netlab, host):
+    host.bind(binding_from_dict({"portdev": netlab.guests["vm"].port, "mac": VM[0], "filter": "clean-traffic",
+                                 "parameters": {"IP": VM[1]}}))
+    before = netlab.nft_list()
+    result = host.networks.define([network("nat")])
+    assert result.changed and result.after.startswith("<network>")
+    assert not host.networks.define([network("nat")]).changed   # idempotent
+    assert host.networks.status()["lab"]["enforced"]
+    removed = host.networks.undefine(["lab"])
+    assert removed.changed and removed.after is None
+    assert netlab.nft_list() == before                            # our network table is gone, ports as they were
+    assert os.listdir(host.store.dirs["networks"]) == []
+
+
+def test_bad_input_changes_nothing(netlab, host):
+    host.networks.define([network("nat")])
+    before = netlab.nft_list()
+    other = network_from_dict({"name": "other", "bridge": "br1", "forward": {"mode": "route"},
+                               "ipv4": ["192.0.2.129/25"]})
+    with pytest.raises(NwfilterError, match="networks 'lab' and 'other': 192.0.2.0/24 and 192.0.2.128/25 overlap"):
+        host.networks.define([other])
+    same_bridge = network_from_dict({"name": "other", "bridge": "br0", "ipv4": ["10.9.0.1/24"]})
+    with pytest.raises(NwfilterError, match="use the same bridge"):
+        host.networks.define([same_bridge])
+    assert netlab.nft_list() == before
+    assert sorted(host.networks.all()) == ["lab"]
+    assert host.networks.define([network("route")], check=True).changed  # check mode: nothing applied
+    assert netlab.nft_list() == before
