@@ -42,9 +42,12 @@ def plug_outside(lab: Lab, ns: str, dev: str = "ext0") -> None:
 
 
 def route_guests(lab: Lab) -> None:
-    """Every guest's default routes go through H's addresses on br0."""
+    """Every guest's default routes go through H's addresses on br0; router
+    advertisements (libvirt's dnsmasq sends them) are ignored, so the guests
+    keep their one IPv6 address."""
     for guest in lab.guests.values():
-        lab.sh(guest.name, "ip route add default via 192.0.2.1", "ip -6 route add default via 2001:db8::1")
+        lab.sh(guest.name, "sysctl -qw net.ipv6.conf.eth0.accept_ra=0", "ip route add default via 192.0.2.1",
+               "ip -6 route add default via 2001:db8::1")
 
 
 def delete_bridge(lab: Lab) -> None:

@@ -32,9 +32,9 @@ class NetworkChange:
 def _forwarding(networks: Sequence[Network]) -> List[str]:
     """The sysctls libvirt sets for networks that forward (it never clears them)."""
     wanted = []
-    if any(n.mode in ("nat", "route") and n.ipv4 for n in networks):
+    if any(n.mode != "isolated" and n.ipv4 for n in networks):
         wanted.append("net.ipv4.ip_forward")
-    if any(n.mode in ("nat", "route") and n.ipv6 for n in networks):
+    if any(n.mode != "isolated" and n.ipv6 for n in networks):
         wanted.append("net.ipv6.conf.all.forwarding")
     return wanted
 
@@ -107,7 +107,7 @@ class Networks:
         self.nft.apply(table_script(list(self.programs(networks).values())))
 
     def _enable_forwarding(self, networks: Sequence[Network]) -> None:
-        """As libvirt does when it starts a nat or route network: without
+        """As libvirt does when it starts a nat, route or open network: without
         forwarding on, the host routes nothing for the guests."""
         for name in _forwarding(networks):
             argv = ["sysctl", "-qw", f"{name}=1"]
