@@ -109,13 +109,22 @@ class Networks:
     def _enable_forwarding(self, networks: Sequence[Network]) -> None:
         """As libvirt does when it starts a nat, route or open network: without
         forwarding on, the host routes nothing for the guests."""
-        for name in _forwarding(networks):
-            argv = ["sysctl", "-qw", f"{name}=1"]
-            if self.netns is not None:
-                argv = ["ip", "netns", "exec", self.netns] + argv
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise NwfilterError(f"cannot set {name} to 1: {done.stderr.strip()}; nothing changed")
+        names = _forwarding(networks)
+        if not names:
+            return
+        if self.netns is None:
+            for name in names:
+                try:
+                    with open(f"/proc/sys/{name.replace('.', '/')}", "w", encoding="ascii") as handle:
+                        handle.write("1\n")
+                except OSError as exc:
+                    raise NwfilterError(f"cannot set {name} to 1: {exc.strerror}; nothing changed") from None
+            return
+        # /proc/sys/net shows the namespace of the process that reads it: one sysctl run inside
+        done = subprocess.run(["ip", "netns", "exec", self.netns, "sysctl", "-qw"] + [f"{n}=1" for n in names],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise NwfilterError(f"cannot set {' and '.join(names)} to 1: {done.stderr.strip()}; nothing changed")
 
     def status(self) -> Dict[str, Dict[str, object]]:
         """Per network: its canonical XML, its nft rules and whether the kernel holds all of its chains."""
