@@ -120,3 +120,26 @@ def tcp(src_ns: str, dst_ns: str, address: str, port: int = 7001, wait: float = 
             return "timeout"
         conn.close()
         return peer[0]
+
+
+def udp_spoofable(lab: Lab, guest: str, dst_ns: str, source: str, address: str, port: int = 7009) -> Optional[str]:
+    """A datagram with any IPv4 ``source``, sent as a raw frame from the
+    guest's eth0 to H's bridge (its gateway): the source the receiver in
+    ``dst_ns`` saw, or None when it was dropped."""
+    from scapy.all import IP, UDP, Ether, Raw  # pylint: disable=import-outside-toplevel,no-name-in-module
+    vm = lab.guests[guest]
+    bridge_mac = run(["ip", "netns", "exec", lab.host, "cat", "/sys/class/net/br0/address"]).stdout.strip()
+    with inside(dst_ns):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(vm.name):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with receiver, raw:
+        receiver.bind(("0.0.0.0", port))
+        receiver.settimeout(0.5)
+        raw.bind(("eth0", 0))
+        raw.send(bytes(Ether(src=vm.mac, dst=bridge_mac) / IP(src=source, dst=address) /
+                       UDP(sport=4000, dport=port) / Raw(b"probe")))
+        try:
+            return receiver.recvfrom(100)[1][0]
+        except socket.timeout:
+            return None

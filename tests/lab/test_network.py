@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from lab.netns import PEER, VM, Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import PEER, VM, Lab  # noqa: E402  pylint: disable=wrong-import-position
 from lab.network_lab import (OUTSIDE, OUTSIDE_GATEWAY, add_outside, create_bridge, delete_bridge,  # noqa: E402
-                             plug_outside, route_guests, tcp, udp, udp_source)
+                             plug_outside, route_guests, tcp, udp, udp_source, udp_spoofable)
 from engine.dict_form import binding_from_dict  # noqa: E402  pylint: disable=wrong-import-position
 from engine.errors import NwfilterError  # noqa: E402  pylint: disable=wrong-import-position
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
@@ -122,34 +122,13 @@ def test_bridge_missing_then_recreated(netlab, host):
 
 
 def test_clean_traffic_on_a_nat_network(netlab, host):
-    from scapy.all import IP, UDP, Ether, Raw  # pylint: disable=import-outside-toplevel,no-name-in-module
-    import socket  # pylint: disable=import-outside-toplevel
     out = add_outside(netlab)
     host.networks.define([network("nat")])
     host.bind(binding_from_dict({"portdev": netlab.guests["vm"].port, "mac": VM[0], "filter": "clean-traffic",
                                  "parameters": {"IP": VM[1]}}))
-    vm = vm_ns(netlab)
-    assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
-    bridge_mac = run(["ip", "netns", "exec", netlab.host, "cat", "/sys/class/net/br0/address"]).stdout.strip()
-
-    def sent_from(source):
-        with inside(out):
-            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with inside(vm):
-            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        with receiver, raw:
-            receiver.bind(("0.0.0.0", 7009))
-            receiver.settimeout(0.5)
-            raw.bind(("eth0", 0))
-            raw.send(bytes(Ether(src=VM[0], dst=bridge_mac) / IP(src=source, dst=OUTSIDE[0]) /
-                           UDP(sport=4000, dport=7009) / Raw(b"probe")))
-            try:
-                return receiver.recvfrom(100)[1][0]
-            except socket.timeout:
-                return None
-
-    assert sent_from(VM[1]) == OUTSIDE_GATEWAY[0]                # its own address: NATed
-    assert sent_from("192.0.2.99") is None                       # spoofed: dropped by the port filter
+    assert udp(vm_ns(netlab), out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]
+    assert udp_spoofable(netlab, "vm", out, VM[1], OUTSIDE[0]) == OUTSIDE_GATEWAY[0]  # its own address: NATed
+    assert udp_spoofable(netlab, "vm", out, "192.0.2.99", OUTSIDE[0]) is None        # spoofed: the port filter drops it
 
 
 def test_absent_leaves_nothing_and_ports_untouched(netlab, host):
