@@ -159,3 +159,36 @@ def test_bad_input_changes_nothing(netlab, host):
     assert sorted(host.networks.all()) == ["lab"]
     assert host.networks.define([network("route")], check=True).changed  # check mode: nothing applied
     assert netlab.nft_list() == before
+
+
+def test_a_change_keeps_established_connections(netlab, host):
+    import socket  # pylint: disable=import-outside-toplevel
+    from lab.netns import inside  # pylint: disable=import-outside-toplevel
+    out = add_outside(netlab)
+    host.networks.define([network("nat")])
+    with inside(out):
+        listener = socket.create_server(("0.0.0.0", 7010))
+    with inside(vm_ns(netlab)):
+        client = socket.create_connection((OUTSIDE[0], 7010), timeout=2)
+    with listener, client:
+        server, peer = listener.accept()
+        with server:
+            assert peer[0] == OUTSIDE_GATEWAY[0]
+            host.networks.define([network("nat", nat={"ports": "30000-30010"})])  # the table is rebuilt
+            client.sendall(b"still here")
+            server.settimeout(2)
+            assert server.recv(100) == b"still here"
+            server.sendall(b"and back")
+            assert client.recv(100) == b"and back"
+
+
+def test_store_failure_puts_the_old_table_back(netlab, host, monkeypatch):
+    host.networks.define([network("nat")])
+    before = netlab.nft_list()
+
+    def fail(*_args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(host.store, "save_networks", fail)
+    with pytest.raises(NwfilterError, match="cannot write the store .*No space left on device; nothing changed"):
+        host.networks.define([network("route")])
+    assert netlab.nft_list() == before
