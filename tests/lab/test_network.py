@@ -192,3 +192,14 @@ def test_store_failure_puts_the_old_table_back(netlab, host, monkeypatch):
     with pytest.raises(NwfilterError, match="cannot write the store .*No space left on device; nothing changed"):
         host.networks.define([network("route")])
     assert netlab.nft_list() == before
+
+
+def test_restore_after_the_table_is_gone(netlab, host):
+    out = add_outside(netlab)
+    host.networks.define([network("nat")])
+    netlab.nft("delete table inet vmguard-net")                  # a reboot, a flush
+    assert not host.networks.status()["lab"]["enforced"]
+    assert udp(vm_ns(netlab), out, OUTSIDE[0]) == VM[1]           # forwarded, but no longer NATed
+    host.networks.restore()
+    assert host.networks.status()["lab"]["enforced"]
+    assert udp(vm_ns(netlab), out, OUTSIDE[0], port=7011) == OUTSIDE_GATEWAY[0]
