@@ -123,7 +123,6 @@ class Oracle:
         self.virsh(["nwfilter-binding-delete", portdev])
         self.bound.discard(portdev)
 
-
     def define_network(self, name: str, xml: str) -> None:
         """net-define and net-start: libvirt makes the bridge, its iptables rules
         and dnsmasq, all in the lab's host namespace."""

@@ -61,8 +61,8 @@ def test_nat(netlab, host):
 
 def test_nat_ipv6_and_options(netlab, host):
     out = add_outside(netlab)
-    host.networks.define([network("nat", nat={"ipv6": True, "ports": "20000-20010",
-                                               "addresses": "198.51.100.1-198.51.100.1"})])
+    options = {"ipv6": True, "ports": "20000-20010", "addresses": "198.51.100.1-198.51.100.1"}
+    host.networks.define([network("nat", nat=options)])
     vm = vm_ns(netlab)
     assert udp(vm, out, OUTSIDE[1]) == OUTSIDE_GATEWAY[1]
     assert udp(vm, out, OUTSIDE[0]) == OUTSIDE_GATEWAY[0]

@@ -4,6 +4,8 @@ iptables rules and dnsmasq in that lab's host namespace) and applied by us
 in another; the same real connections from the guest, the outside and the
 other guest must get the same verdict and the same translated source."""
 
+import contextlib
+
 import pytest
 
 from engine.host import Host
@@ -27,39 +29,48 @@ SCENARIOS = {
 }
 
 
-def _xml(forward):
+def network_xml(forward):
     # the bridge's MAC stays the same from one network to the next, as the guests' neighbour caches expect
     return (f"<network><name>{NAME}</name>{forward}<bridge name='br0' stp='off' delay='0'/>"
             f"<mac address='52:54:00:ff:00:01'/>{IPS}</network>")
 
 
-@pytest.fixture(scope="module")
-def labs(tmp_path_factory):
+@contextlib.contextmanager
+def oracle_labs(tmp_path_factory, prepare):
+    """Our lab and libvirt's (whose br0 libvirt makes), each with a vm and a
+    peer set up by ``prepare``, and the oracle (queued behind other oracles)."""
     with Lab("a") as ours, Lab("o") as theirs:
-        outs = {}
         for lab in (ours, theirs):
             lab.add_vm("vm", *VM)
             lab.add_vm("peer", *PEER)
             route_guests(lab)
-            outs[lab.host] = add_outside(lab)
-        delete_bridge(theirs)  # libvirt makes its own
+            prepare(lab)
+        delete_bridge(theirs)
         oracle = Oracle(theirs)
         try:
-            oracle.__enter__()  # queues behind other oracles (the machine-wide lock)
+            oracle.__enter__()
         except RuntimeError as exc:
             pytest.skip(f"{exc} (stop it to compare)")
         try:
-            yield ours, theirs, outs, Host(str(tmp_path_factory.mktemp("store")), netns=ours.host), oracle
+            yield ours, theirs, Host(str(tmp_path_factory.mktemp("store")), netns=ours.host), oracle
         finally:
             oracle.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def labs(tmp_path_factory):
+    outs = {}
+    with oracle_labs(tmp_path_factory, lambda lab: outs.__setitem__(lab.host, add_outside(lab))) as (
+            ours, theirs, host, oracle):
+        yield ours, theirs, outs, host, oracle
 
 
 def _observe(lab, out):
     """What the probes saw: the source address at the receiver, refused, timeout or None (nothing)."""
     vm, peer = lab.guests["vm"].name, lab.guests["peer"].name
     seen = {}
-    for family, (vm_ip, out_ip, peer_ip, host_ip) in (("v4", (VM[1], OUTSIDE[0], PEER[1], "192.0.2.1")),
-                                                       ("v6", (VM[2], OUTSIDE[1], PEER[2], "2001:db8::1"))):
+    addresses = (("v4", (VM[1], OUTSIDE[0], PEER[1], "192.0.2.1")), ("v6", (VM[2], OUTSIDE[1], PEER[2], "2001:db8::1")))
+    for family, (vm_ip, out_ip, peer_ip, host_ip) in addresses:
         seen[f"{family} guest to outside udp"] = udp(vm, out, out_ip)
         seen[f"{family} guest to outside tcp (and replies)"] = tcp(vm, out, out_ip)
         seen[f"{family} outside to guest tcp"] = tcp(out, vm, vm_ip)
@@ -72,7 +83,7 @@ def _observe(lab, out):
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_same_verdicts_as_libvirt(labs, scenario):
     ours, theirs, outs, host, oracle = labs
-    xml = _xml(SCENARIOS[scenario])
+    xml = network_xml(SCENARIOS[scenario])
     for lab in (ours, theirs):  # forwarding is for each side to turn on
         lab.sh(lab.host, "sysctl -qw net.ipv4.ip_forward=0", "sysctl -qw net.ipv6.conf.all.forwarding=0")
     oracle.define_network(NAME, xml)

@@ -164,8 +164,8 @@ def network_from_dict(data: Any) -> Network:
     if bridge is None:
         raise NwfilterError("needs a bridge", where)
     dev = forward.get("dev")
-    return Network(name, _scalar(bridge, f"{where}.bridge"), _scalar(forward.get("mode", "isolated"),
-                                                                      f"{where}.forward.mode"),
+    mode = _scalar(forward.get("mode", "isolated"), f"{where}.forward.mode")
+    return Network(name, _scalar(bridge, f"{where}.bridge"), mode,
                    None if dev is None else _scalar(dev, f"{where}.forward.dev"),
                    tuple(_interfaces(data.get("ipv4") or [], "ipv4", where)),
                    tuple(_interfaces(data.get("ipv6") or [], "ipv6", where)), nat)
