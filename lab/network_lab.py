@@ -97,7 +97,7 @@ def udp_source(src_ns: str, dst_ns: str, address: str, port: int = 7000,
     return None
 
 
-def tcp(src_ns: str, dst_ns: str, address: str, port: int = 7001, wait: float = 3.0) -> str:
+def tcp(src_ns: str, dst_ns: str, address: str, port: int = 7001, wait: float = 1.5) -> str:
     """Open a connection from ``src_ns`` to a listener in ``dst_ns``: the
     source address the listener saw, ``refused`` (a reject) or ``timeout`` (a
     drop; ``wait`` covers a SYN resent after neighbour discovery)."""
