@@ -203,3 +203,12 @@ def test_restore_after_the_table_is_gone(netlab, host):
     host.networks.restore()
     assert host.networks.status()["lab"]["enforced"]
     assert udp(vm_ns(netlab), out, OUTSIDE[0], port=7011) == OUTSIDE_GATEWAY[0]
+
+
+def test_more_than_one_range(netlab, host):
+    out = add_outside(netlab)
+    netlab.sh(netlab.host, "ip addr add 10.3.0.1/24 dev br0")
+    host.networks.define([network("nat", ipv4=["192.0.2.1/24", "10.3.0.1/24"])])
+    assert udp_spoofable(netlab, "vm", out, VM[1], OUTSIDE[0]) == OUTSIDE_GATEWAY[0]       # first range: NATed
+    assert udp_spoofable(netlab, "vm", out, "10.3.0.10", OUTSIDE[0]) == OUTSIDE_GATEWAY[0]  # second range too
+    assert udp_spoofable(netlab, "vm", out, "10.4.0.10", OUTSIDE[0]) is None               # neither: refused
