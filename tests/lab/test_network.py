@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from lab.netns import PEER, VM, Lab  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import PEER, VM, Lab, run  # noqa: E402  pylint: disable=wrong-import-position
 from lab.network_lab import (OUTSIDE, OUTSIDE_GATEWAY, add_outside, create_bridge, delete_bridge,  # noqa: E402
                              plug_outside, route_guests, tcp, udp, udp_source, udp_spoofable)
 from engine.dict_form import binding_from_dict  # noqa: E402  pylint: disable=wrong-import-position
@@ -212,3 +212,18 @@ def test_more_than_one_range(netlab, host):
     assert udp_spoofable(netlab, "vm", out, VM[1], OUTSIDE[0]) == OUTSIDE_GATEWAY[0]       # first range: NATed
     assert udp_spoofable(netlab, "vm", out, "10.3.0.10", OUTSIDE[0]) == OUTSIDE_GATEWAY[0]  # second range too
     assert udp_spoofable(netlab, "vm", out, "10.4.0.10", OUTSIDE[0]) is None               # neither: refused
+
+
+def test_forwarding_turned_on_as_libvirt_does(netlab, host):
+    def forwarding():
+        return [run(["ip", "netns", "exec", netlab.host, "sysctl", "-n", name]).stdout.strip()
+                for name in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")]
+    host.networks.define([network("isolated", dev=None)])
+    assert forwarding() == ["0", "0"]
+    host.networks.define([network("route", ipv6=[])])
+    assert forwarding() == ["1", "0"]
+    host.networks.define([network("route")])                     # now IPv6 too
+    assert forwarding() == ["1", "1"]
+    netlab.sh(netlab.host, "sysctl -qw net.ipv4.ip_forward=0", "sysctl -qw net.ipv6.conf.all.forwarding=0")
+    host.networks.restore()                                       # a boot
+    assert forwarding() == ["1", "1"]

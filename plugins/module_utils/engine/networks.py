@@ -79,6 +79,7 @@ class Networks:
         """Put the stored networks' table in force again (boot, or after someone flushed it)."""
         with self.store.locked():
             networks = self.all()
+            self._enable_forwarding(list(networks.values()))  # a boot resets it
             self._apply(networks)
             return NetworkChange(True, sorted(networks))
 
@@ -92,7 +93,9 @@ class Networks:
         except NwfilterError as exc:
             raise exc.within("no network changed") from None
         if not check:
-            self._enable_forwarding([new[name] for name in changed if name in new])
+            # as libvirt at a network's start: for new networks and those that now forward more
+            self._enable_forwarding([new[name] for name in changed if name in new and (
+                name not in old or set(_forwarding([new[name]])) - set(_forwarding([old[name]])))])
             self.nft.apply(script)
             try:
                 self.store.save_networks(old, new)
