@@ -93,9 +93,8 @@ class Networks:
         except NwfilterError as exc:
             raise exc.within("no network changed") from None
         if not check:
-            # as libvirt at a network's start: for new networks and those that now forward more
-            self._enable_forwarding([new[name] for name in changed if name in new and (
-                name not in old or set(_forwarding([new[name]])) - set(_forwarding([old[name]])))])
+            # as libvirt when it (re)starts a network: a changed network is a restarted one
+            self._enable_forwarding([new[name] for name in changed if name in new])
             self.nft.apply(script)
             try:
                 self.store.save_networks(old, new)
