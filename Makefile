@@ -60,6 +60,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.networks
 
 clean:
 	rm -rf $(BUILD) $(VENV) .pytest_cache .hypothesis

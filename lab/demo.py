@@ -1,6 +1,7 @@
-"""`make demo`: a lab (bridge, two VMs, an attacker VM), playbooks/demo.yml
-applied by ansible-playbook inside it, then real frames and what happened to
-them. Everything lives in network namespaces removed at the end."""
+"""`make demo`: a lab (bridge, two VMs, an attacker VM, an "outside" network
+behind the forward device ext0), playbooks/demo.yml applied by
+ansible-playbook inside it (port filters and a NAT network), then real frames
+and what happened to them. Everything lives in network namespaces removed at the end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import tempfile
 
 from .netns import Lab
+from .network_lab import OUTSIDE, OUTSIDE_GATEWAY, add_outside, route_guests, tcp, udp, udp_spoofable
 from .probes import run_probes, standard_probes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -25,6 +27,8 @@ SHOWN = ["ipv4 udp", "ipv4 tcp syn", "arp request", "dhcp discover", "incoming i
 def main() -> int:
     with Lab("d") as lab, tempfile.TemporaryDirectory() as root:
         guests = [lab.add_vm(name, mac, ip, ipv6) for name, mac, ip, ipv6 in VMS]
+        route_guests(lab)
+        outside = add_outside(lab)
         vms = [{"portdev": g.port, "mac": g.mac, "parameters": {"IP": g.ip}} for g in guests]
         extra = {"vmguard_root": root, "vms": vms}
         print(f"lab: bridge br0 in namespace {lab.host}; VMs " +
@@ -49,8 +53,31 @@ def main() -> int:
             ok &= arrived == legit
             print(f"  {probe.name:22} {'passes' if legit else 'dropped':9} {'passed' if arrived else 'DROPPED':7}"
                   f"{'' if arrived == legit else '   <-- unexpected'}")
+        ok &= _nat_network(lab, outside)
         print("\nall as expected" if ok else "\nSOME PROBES DID NOT BEHAVE AS EXPECTED")
         return 0 if ok else 1
+
+
+def _nat_network(lab: Lab, outside: str) -> bool:
+    """The NAT network: real connections between vm1 and the outside ({OUTSIDE[0]})."""
+    vm1 = lab.guests["vm1"]
+    checks = [
+        ("vm1 -> outside, udp", udp(vm1.name, outside, OUTSIDE[0]), OUTSIDE_GATEWAY[0]),
+        ("vm1 -> outside, tcp (replies pass)", tcp(vm1.name, outside, OUTSIDE[0]), OUTSIDE_GATEWAY[0]),
+        ("outside -> vm1, new tcp connection", tcp(outside, vm1.name, vm1.ip), "refused"),
+        ("vm1 -> outside, spoofed source 192.0.2.99", udp_spoofable(lab, "vm1", outside, "192.0.2.99", OUTSIDE[0]),
+         None),
+    ]
+    print(f"\nthe NAT network (br0 -> ext0 -> outside {OUTSIDE[0]}), real connections:")
+    print(f"  {'probe':42} {'expected':18} {'result':18}")
+    ok = True
+    for name, seen, expected in checks:
+        shown = {None: "dropped", "refused": "refused"}
+        want = shown.get(expected, f"from {expected}")
+        got = shown.get(seen, f"from {seen}")
+        ok &= seen == expected
+        print(f"  {name:42} {want:18} {got:18}{'' if seen == expected else '   <-- unexpected'}")
+    return ok
 
 
 if __name__ == "__main__":

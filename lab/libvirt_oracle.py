@@ -49,6 +49,7 @@ class Oracle:
         self.hooks = hooks
         self.defined: list = []
         self.bound: set = set()
+        self.networks: list = []
         self._lock = None
 
     @staticmethod
@@ -85,7 +86,9 @@ class Oracle:
         self._start()
 
     def __exit__(self, *exc: object) -> None:
-        # libvirt keeps bindings and filters under /etc and /run: leave them as found
+        # libvirt keeps networks, bindings and filters under /etc and /run: leave them as found
+        for name in list(self.networks):
+            self.undefine_network(name)
         for portdev in sorted(self.bound):
             self.virsh(["nwfilter-binding-delete", portdev], check=False)
         for name in self.defined:
@@ -142,6 +145,19 @@ class Oracle:
     def unbind(self, portdev: str) -> None:
         self.virsh(["nwfilter-binding-delete", portdev])
         self.bound.discard(portdev)
+
+    def define_network(self, name: str, xml: str) -> None:
+        """net-define and net-start: libvirt makes the bridge, its iptables rules
+        and dnsmasq, all in the lab's host namespace."""
+        self._with_file("net-define", xml)
+        self.networks.append(name)
+        self.virsh(["net-start", name])
+
+    def undefine_network(self, name: str) -> None:
+        """net-destroy (the bridge and the rules go) and net-undefine."""
+        self.virsh(["net-destroy", name], check=False)
+        self.virsh(["net-undefine", name], check=False)
+        self.networks.remove(name)
 
 
 def _uuid(portdev: str) -> str:

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--leases", help=f"DHCP lease file (default {DEFAULTS['leases']})")
     parser.add_argument("--nft", help="an nft command to run instead of libnftables in-process")
     parser.add_argument("--rescan", type=float, help="seconds between store rescans (default 1)")
-    parser.add_argument("--restore", action="store_true", help="re-apply every stored binding and exit (boot)")
+    parser.add_argument("--restore", action="store_true", help="re-apply every stored binding and network and exit (boot)")
     args = parser.parse_args(argv)
     settings = {**DEFAULTS, **(read_config(args.config) if args.config else {}),
                 **{k: str(v) for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
@@ -50,10 +50,12 @@ def main(argv=None) -> int:
     if args.restore:
         try:
             result = host.restore()
+            networks = host.networks.restore()
         except NwfilterError as exc:
             logging.getLogger("vmguard-learner").error("restore failed: %s", exc)
             return 1
         logging.getLogger("vmguard-learner").info("restored %d bindings", len(result.rebuilt))
+        logging.getLogger("vmguard-learner").info("restored %d networks", len(networks.networks))
         return 0
     learner = Learner(host, Leases(settings["leases"]))
     try:

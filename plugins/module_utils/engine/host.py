@@ -20,6 +20,7 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
+from .networks import Networks
 from .nft_compile import (MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, lock_sets,
                           lock_variable, transaction)
 from .nft_run import Nft
@@ -188,6 +189,7 @@ class Host:
         self.store = Store(root)
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
+        self.networks = Networks(self.store, self.nft, netns)  # the virtual networks' firewall
 
     # ---- reading -------------------------------------------------------
     def _load(self) -> _State:

@@ -64,6 +64,13 @@ class Nft:
         """Run ``script`` as one transaction; on error nothing of it is in force."""
         self._run(["-f", "-"], script)
 
+    def table(self, family: str, name: str) -> Optional[List[Dict[str, Any]]]:
+        """The items of one table as nft's JSON gives them; None when it does not exist."""
+        try:
+            return json.loads(self._run(["-j", "list", "table", family, name])).get("nftables", [])
+        except NwfilterError:
+            return None
+
     def _tables(self) -> List[Dict[str, Any]]:
         items: List[Dict[str, Any]] = []
         for family in FAMILIES:

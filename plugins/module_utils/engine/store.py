@@ -17,10 +17,12 @@ import json
 import os
 import re
 import tempfile
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from .errors import NwfilterError
 from .model import Binding, Filter
+from .network_forms import network_from_xml, network_to_xml
+from .network_model import Network
 from .xml_form import binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 DEFAULT_ROOT = "/etc/vmguard"
@@ -30,6 +32,7 @@ DEFAULT_ROOT = "/etc/vmguard"
 # (the format before the file existed); a format change adds its conversion in
 # Store.check_version.
 STORE_VERSION = 1
+T = TypeVar("T")
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -115,7 +118,7 @@ def _remove(path: str) -> None:
 class Store:
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
         self.root = root
-        self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned")}
+        self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned", "networks")}
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator[None]:
@@ -169,25 +172,32 @@ class Store:
                 found.append((entry.path, text))
         return found
 
-    def filters(self) -> Dict[str, Filter]:
-        result = {}
-        for path, text in self._read_all("filters"):
+    def _parsed(self, kind: str, parse: Callable[[str], T]) -> Iterator[T]:
+        for path, text in self._read_all(kind):
             try:
-                flt = _parse_cached(text, filter_from_xml)
+                yield _parse_cached(text, parse)
             except NwfilterError as exc:
                 raise exc.within(f"stored file {path}") from None
-            result[flt.name] = flt
-        return result
+
+    def filters(self) -> Dict[str, Filter]:
+        return {flt.name: flt for flt in self._parsed("filters", filter_from_xml)}
 
     def bindings(self) -> Dict[str, Binding]:
-        result = {}
-        for path, text in self._read_all("bindings"):
-            try:
-                binding = _parse_cached(text, binding_from_xml)
-            except NwfilterError as exc:
-                raise exc.within(f"stored file {path}") from None
-            result[binding.portdev] = binding
-        return result
+        return {binding.portdev: binding for binding in self._parsed("bindings", binding_from_xml)}
+
+    def networks(self) -> Dict[str, Network]:
+        return {network.name: network for network in self._parsed("networks", network_from_xml)}
+
+    def save_networks(self, before: Dict[str, Network], after: Dict[str, Network]) -> None:
+        """Write the networks that change and remove those that go."""
+        directory = self.dirs["networks"]
+        atomic_write_many([(os.path.join(directory, f"{name}.xml"), network_to_xml(network))
+                           for name, network in sorted(after.items()) if before.get(name) != network])
+        gone = set(before) - set(after)
+        for name in gone:
+            _remove(os.path.join(directory, f"{name}.xml"))
+        if gone:
+            fsync_dir(directory)
 
     def learned(self) -> Dict[str, Dict[str, List[str]]]:
         return {os.path.basename(path)[:-5]: json.loads(text) for path, text in self._read_all("learned")}

@@ -1,0 +1,140 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``Networks``: the facade for virtual networks, beside ``Host`` (which
+exposes it as ``Host.networks``). The same cycle as for ports, under the same
+store lock: load, check the new set of networks, compile, apply one nft
+transaction (our network table rebuilt as a whole), then write the store;
+if the store cannot be written, the old table is put back."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from .errors import NwfilterError
+from .network_forms import network_to_xml, networks_xml
+from .network_model import Network, check_networks
+from .nft_network import NET_TABLE, NetworkProgram, compile_network, expected_table, table_script
+from .nft_run import Nft
+from .store import Store
+
+
+@dataclass
+class NetworkChange:
+    changed: bool
+    networks: List[str] = field(default_factory=list)  # the names defined, changed or removed
+    before: Optional[str] = None
+    after: Optional[str] = None
+
+
+def _forwarding(networks: Sequence[Network]) -> List[str]:
+    """The sysctls libvirt sets for networks that forward (it never clears them)."""
+    wanted = []
+    if any(n.mode != "isolated" and n.ipv4 for n in networks):
+        wanted.append("net.ipv4.ip_forward")
+    if any(n.mode != "isolated" and n.ipv6 for n in networks):
+        wanted.append("net.ipv6.conf.all.forwarding")
+    return wanted
+
+
+class Networks:
+    def __init__(self, store: Store, nft: Nft, netns: Optional[str] = None) -> None:
+        self.store = store
+        self.nft = nft
+        self.netns = netns
+
+    def all(self) -> Dict[str, Network]:
+        return self.store.networks()
+
+    @staticmethod
+    def programs(networks: Dict[str, Network]) -> Dict[str, NetworkProgram]:
+        return {name: compile_network(network) for name, network in sorted(networks.items())}
+
+    def expected(self) -> Optional[Dict[str, object]]:
+        """What our network table should hold now (chains with their rules,
+        maps with their elements), None for no table: for checks of the kernel."""
+        return expected_table(list(self.programs(self.all()).values()))
+
+    def define(self, networks: Sequence[Network], exclusive: bool = False, check: bool = False) -> NetworkChange:
+        """Add or replace these networks (with ``exclusive``, remove all others) in one transaction."""
+        wanted: Dict[str, Network] = {}
+        for network in networks:
+            if network.name in wanted:
+                raise NwfilterError(f"network {network.name!r} given twice")
+            wanted[network.name] = network
+        with self.store.locked():
+            old = self.all()
+            new = {} if exclusive else dict(old)
+            new.update(wanted)
+            return self._change(old, new, check)
+
+    def undefine(self, names: Sequence[str], check: bool = False) -> NetworkChange:
+        with self.store.locked():
+            old = self.all()
+            return self._change(old, {n: v for n, v in old.items() if n not in names}, check)
+
+    def restore(self) -> NetworkChange:
+        """Put the stored networks' table in force again (boot, or after someone flushed it)."""
+        with self.store.locked():
+            networks = self.all()
+            self._enable_forwarding(list(networks.values()))  # a boot resets it
+            self._apply(networks)
+            return NetworkChange(True, sorted(networks))
+
+    def _change(self, old: Dict[str, Network], new: Dict[str, Network], check: bool) -> NetworkChange:
+        changed = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+        if not changed:
+            return NetworkChange(False)
+        try:
+            check_networks(new.values())
+            script = table_script(list(self.programs(new).values()))
+        except NwfilterError as exc:
+            raise exc.within("no network changed") from None
+        if not check:
+            # as libvirt when it (re)starts a network: a changed network is a restarted one
+            self._enable_forwarding([new[name] for name in changed if name in new])
+            self.nft.apply(script)
+            try:
+                self.store.save_networks(old, new)
+            except OSError as exc:
+                self._apply(old)  # the kernel has the new table but the store could not follow
+                raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") \
+                    from None
+        return NetworkChange(True, changed, networks_xml({n: old[n] for n in changed if n in old}) or None,
+                             networks_xml({n: new[n] for n in changed if n in new}) or None)
+
+    def _apply(self, networks: Dict[str, Network]) -> None:
+        self.nft.apply(table_script(list(self.programs(networks).values())))
+
+    def _enable_forwarding(self, networks: Sequence[Network]) -> None:
+        """As libvirt does when it starts a nat, route or open network: without
+        forwarding on, the host routes nothing for the guests."""
+        names = _forwarding(networks)
+        if not names:
+            return
+        if self.netns is None:
+            for name in names:
+                try:
+                    with open(f"/proc/sys/{name.replace('.', '/')}", "w", encoding="ascii") as handle:
+                        handle.write("1\n")
+                except OSError as exc:
+                    raise NwfilterError(f"cannot set {name} to 1: {exc.strerror}; nothing changed") from None
+            return
+        # /proc/sys/net shows the namespace of the process that reads it: one sysctl run inside
+        done = subprocess.run(["ip", "netns", "exec", self.netns, "sysctl", "-qw"] + [f"{n}=1" for n in names],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise NwfilterError(f"cannot set {' and '.join(names)} to 1: {done.stderr.strip()}; nothing changed")
+
+    def status(self) -> Dict[str, Dict[str, object]]:
+        """Per network: its canonical XML, its nft rules and whether the kernel holds all of its chains."""
+        networks = self.all()
+        items = self.nft.table("inet", NET_TABLE) or []
+        live = {item["chain"]["name"] for item in items if "chain" in item}
+        result = {}
+        for name, program in self.programs(networks).items():
+            result[name] = {"xml": network_to_xml(networks[name]), "nft": program.text,
+                            "enforced": all(chain in live for chain, _rules in program.chains)}
+        return result
