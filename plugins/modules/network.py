@@ -85,12 +85,15 @@ options:
     description: With O(networks), remove every network not in the list.
     type: bool
     default: false
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
-notes:
-  - Supports check mode and diff mode (canonical network XML before and after).
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Writes nothing.
+  diff_mode:
+    support: full
+    details: The canonical network XML before and after.
 """
 
 EXAMPLES = r"""
@@ -130,8 +133,7 @@ networks:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.network_forms import (
     network_from_dict, network_from_xml)
 
@@ -173,7 +175,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    networks = Host(params["root"]).networks
+    networks = host_for(module).networks
     check = module.check_mode
     if params["networks"] is not None:
         wanted = [_network(module, item) for item in params["networks"]]

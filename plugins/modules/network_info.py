@@ -17,12 +17,14 @@ options:
   name:
     description: Report only this network.
     type: str
-  root:
-    description: Directory of the on-host store.
-    type: path
-    default: /etc/vmguard
-notes:
-  - Read-only; supports check mode.
+extends_documentation_fragment:
+  - vmguard.nwfilter.host
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
 """
 
 EXAMPLES = r"""
@@ -45,14 +47,13 @@ networks:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.network_forms import network_to_dict
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=dict(name=dict(type="str"), root=ROOT_OPTION), supports_check_mode=True)
-    networks = Host(module.params["root"]).networks
+    networks = host_for(module).networks
     defined = engine_call(module, networks.all)
     status = engine_call(module, networks.status)
     name = module.params["name"]

@@ -15,7 +15,7 @@ import yaml
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.dirname(sys.executable)
-MODULES = ("nwfilter", "nwfilter_binding", "nwfilter_info")
+MODULES = ("nwfilter", "nwfilter_binding", "nwfilter_info", "network", "network_info")
 
 
 def run(*argv, cwd=REPO, **env):

@@ -64,14 +64,14 @@ class Networks:
             if network.name in wanted:
                 raise NwfilterError(f"network {network.name!r} given twice")
             wanted[network.name] = network
-        with self.store.locked():
+        with self.store.locked(create=not check):
             old = self.all()
             new = {} if exclusive else dict(old)
             new.update(wanted)
             return self._change(old, new, check)
 
     def undefine(self, names: Sequence[str], check: bool = False) -> NetworkChange:
-        with self.store.locked():
+        with self.store.locked(create=not check):
             old = self.all()
             return self._change(old, {n: v for n, v in old.items() if n not in names}, check)
 
