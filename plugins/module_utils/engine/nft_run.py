@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
 from .libnftables import LIB, LibNftables
-from .nft_compile import TABLE, PortLive, portdev_of
+from .integrity import Kernel
+from .nft_compile import TABLE, PortLive
 
 FAMILIES = ("bridge", "inet")
 
@@ -63,25 +64,13 @@ class Nft:
             items += json.loads(out).get("nftables", [])
         return items
 
+    def kernel(self) -> Kernel:
+        """What our tables hold now (one JSON listing of each)."""
+        return Kernel.from_json(self._tables())
+
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""
-        ports: Dict[str, PortLive] = {}
-        for item in self._tables():
-            if "chain" in item:
-                chain = item["chain"]
-                portdev = portdev_of(chain["name"])
-                if portdev:
-                    ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
-            elif "map" in item:
-                vmap = item["map"]
-                for key, verdict in vmap.get("elem", []):
-                    target = verdict.get("jump", {}).get("target", "")
-                    portdev = portdev_of(target)
-                    if portdev:
-                        text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
-                        ports.setdefault(portdev, PortLive(set(), set())).elements.add(
-                            (vmap["family"], vmap["name"], text))
-        return ports
+        return self.kernel().live()
 
     def port_rules(self, portdev: str) -> str:
         """The exact rules in force for a port, as nft prints them. One listing
