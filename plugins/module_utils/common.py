@@ -2,15 +2,16 @@
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the modules share: the store option, running an engine call so that
-a user error ends in fail_json with the engine's one-line message, and the
-warning when layer-3/4 rules cannot see bridged traffic."""
+a user error ends in fail_json with the engine's one-line message, the diff
+of a change and its repair, and the warning when layer-3/4 rules cannot see
+bridged traffic."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
 
 ROOT_OPTION = dict(type="path", default="/etc/vmguard")
 
@@ -21,6 +22,15 @@ def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
     except NwfilterError as exc:
         module.fail_json(msg=str(exc))
         raise  # fail_json exits; this only satisfies linters
+
+
+def diff_of(result: ChangeResult) -> List[Dict[str, str]]:
+    """The change's diff and, when the kernel lacked rules of ours, what was (or would be) repaired."""
+    diffs = [dict(before=result.before or "", after=result.after or "")]
+    if result.repaired:
+        diffs.append(dict(before_header="kernel (vmguard tables)", after_header="kernel (repaired)",
+                          before="".join(f"{line}\n" for line in result.repaired), after="as stored\n"))
+    return diffs
 
 
 def warn_if_layer3_unseen(module: Any, host: Host) -> None:

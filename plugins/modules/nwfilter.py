@@ -49,6 +49,7 @@ options:
     type: path
     default: /etc/vmguard
 notes:
+  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired); nothing outside our own tables is touched.
   - Supports check mode and diff mode (canonical XML before and after).
   - While a binding learns its address, a redefinition that would add a variable without a value to its filter tree is refused.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
@@ -78,6 +79,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+repaired:
+  description:
+    - What of the store's rules the kernel lacked or held differently (for example after C(nft flush ruleset)) and
+      this run put back (in check mode, would put back), one line each; the run then reports C(changed). Every run of
+      the module checks this first.
+  returned: success
+  type: list
+  elements: str
+  sample: ["table bridge vmguard is missing"]
 filter:
   description: The filter's canonical XML after the change (absent after removal).
   returned: success
@@ -96,7 +106,7 @@ learning:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
@@ -119,7 +129,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = engine_call(module, Host, params["root"])
     if params["state"] == "absent":
         result = engine_call(module, host.undefine_filter, params["name"], check=module.check_mode)
     else:
@@ -131,11 +141,11 @@ def main() -> None:
             data = {key: params[key] for key in ("name", "chain", "priority", "uuid", "rules") if params[key] is not None}
             flt = engine_call(module, filter_from_dict, data)
         result = engine_call(module, host.define_filter, flt, check=module.check_mode)
-    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning, repaired=result.repaired)
     if result.after is not None:
         output["filter"] = result.after
     if module._diff:  # pylint: disable=protected-access
-        output["diff"] = dict(before=result.before or "", after=result.after or "")
+        output["diff"] = diff_of(result)
     warn_if_layer3_unseen(module, host)
     module.exit_json(**output)
 

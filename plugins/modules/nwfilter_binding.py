@@ -65,6 +65,7 @@ options:
     type: path
     default: /etc/vmguard
 notes:
+  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired); nothing outside our own tables is touched.
   - Supports check mode and diff mode (canonical binding XML before and after).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
@@ -94,6 +95,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+repaired:
+  description:
+    - What of the store's rules the kernel lacked or held differently (for example after C(nft flush ruleset)) and
+      this run put back (in check mode, would put back), one line each; the run then reports C(changed). Every run of
+      the module checks this first.
+  returned: success
+  type: list
+  elements: str
+  sample: ["table bridge vmguard is missing"]
 learning:
   description: Single form, whether the binding waits for its IP address; bulk form, the portdevs that do.
   returned: success
@@ -106,7 +116,7 @@ rebuilt:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, warn_if_layer3_unseen
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, warn_if_layer3_unseen
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import Host
 
@@ -140,7 +150,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = engine_call(module, Host, params["root"])
     check = module.check_mode
     if params["bindings"] is not None:
         wanted = [_binding(module, item) for item in params["bindings"]]
@@ -154,9 +164,9 @@ def main() -> None:
         result = engine_call(module, host.bind, binding, check=check)
         learning = binding.portdev in result.learning or (
             not result.changed and binding.portdev in engine_call(module, host.waiting))
-    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning, repaired=result.repaired)
     if module._diff:  # pylint: disable=protected-access
-        output["diff"] = dict(before=result.before or "", after=result.after or "")
+        output["diff"] = diff_of(result)
     warn_if_layer3_unseen(module, host)
     module.exit_json(**output)
 

@@ -26,6 +26,7 @@ options:
     default: /etc/vmguard
 notes:
   - Read-only; supports check mode.
+  - Warns for every binding whose rules the kernel does not hold as stored (for example after C(nft flush ruleset)).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -47,7 +48,8 @@ filters:
 bindings:
   description:
     - portdev to the binding (C(mac), C(filter), C(parameters), C(owner), C(linkdev)), C(learning), C(learned)
-      addresses, C(resolved_rules) (one line per rule) and C(nft) (the nftables rules in force).
+      addresses, C(resolved_rules) (one line per rule), C(nft) (the nftables rules in force), C(in_force) (whether
+      the kernel holds the binding's rules as stored) and, when not, C(not_in_force_because) (why, one line).
   returned: always
   type: dict
 """
@@ -65,15 +67,21 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = Host(params["root"])
+    host = engine_call(module, Host, params["root"])
     user = engine_call(module, host.user_filters)
     filters = {name: dict(xml=filter_to_xml(flt), builtin=name not in user)
                for name, flt in engine_call(module, host.filters).items()
                if params["name"] in (None, name)}
     bindings = {}
+    in_force = engine_call(module, host.in_force)
     for portdev, binding in engine_call(module, host.bindings).items():
         if params["portdev"] in (None, portdev):
-            bindings[portdev] = dict(binding_to_dict(binding), **engine_call(module, host.status, portdev))
+            bindings[portdev] = dict(binding_to_dict(binding), **engine_call(module, host.status, portdev),
+                                     in_force=in_force.get(portdev) is None)
+            if in_force.get(portdev):
+                bindings[portdev]["not_in_force_because"] = in_force[portdev]
+                module.warn(f"the rules of {portdev} are not in force: {in_force[portdev]} (the next change through "
+                            "a vmguard module, or the learner service, puts them back)")
     warn_if_layer3_unseen(module, host)
     module.exit_json(changed=False, filters=filters, bindings=bindings)
 

@@ -8,6 +8,7 @@ from engine.host import Host
 from engine.model import Binding, FilterRef
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
+from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
 
 FOREIGN = """table inet theirs {
 \tchain input {
@@ -98,3 +99,23 @@ def test_stale_chains_are_replaced_never_appended_to(lab, host, tmp_path):
     listing = _nft(lab, "list", "chain", "bridge", "vmguard", "p/vnet0/o/ipv4-ip")
     assert "10.1.0.1" not in listing and "10.2.0.1" in listing
     assert stale_kernel != lab.nft_list()
+
+
+def test_the_module_repairs_and_info_tells(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    assert [t["changed"] for t in play(lab, collections, tmp_path, tasks(root))] == [True, True]
+    lab.nft("flush ruleset")  # what nftables.service does on start, restart and stop
+    assert _spoofed_passes(lab)
+    info = {"vmguard.nwfilter.nwfilter_info": {"root": root}}
+    checked = [dict(task, check_mode=True, diff=True) for task in tasks(root)]
+    results = play(lab, collections, tmp_path, [info] + checked + tasks(root) + tasks(root) + [info, {
+        "vmguard.nwfilter.nwfilter_info": {"root": "relative/store"}}])
+    broken, fixed = results[0]["bindings"]["vnet0"], results[7]["bindings"]["vnet0"]
+    assert broken["in_force"] is False and "table bridge vmguard is missing" in broken["not_in_force_because"]
+    assert any("vnet0 are not in force" in warning for warning in results[0]["warnings"])
+    assert [t["changed"] for t in results[1:7]] == [True, True, True, False, False, False]
+    assert "table inet vmguard is missing" in results[1]["diff"][1]["before"]
+    assert "table bridge vmguard is missing" in results[3]["repaired"] and not results[4]["repaired"]
+    assert fixed["in_force"] is True and not results[7].get("warnings")
+    assert results[8]["failed"] and "must be an absolute path" in results[8]["msg"]
+    assert not _spoofed_passes(lab)

@@ -233,13 +233,15 @@ class Host:
     def in_force(self) -> Dict[str, Optional[str]]:
         """Per binding, None when the kernel holds its rules as stored, else why not."""
         state = self._load()
-        checked = self._check_kernel(state, self.store.journal())
+        interrupted = self.store.journal()
+        checked = self._check_kernel(state, interrupted)
         if checked is None:
             return {p: None for p in state.bindings}
         found = checked[0]
-        reason = "; ".join(p for p in found.problems if ":" not in p.split()[0]) if found.base else ""
-        return {p: reason or next((line.split(": ", 1)[1] for line in found.problems if line.startswith(f"{p}: ")),
-                                  None) for p in state.bindings}
+        reasons = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in found.problems if ": " in line}
+        reasons.update({p: "a change of it was interrupted" for p in interrupted or () if p not in reasons})
+        base = "; ".join(line for line in found.problems if ": " not in line) if found.base else None
+        return {p: base or reasons.get(p) for p in state.bindings}
 
     def status(self, portdev: str) -> Dict[str, object]:
         state = self._load()
