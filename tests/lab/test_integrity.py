@@ -2,10 +2,15 @@
 the next Host call puts them back (one transaction, reported as changed),
 and never touches tables that are not ours."""
 
+import os
+
 import pytest
 
+from engine.errors import NwfilterError
 from engine.host import Host
+from engine.integrity import compare
 from engine.model import Binding, FilterRef
+from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
 from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
@@ -119,3 +124,51 @@ def test_the_module_repairs_and_info_tells(lab, collections, tmp_path):
     assert fixed["in_force"] is True and not results[7].get("warnings")
     assert results[8]["failed"] and "must be an absolute path" in results[8]["msg"]
     assert not _spoofed_passes(lab)
+
+
+WEB = "<filter name='web'><filterref filter='clean-traffic'/><rule action='accept' direction='in'><tcp dstportstart='22'/></rule></filter>"
+
+
+def _web(portdev, number):
+    return Binding(portdev, f"52:54:00:00:01:{number:02x}", FilterRef("web", {"IP": (f"192.0.2.{100 + number}",)}))
+
+
+def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
+    host.define_filter(filter_from_xml(WEB))
+    host.set_bindings([_web("vnet0", 0), _web("vnet1", 1)])
+    ids = host.nft.kernel().port_ids()
+    assert sorted(ids.values()) == [1, 2]
+    with open(os.path.join(host.store.root, "ports.json"), "w", encoding="utf-8") as handle:
+        handle.write("{}\n")
+    result = host.bind(_web("vnet2", 2))
+    assert result.rebuilt == ["vnet2"] and "vnet0: the store has no record of what it installed" in result.repaired
+    kernel = host.nft.kernel()
+    assert kernel.port_ids() == dict(ids, vnet2=3)
+    state = host._load()  # pylint: disable=protected-access
+    assert state.port_ids == kernel.port_ids()
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel).problems
+
+
+def test_restore_restores_what_it_can_read(lab, host):
+    vm = lab.guests["vm"]
+    _bind(lab, host)
+    host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("clean-traffic", {"IP": ("192.0.2.33",)})))
+    before = _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip")
+    with open(os.path.join(host.store.root, "bindings", "other0.xml"), "wb") as handle:
+        handle.write(b"\xff\xfe")
+    lab.nft(f"flush chain bridge vmguard p/{vm.port}/o")
+    result = Host(host.store.root, netns=lab.host).restore()  # as at boot
+    assert result.rebuilt == [vm.port] and len(result.skipped) == 1
+    assert "other0.xml: not UTF-8 text" in result.skipped[0]
+    assert not _spoofed_passes(lab)
+    assert _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip") == before  # left as it was
+    with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
+        host.bind(Binding("other1", "52:54:00:00:00:34", FilterRef("clean-traffic")))
+
+
+def test_no_bindings_no_tables(lab, host):
+    host.define_filter(filter_from_xml(WEB))  # a filter without users changes nothing in the kernel
+    assert "vmguard" not in lab.nft_list()
+    _bind(lab, host)
+    assert host.unbind(lab.guests["vm"].port).changed
+    assert "vmguard" not in lab.nft_list()
