@@ -180,7 +180,7 @@ class Host:
         self.store = Store(root)
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
-        self.generation = Generation(netns)
+        self.generation = Generation(netlink=self.nft.netlink)
 
     # ---- reading -------------------------------------------------------
     def _load(self, unreadable: Optional[Dict[str, str]] = None) -> _State:

@@ -48,28 +48,13 @@ class Kernel:
     rules: Dict[Chain, int] = field(default_factory=dict)  # every chain's rule count
     elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
 
-    @classmethod
-    def from_json(cls, items: List[Dict[str, Any]]) -> "Kernel":
-        kernel = cls()
-        for item in items:
-            if "table" in item:
-                kernel.tables.add(item["table"]["family"])
-            elif "chain" in item:
-                chain = item["chain"]
-                kernel.rules.setdefault((chain["family"], chain["name"]), 0)
-                if "hook" in chain:
-                    kernel.hooked.add((chain["family"], chain["name"]))
-            elif "rule" in item:
-                key = (item["rule"]["family"], item["rule"]["chain"])
-                kernel.rules[key] = kernel.rules.get(key, 0) + 1
-            elif "map" in item:
-                vmap = item["map"]
-                kernel.maps.add((vmap["family"], vmap["name"]))
-                for key, verdict in vmap.get("elem", []):
-                    text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
-                    target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
-                    kernel.elements[(vmap["family"], vmap["name"], text)] = target
-        return kernel
+    def add_map(self, vmap: Dict[str, Any]) -> None:
+        """A map as nft lists it in JSON, with its elements."""
+        self.maps.add((vmap["family"], vmap["name"]))
+        for key, verdict in vmap.get("elem", []):
+            text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
+            target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
+            self.elements[(vmap["family"], vmap["name"], text)] = target
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, its chains and elements in force (no digests: their rules are unknown)."""

@@ -12,10 +12,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
 from .libnftables import LIB, LibNftables
-from .integrity import Kernel
+from .nft_netlink import Netlink, attribute, text
+from .integrity import BASE_MAPS, Kernel
 from .nft_compile import TABLE, PortLive
 
 FAMILIES = ("bridge", "inet")
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 
 
 class Nft:
@@ -28,6 +33,7 @@ class Nft:
         self.lib = LibNftables(netns) if argv is None and LIB is not None else None
         if netns is not None and self.lib is None:
             self.argv = ["ip", "netns", "exec", netns] + self.argv
+        self.netlink = Netlink(netns)
 
     def _run(self, args: List[str], stdin: str = "") -> str:
         if self.lib is not None:
@@ -49,24 +55,34 @@ class Nft:
         """Run ``script`` as one transaction; on error nothing of it is in force."""
         self._run(["-f", "-"], script)
 
-    def has_tables(self) -> bool:
-        """Both our tables exist (they are created with their base chains, in one transaction)."""
-        tables = self._run(["list", "tables"])
-        return all(f"table {family} {TABLE}" in tables for family in FAMILIES)
-
-    def _tables(self) -> List[Dict[str, Any]]:
-        items: List[Dict[str, Any]] = []
-        for family in FAMILIES:
-            try:
-                out = self._run(["-j", "list", "table", family, TABLE])
-            except NwfilterError:
-                continue  # the table does not exist yet
-            items += json.loads(out).get("nftables", [])
-        return items
-
     def kernel(self) -> Kernel:
-        """What our tables hold now (one JSON listing of each)."""
-        return Kernel.from_json(self._tables())
+        """What our tables hold now: their chains and rule counts from netlink
+        dumps (listing a table makes nft decode every rule), their maps from nft."""
+        kernel = Kernel()
+        for family in FAMILIES:
+            if not any(text(t[NFTA_TABLE_NAME]) == TABLE for t in self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)):
+                continue
+            kernel.tables.add(family)
+            for chain in self.netlink.request(NFT_MSG_GETCHAIN, [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK],
+                                                  family, dump=True):
+                if text(chain[NFTA_CHAIN_TABLE]) == TABLE:
+                    name = (family, text(chain[NFTA_CHAIN_NAME]))
+                    kernel.rules[name] = 0
+                    if NFTA_CHAIN_HOOK in chain:
+                        kernel.hooked.add(name)
+            for rule in self.netlink.request(NFT_MSG_GETRULE, [NFTA_RULE_CHAIN], family,
+                                             attribute(NFTA_RULE_TABLE, TABLE.encode() + b"\0"), dump=True):
+                name = (family, text(rule[NFTA_RULE_CHAIN]))
+                kernel.rules[name] = kernel.rules.get(name, 0) + 1
+            for vmap in sorted(name for f, name in BASE_MAPS if f == family):
+                try:
+                    listed = json.loads(self._run(["-j", "list", "map", family, TABLE, vmap]))
+                except NwfilterError:
+                    continue  # the map does not exist
+                for item in listed.get("nftables", []):
+                    if "map" in item:
+                        kernel.add_map(item["map"])
+        return kernel
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""
