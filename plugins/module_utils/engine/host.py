@@ -507,6 +507,8 @@ class Host:
             interrupted = self.store.journal()
             if interrupted is not None:
                 self.store.undo()
+            else:
+                self.store.sweep()
             unreadable: Dict[str, str] = {}
             state = self._load(unreadable)
             kernel = self.nft.kernel()

@@ -90,9 +90,9 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel) -> Findings:
     """``records``: per bound port, what the store says it installed (None:
     no record, so it has to be (re)installed)."""
     found = Findings()
-    for family in sorted(BASE_TABLES - kernel.tables):
+    for family in sorted(BASE_TABLES - kernel.tables) if records else ():  # no binding, no tables
         found.problems.append(f"table {family} {TABLE} is missing")
-    if BASE_TABLES <= kernel.tables:
+    if records and BASE_TABLES <= kernel.tables:
         for family, name in sorted(BASE_MAPS - kernel.maps):
             found.problems.append(f"map {family} {TABLE} {name} is missing")
         for chain, count in sorted(BASE_CHAINS.items()):

@@ -270,8 +270,17 @@ class Store:
         return _json_of(self._journal_path, text, lambda v: isinstance(v, dict) and _strings(v.get("ports"))
                         and isinstance(v.get("undo"), dict), "a journal of ports and files")["ports"]
 
+    def sweep(self) -> None:
+        """Remove the temporary files of writes that were interrupted."""
+        for directory in [self.root, *self.dirs.values()]:
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(directory):
+                    if entry.name.startswith(".tmp-"):
+                        _remove(entry.path)
+
     def undo(self) -> None:
         """Put back the files of the interrupted change (the journal stays until ``end``)."""
+        self.sweep()
         undo = json.loads(_text_of(self._journal_path) or "{}").get("undo", {})
         for path, text in undo.items():
             if text is None:
