@@ -8,7 +8,7 @@ bridged traffic."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Union
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
@@ -24,13 +24,14 @@ def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
         raise  # fail_json exits; this only satisfies linters
 
 
-def diff_of(result: ChangeResult) -> List[Dict[str, str]]:
-    """The change's diff and, when the kernel lacked rules of ours, what was (or would be) repaired."""
-    diffs = [dict(before=result.before or "", after=result.after or "")]
-    if result.repaired:
-        diffs.append(dict(before_header="kernel (vmguard tables)", after_header="kernel (repaired)",
-                          before="".join(f"{line}\n" for line in result.repaired), after="as stored\n"))
-    return diffs
+def diff_of(result: ChangeResult) -> Union[Dict[str, str], List[Dict[str, str]]]:
+    """The change's diff and, when the kernel lacked rules of ours, a second
+    one saying what was (or would be) repaired."""
+    diff = dict(before=result.before or "", after=result.after or "")
+    if not result.repaired:
+        return diff
+    return [diff, dict(before_header="kernel (vmguard tables)", after_header="kernel (repaired)",
+                       before="".join(f"{line}\n" for line in result.repaired), after="as stored\n")]
 
 
 def warn_if_layer3_unseen(module: Any, host: Host) -> None:
