@@ -65,7 +65,9 @@ options:
     type: path
     default: /etc/vmguard
 notes:
-  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired); nothing outside our own tables is touched.
+  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map
+    elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired);
+    nothing outside our own tables is touched.
   - Supports check mode and diff mode (canonical binding XML before and after).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """

@@ -10,7 +10,6 @@ import re
 import signal
 import time
 
-from engine import host as host_module
 from engine import store as store_module
 from engine.host import Host
 from engine.integrity import compare

@@ -133,4 +133,3 @@ def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: Por
     if elements:
         return f"element {elements[0][2]} of map {elements[0][0]} {elements[0][1]} was not installed by us"
     return None
-

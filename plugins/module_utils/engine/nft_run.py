@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
 from .libnftables import LIB, LibNftables
@@ -60,11 +60,12 @@ class Nft:
         dumps (listing a table makes nft decode every rule), their maps from nft."""
         kernel = Kernel()
         for family in FAMILIES:
-            if not any(text(t[NFTA_TABLE_NAME]) == TABLE for t in self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)):
+            tables = self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)
+            if not any(text(table[NFTA_TABLE_NAME]) == TABLE for table in tables):
                 continue
             kernel.tables.add(family)
-            for chain in self.netlink.request(NFT_MSG_GETCHAIN, [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK],
-                                                  family, dump=True):
+            wanted = [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK]
+            for chain in self.netlink.request(NFT_MSG_GETCHAIN, wanted, family, dump=True):
                 if text(chain[NFTA_CHAIN_TABLE]) == TABLE:
                     name = (family, text(chain[NFTA_CHAIN_NAME]))
                     kernel.rules[name] = 0
