@@ -109,7 +109,7 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _json_of(path: str, text: str, valid, shape: str) -> object:
+def _json_of(path: str, text: str, valid: Callable[[object], bool], shape: str) -> object:
     """The JSON document of a stored file, or a one-line error naming the file."""
     try:
         value = json.loads(text)
