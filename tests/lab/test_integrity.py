@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from engine import store as store_module
 from engine.errors import NwfilterError
 from engine.host import Host
 from engine.integrity import compare
@@ -172,3 +173,21 @@ def test_no_bindings_no_tables(lab, host):
     _bind(lab, host)
     assert host.unbind(lab.guests["vm"].port).changed
     assert "vmguard" not in lab.nft_list()
+
+
+def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
+    """The kernel took the change, the store could not: the old rules (here: none, so no tables) come back."""
+    write = store_module.atomic_write_many
+
+    def full(files):
+        if any("/bindings/" in path for path, _text in files):  # the journal goes through, the binding does not
+            raise OSError(28, "No space left on device")
+        write(files)
+    monkeypatch.setattr(store_module, "atomic_write_many", full)
+    monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (applied.append(script), apply(script)))
+    applied = []
+    with pytest.raises(NwfilterError, match="cannot write the store .*: No space left on device; nothing changed"):
+        _bind(lab, host)
+    monkeypatch.undo()
+    assert len(applied) == 2 and "p/vnet0/o" in applied[0]  # the kernel had taken it
+    assert "vmguard" not in lab.nft_list() and host.bindings() == {} and host.store.journal() is None

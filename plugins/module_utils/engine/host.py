@@ -383,7 +383,8 @@ class Host:
         except OSError as exc:
             # the kernel has the new rules but the store could not follow: put the old ones back
             old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
-            self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched)))
+            self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched))
+                           if old.port_ids else REMOVE_ALL)
             self.store.undo()
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None

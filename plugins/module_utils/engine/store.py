@@ -306,7 +306,7 @@ class Store:
         if marker is None:
             _remove(self._marker_path)
             return
-        tmp = f"{self._marker_path}.{os.getpid()}"
+        tmp = os.path.join(self.root, f".tmp-kernel-{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(list(marker), handle)
         os.replace(tmp, self._marker_path)
