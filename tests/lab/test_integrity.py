@@ -183,9 +183,9 @@ def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
         if any("/bindings/" in path for path, _text in files):  # the journal goes through, the binding does not
             raise OSError(28, "No space left on device")
         write(files)
+    applied = []
     monkeypatch.setattr(store_module, "atomic_write_many", full)
     monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (applied.append(script), apply(script)))
-    applied = []
     with pytest.raises(NwfilterError, match="cannot write the store .*: No space left on device; nothing changed"):
         _bind(lab, host)
     monkeypatch.undo()
