@@ -1,6 +1,7 @@
 """`make bench`: bind N clean-traffic bindings and redefine the filter they
 all use, for vmguard (N=30 and N=1000) and libvirt 9.0 (N=30, in its own lab
-namespace); and the data-plane cost with 1 versus 1000 bindings.
+namespace); what checking the kernel costs a run that changes nothing (N=1000);
+and the data-plane cost with 1 versus 1000 bindings.
 
     python -m bench.run [--quick] [--no-libvirt]
 """
@@ -56,9 +57,30 @@ def ours(n: int, lab: Lab, bulk: bool) -> Dict[str, float]:
                      for port in range(23, 23 + REDEFINES)]
         report_all = _timed(host.report)  # what nwfilter_info does: one load, one nft listing
         report_one = _timed(lambda: host.report([bindings[0].portdev]))
+        figures = {"bind": bind, "redefine": statistics.median(redefines), "redefine min": min(redefines),
+                   "redefine max": max(redefines), "report all": report_all, "report one": report_one}
+        if bulk:
+            figures.update(_checks(host, lab, bindings))
         host.set_bindings([], exclusive=True)
-    return {"bind": bind, "redefine": statistics.median(redefines), "redefine min": min(redefines),
-            "redefine max": max(redefines), "report all": report_all, "report one": report_one}
+    return figures
+
+
+def _checks(host: Host, lab: Lab, bindings: List[Binding]) -> Dict[str, float]:
+    """What checking the kernel costs a run that changes nothing (medians of
+    5): nothing happened since our last commit (the generation matches),
+    someone else committed (one listing of our tables), and the repair after
+    ``nft flush ruleset``."""
+    noop = [_timed(lambda: host.set_bindings(bindings)) for _round in range(REDEFINES)]
+    foreign = []
+    for number in range(REDEFINES):
+        lab.nft(f"add table inet bench{number}\n")
+        foreign.append(_timed(lambda: host.set_bindings(bindings)))
+    repairs = []
+    for _round in range(REDEFINES):
+        lab.nft("flush ruleset\n")
+        repairs.append(_timed(host.converge))
+    return {"no-op": statistics.median(noop), "no-op after a foreign commit": statistics.median(foreign),
+            "repair after flush ruleset": statistics.median(repairs)}
 
 
 def _plug_ports(lab: Lab, ports: List[tuple]) -> None:
@@ -163,6 +185,8 @@ def main() -> int:
         print(f"| {what} N={small} (one by one) | {us_small[what]:.3f} s | {theirs} | {ratio} |")
     print(f"| bind N={large}, one by one | {us_large['bind']:.2f} s | | |")
     print(f"| bind N={large}, bulk (one transaction) | {us_large_bulk['bind']:.2f} s | | |")
+    for what in ("no-op", "no-op after a foreign commit", "repair after flush ruleset"):
+        print(f"| {what}, N={large} | {us_large_bulk[what] * 1000:.1f} ms | | |")
     spread = f"{us_large['redefine min']:.2f}-{us_large['redefine max']:.2f} s"
     print(f"| redefine a filter used by N={large} (median of {REDEFINES}: {spread}) | {us_large['redefine']:.2f} s | | |")
     print(f"| report every binding of N={large} (nwfilter_info) | {us_large['report all']:.2f} s | | |")

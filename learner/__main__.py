@@ -46,17 +46,22 @@ def main(argv=None) -> int:
     settings = {**DEFAULTS, **(read_config(args.config) if args.config else {}),
                 **{k: str(v) for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
     logging.basicConfig(level=logging.DEBUG if os.environ.get("VMGUARD_DEBUG") else logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    host = Host(settings["root"], shlex.split(settings["nft"]) or None)
-    if args.restore:
-        try:
-            result = host.restore()
-            networks = host.networks.restore()
-        except NwfilterError as exc:
-            logging.getLogger("vmguard-learner").error("restore failed: %s", exc)
-            return 1
-        logging.getLogger("vmguard-learner").info("restored %d bindings", len(result.rebuilt))
-        logging.getLogger("vmguard-learner").info("restored %d networks", len(networks.networks))
-        return 0
+    log = logging.getLogger("vmguard-learner")
+    try:
+        host = Host(settings["root"], shlex.split(settings["nft"]) or None)
+        result = host.restore() if args.restore else None
+        networks = host.networks.restore() if args.restore else None
+    except NwfilterError as exc:
+        log.error("%s: %s", "restore failed" if args.restore else "cannot start", exc)
+        return 1
+    if result is not None and networks is not None:
+        for line in result.repaired:
+            log.warning("repaired: %s", line)
+        for line in result.skipped:
+            log.error("not restored: %s", line)
+        log.info("restored %d bindings", len(result.rebuilt))
+        log.info("restored %d networks", len(networks.networks))
+        return 1 if result.skipped else 0
     learner = Learner(host, Leases(settings["leases"]))
     try:
         learner.run(float(settings["rescan"]))

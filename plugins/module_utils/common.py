@@ -2,14 +2,15 @@
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the modules share: the store option, running an engine call so that
-a user error ends in fail_json with the engine's one-line message, the
-warning when layer-3/4 rules cannot see bridged traffic, and the check-mode
-warning for bindings whose filters an earlier task would define."""
+a user error ends in fail_json with the engine's one-line message, the diff
+of a change and its repair, the warning when layer-3/4 rules cannot see
+bridged traffic, and the check-mode warning for bindings whose filters an
+earlier task would define."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List, Union
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
@@ -23,7 +24,7 @@ def host_for(module: Any) -> Host:
     if sys.version_info < MIN_PYTHON:
         module.fail_json(msg=f"vmguard.nwfilter needs Python {'.'.join(map(str, MIN_PYTHON))} or later on the managed "
                              f"host, found {sys.version.split()[0]} (set ansible_python_interpreter)")
-    return Host(module.params["root"])
+    return engine_call(module, Host, module.params["root"])
 
 
 def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -32,6 +33,16 @@ def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
     except NwfilterError as exc:
         module.fail_json(msg=str(exc))
         raise  # fail_json exits; this only satisfies linters
+
+
+def diff_of(result: ChangeResult, *more: Dict[str, str]) -> Union[Dict[str, str], List[Dict[str, str]]]:
+    """The change's diff, then ``more`` diffs, and, when the kernel lacked
+    rules of ours, one saying what was (or would be) repaired."""
+    diffs = [dict(before=result.before or "", after=result.after or ""), *more]
+    if result.repaired:
+        diffs.append(dict(before_header="kernel (vmguard tables)", after_header="kernel (repaired)",
+                          before="".join(f"{line}\n" for line in result.repaired), after="as stored\n"))
+    return diffs[0] if len(diffs) == 1 else diffs
 
 
 def warn_if_layer3_unseen(module: Any, host: Host) -> None:

@@ -57,6 +57,9 @@ attributes:
     support: full
     details: The canonical XML before and after.
 notes:
+  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map
+    elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired);
+    nothing outside our own tables is touched.
   - While a binding learns its address, a redefinition that would add a variable without a value to its filter tree is refused.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
@@ -85,6 +88,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+repaired:
+  description:
+    - What of the store's rules the kernel lacked or held differently (for example after C(nft flush ruleset)) and
+      this run put back (in check mode, would put back), one line each; the run then reports C(changed). Every run of
+      the module checks this first.
+  returned: success
+  type: list
+  elements: str
+  sample: ["table bridge vmguard is missing"]
 filter:
   description: The filter's canonical XML after the change (absent after removal).
   returned: success
@@ -113,7 +125,7 @@ lost_rules:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.builtin_filters import BUILTIN_FILTERS
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import filter_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import filter_from_xml
@@ -151,15 +163,14 @@ def main() -> None:
         name = flt.name
         overriding = name in BUILTIN_FILTERS and name not in engine_call(module, host.user_filters)
         result = engine_call(module, host.define_filter, flt, check=module.check_mode)
-    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning, lost_rules=result.lost)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=result.learning, lost_rules=result.lost,
+                  repaired=result.repaired)
     if result.after is not None:
         output["filter"] = result.after
     if module._diff:  # pylint: disable=protected-access
-        output["diff"] = dict(before=result.before or "", after=result.after or "")
-        if result.lost:  # a second diff: the rules each port loses
-            output["diff"] = [output["diff"], dict(
-                before_header="rules in force", after_header=f"with the built-in {name!r} overridden", after="",
-                before="".join(f"{port}: {line}\n" for port, lines in sorted(result.lost.items()) for line in lines))]
+        lost = [dict(before_header="rules in force", after_header=f"with the built-in {name!r} overridden", after="",
+                     before="".join(f"{port}: {line}\n" for port, lines in sorted(result.lost.items()) for line in lines))]
+        output["diff"] = diff_of(result, *(lost if result.lost else []))  # the rules each port loses
     if overriding and result.changed:
         losing = sorted(result.lost)
         shown = ", ".join(losing[:3]) + (f" and {len(losing) - 3} more" if len(losing) > 3 else "")

@@ -83,6 +83,9 @@ notes:
   - Warns when a binding of the task has the same MAC, IP or IPV6 address as another binding (a failover pair may
     share one; otherwise it is an inventory mistake, and anti-spoofing lets each of those VMs use the address).
   - Refuses C(MAC) in O(parameters), which comes from O(mac).
+  - Every run first makes the kernel hold what the store says (our tables, base chains, per-port chains and map
+    elements), repairing what anyone removed or altered in one transaction and reporting it in RV(repaired);
+    nothing outside our own tables is touched.
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -115,6 +118,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+repaired:
+  description:
+    - What of the store's rules the kernel lacked or held differently (for example after C(nft flush ruleset)) and
+      this run put back (in check mode, would put back), one line each; the run then reports C(changed). Every run of
+      the module checks this first.
+  returned: success
+  type: list
+  elements: str
+  sample: ["table bridge vmguard is missing"]
 learning:
   description:
     - The portdevs of this task's bindings that wait for their IP address (the learner service fills it in).
@@ -132,7 +144,7 @@ rebuilt:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import shared_addresses
@@ -196,9 +208,9 @@ def main() -> None:
         waiting = binding.portdev in result.learning or (
             not result.changed and binding.portdev in engine_call(module, host.waiting, [binding.portdev]))
         learning = [binding.portdev] if waiting else []
-    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning)
+    output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning, repaired=result.repaired)
     if module._diff:  # pylint: disable=protected-access
-        output["diff"] = dict(before=result.before or "", after=result.after or "")
+        output["diff"] = diff_of(result)
     after = {} if params["exclusive"] and params["bindings"] is not None else dict(present)
     after.update((b.portdev, b) for b in wanted)
     for line in shared_addresses(after, {b.portdev for b in wanted}):

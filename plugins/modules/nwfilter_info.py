@@ -37,6 +37,7 @@ attributes:
   diff_mode:
     support: none
 notes:
+  - Warns for every binding whose rules the kernel does not hold as stored (for example after C(nft flush ruleset)).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
 """
 
@@ -139,6 +140,15 @@ bindings:
       type: list
       elements: str
       sample: [allow-incoming-ipv4, clean-traffic, no-arp-spoofing, no-ip-spoofing, no-mac-spoofing, web]
+    in_force:
+      description: Whether the kernel holds the binding's rules as stored (for example not after C(nft flush ruleset)).
+      type: bool
+      sample: true
+    not_in_force_because:
+      description: Why the rules are not in force, one line.
+      type: str
+      returned: when O(bindings.in_force) is false
+      sample: table bridge vmguard is missing
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -171,6 +181,14 @@ def main() -> None:
         if not params["builtins"]:
             wanted &= set(user)
     filters = {name: dict(xml=filter_to_xml(every[name]), builtin=name not in user) for name in sorted(wanted & set(every))}
+    in_force = engine_call(module, host.in_force)
+    for found in bindings.values():
+        reason = in_force.get(found["portdev"])
+        found["in_force"] = reason is None
+        if reason:
+            found["not_in_force_because"] = reason
+            module.warn(f"the rules of {found['portdev']} are not in force: {reason} (the next change through "
+                        "a vmguard module, or the learner service, puts them back)")
     warn_if_layer3_unseen(module, host)
     module.exit_json(changed=False, filters=filters, bindings=bindings)
 

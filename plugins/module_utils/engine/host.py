@@ -20,9 +20,11 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
+from .integrity import Findings, Kernel, compare
 from .networks import Networks
-from .nft_compile import (MAX_PORT_ID, PortLive, PortProgram, compile_learning, compile_port, digest, lock_sets,
-                          lock_variable, transaction)
+from .nft_compile import (MAX_PORT_ID, REMOVE_ALL, PortLive, PortProgram, compile_learning, compile_port, digest,
+                          lock_sets, lock_variable, transaction)
+from .nft_generation import Generation
 from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
@@ -42,6 +44,8 @@ class ChangeResult:
     unchecked: Dict[str, List[str]] = field(default_factory=dict)
     # a user filter overriding a built-in: per port, the resolved rules it takes away
     lost: Dict[str, List[str]] = field(default_factory=dict)
+    repaired: List[str] = field(default_factory=list)  # what the kernel lacked and got back (or would)
+    skipped: List[str] = field(default_factory=list)  # restore(): bindings it could not read or compile
 
 
 @dataclass
@@ -169,6 +173,17 @@ def _check_learning_trees(old: _State, new: _State, ports: Set[str]) -> None:
                                 "being learned", f"binding {portdev!r}")
 
 
+def _adopt_port_ids(state: _State, kernel: Kernel, ports: Set[str]) -> None:
+    """Ports the store lost the record of keep the id the kernel holds for
+    them, where no other port has it: an id is never handed to another port
+    while the kernel still uses it."""
+    used = set(state.port_ids.values())
+    for portdev, port_id in sorted(kernel.port_ids().items()):
+        if portdev in ports and portdev not in state.port_ids and port_id not in used:
+            state.port_ids[portdev] = port_id
+            used.add(port_id)
+
+
 def _program(state: _State, portdev: str) -> PortProgram:
     binding = state.bindings[portdev]
     try:
@@ -190,11 +205,22 @@ class Host:
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
         self.networks = Networks(self.store, self.nft, netns)  # the virtual networks' firewall
+        self.generation = Generation(netlink=self.nft.netlink)
 
     # ---- reading -------------------------------------------------------
-    def _load(self) -> _State:
-        ports = self.store.ports()
-        return _State(self.store.filters(), self.store.bindings(), self.store.learned(),
+    def _load(self, unreadable: Optional[Dict[str, str]] = None) -> _State:
+        """The stored state; with ``unreadable``, bindings that cannot be read
+        are left out and named there (with a port record that cannot be read,
+        every binding is without one)."""
+        try:
+            ports = self.store.ports()
+        except NwfilterError as exc:
+            if unreadable is None:
+                raise
+            unreadable["ports.json"] = str(exc)
+            ports = {}
+        filters = self.store.filters({} if unreadable is not None else None)  # a binding using it fails to compile
+        return _State(filters, self.store.bindings(unreadable), self.store.learned({} if unreadable is not None else None),
                       {p: r["id"] for p, r in ports.items()},
                       {p: {k: v for k, v in r.items() if k != "id"} for p, r in ports.items()})
 
@@ -208,7 +234,7 @@ class Host:
         return self.store.bindings()
 
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
-               force_base: bool) -> None:
+               base: bool) -> None:
         """One transaction. Our base chains are rewritten only when our tables
         are missing (rewriting them makes the kernel re-validate every port):
         a script without them fails then, and the retry puts them back. Not
@@ -216,11 +242,34 @@ class Host:
         libvirt hook): listing the tables costs nft a full ruleset read, a
         second with 1000 bindings."""
         try:
-            self.nft.apply(transaction(programs, remove, before, base=force_base))
+            self.nft.apply(transaction(programs, remove, before, base=base))
         except NwfilterError:
-            if force_base:
+            if base:
                 raise
             self.nft.apply(transaction(programs, remove, before, base=True))
+
+    def _check_kernel(self, state: _State, interrupted: Optional[List[str]]) -> Optional[Tuple[Findings, Kernel]]:
+        """None when the kernel's ruleset generation is the one after our last
+        commit (nothing anyone did can have changed our rules) and the store
+        is whole; otherwise one listing of our tables compared with the store."""
+        unrecorded = set(state.bindings) - set(state.installed)
+        if interrupted is None and not unrecorded and self.store.marker() == list(self.generation.marker()):
+            return None
+        kernel = self.nft.kernel()
+        return compare({p: state.installed.get(p) for p in state.bindings}, kernel), kernel
+
+    def in_force(self) -> Dict[str, Optional[str]]:
+        """Per binding, None when the kernel holds its rules as stored, else why not."""
+        state = self._load()
+        interrupted = self.store.journal()
+        checked = self._check_kernel(state, interrupted)
+        if checked is None:
+            return {p: None for p in state.bindings}
+        found = checked[0]
+        reasons = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in found.problems if ": " in line}
+        reasons.update({p: "a change of it was interrupted" for p in interrupted or () if p not in reasons})
+        base = "; ".join(line for line in found.problems if ": " not in line) if found.base else None
+        return {p: base or reasons.get(p) for p in state.bindings}
 
     def status(self, portdev: str) -> Dict[str, object]:
         return self.report([portdev])[portdev]
@@ -318,11 +367,45 @@ class Host:
             if enabled:
                 gc.enable()
 
+    def _verified(self, check: bool) -> Tuple[_State, List[str]]:
+        """The stored state, with the kernel made to hold it first (or, in
+        check mode, what would be done): an interrupted change is undone, and
+        whatever of ours the kernel lacks or holds beyond the store is put
+        right in one transaction. Returns the state and what was repaired."""
+        interrupted = self.store.journal()
+        notes = []
+        if interrupted is not None:
+            notes.append("an interrupted change was undone" + (f" ({', '.join(interrupted)})" if interrupted else ""))
+            if not check:
+                self.store.undo()
+        state = self._load()
+        checked = self._check_kernel(state, interrupted)
+        if checked is None:
+            return state, notes
+        found, kernel = checked
+        notes += found.problems
+        damaged = found.damaged | (set(interrupted or ()) & set(state.bindings))
+        if check:
+            return state, notes
+        if not damaged and not found.stale and not found.base:
+            self.store.set_marker(self.generation.marker())
+            if interrupted is not None:
+                self.store.end()
+            return state, notes
+        new = state.copy()
+        _adopt_port_ids(new, kernel, damaged)
+        self._commit(state, new, damaged, found.stale, False, kernel.live())
+        return new, notes
+
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
                 live: Optional[Mapping[str, PortLive]] = None) -> List[str]:
         """Compile, apply as one transaction and store; returns the ports now
         learning. What a port has in the kernel is taken from the store
-        (``installed``) unless ``live`` (read from nft) is given."""
+        (``installed``) unless ``live`` (read from nft) is given.
+
+        Crash safety: the store's journal (the old text of every file this
+        writes) is on disk before the kernel changes and removed once every
+        file is in place; whoever finds it undoes the change (``_verified``)."""
         for portdev in remove:
             new.port_ids.pop(portdev, None)
             new.learned.pop(portdev, None)
@@ -337,25 +420,46 @@ class Host:
         programs = [_program(new, portdev) for portdev in sorted(rebuild)]
         check_host_rules({**{p: r.get("rules", 0) for p, r in new.installed.items()},
                           **{p.portdev: p.rule_count for p in programs}})
-        if not check:
-            touched = rebuild | remove
-            before = live if live is not None else old.live(touched)
-            self._apply(programs, sorted(remove), before, force_base=live is not None)
-            for program in programs:
-                new.installed[program.portdev] = {
-                    "chains": sorted([f, n, digest(rules)] for f, n, rules in program.chains),
-                    "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
-                    "rules": program.rule_count}
-                if program.sets:
-                    new.installed[program.portdev]["sets"] = sorted([f, n] for f, n, _spec in program.sets)
+        if check:
+            return [p.portdev for p in programs if p.learning]
+        touched = rebuild | remove
+        before = live if live is not None else old.live(touched)
+        for program in programs:
+            new.installed[program.portdev] = {
+                "chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.chains),
+                "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
+                "rules": program.rule_count}
+            if program.sets:
+                new.installed[program.portdev]["sets"] = sorted([f, n] for f, n, _spec in program.sets)
+        plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
+        marker = None
+        if touched or live is not None:
             try:
-                self.store.save(old.as_files(), new.as_files())
+                self.store.begin(plan)
+                generation = self.generation.current()
+                if new.port_ids:
+                    self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids)
+                else:  # nothing of ours left: no empty tables and hooks either
+                    self.nft.apply(REMOVE_ALL)
+                marker = self.generation.marker()
             except OSError as exc:
-                # the kernel has the new rules but the store could not follow: put the old ones back
-                old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
-                self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)),
-                                           new.live(touched)))
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
+            except NwfilterError:
+                self.store.end()
+                raise
+        try:
+            self.store.finish(plan)
+        except OSError as exc:
+            # the kernel has the new rules but the store could not follow: put the old ones back
+            old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
+            self.nft.apply(transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched))
+                           if old.port_ids else REMOVE_ALL)
+            self.store.undo()
+            self.store.end()
+            raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
+        if marker is not None:
+            # our commit is the only one since ``generation``: the marker names the state we just stored
+            self.store.set_marker(marker if marker[2] == generation + 1 else None)
         return [p.portdev for p in programs if p.learning]
 
     def _users(self, state: _State, name: str) -> List[str]:
@@ -367,11 +471,11 @@ class Host:
 
     def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
         with self._changing(check):
-            old = self._load()
+            old, repaired = self._verified(check)
             current = old.all_filters().get(flt.name)
             before = filter_to_xml(current) if current else None
             if current == flt:
-                return ChangeResult(False, before=before, after=before)
+                return ChangeResult(bool(repaired), before=before, after=before, repaired=repaired)
             new = old.copy()
             new.filters[flt.name] = flt
             try:
@@ -384,15 +488,16 @@ class Host:
                 raise exc.within(f"filter {flt.name!r} not changed") from None
             overrides = flt.name in BUILTIN_FILTERS and flt.name not in old.filters
             lost = _lost_rules(old, new, rebuild - set(unchecked)) if overrides else {}
-            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked, lost)
+            return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked=unchecked,
+                                lost=lost, repaired=repaired)
 
     def undefine_filter(self, name: str, check: bool = False) -> ChangeResult:
         with self._changing(check):
-            old = self._load()
+            old, repaired = self._verified(check)
             if name not in old.filters:
                 if name in BUILTIN_FILTERS:
                     raise NwfilterError(f"{name!r} is a built-in filter and cannot be undefined")
-                return ChangeResult(False)
+                return ChangeResult(bool(repaired), repaired=repaired)
             new = old.copy()
             del new.filters[name]
             before = filter_to_xml(old.filters[name])
@@ -405,7 +510,7 @@ class Host:
             rebuild = set(self._users(new, name)) if fallback else set()
             learning = self._commit(old, new, rebuild, set(), check)
             return ChangeResult(True, sorted(rebuild), learning, before,
-                                filter_to_xml(fallback) if fallback else None)
+                                filter_to_xml(fallback) if fallback else None, repaired)
 
     def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False,
                      unbind: Collection[str] = ()) -> ChangeResult:
@@ -417,7 +522,7 @@ class Host:
                 raise NwfilterError(f"portdev {binding.portdev!r} given twice")
             wanted[binding.portdev] = binding
         with self._changing(check):
-            old = self._load()
+            old, repaired = self._verified(check)
             new = old.copy()
             remove = (set(old.bindings) if exclusive else set(old.bindings) & set(unbind)) - set(wanted)
             rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
@@ -425,7 +530,7 @@ class Host:
                 del new.bindings[portdev]
             new.bindings.update(wanted)
             if not rebuild and not remove:
-                return ChangeResult(False)
+                return ChangeResult(bool(repaired), repaired=repaired)
             for portdev in rebuild:
                 new.learned.pop(portdev, None)  # a changed binding learns afresh
             unchecked = _undefined(new, rebuild) if check else {}
@@ -433,44 +538,73 @@ class Host:
             changed = rebuild | remove
             return ChangeResult(True, sorted(rebuild), learning,
                                 _bindings_xml({p: b for p, b in old.bindings.items() if p in changed}),
-                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}), unchecked)
+                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}),
+                                unchecked=unchecked, repaired=repaired)
 
     def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
         return self.set_bindings([binding], exclusive=False, check=check)
 
     def unbind(self, portdev: str, check: bool = False) -> ChangeResult:
         with self._changing(check):
-            old = self._load()
+            old, repaired = self._verified(check)
             if portdev not in old.bindings:
-                return ChangeResult(False)
+                return ChangeResult(bool(repaired), repaired=repaired)
             new = old.copy()
             del new.bindings[portdev]
             self._commit(old, new, set(), {portdev}, check)
-            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None)
+            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None, repaired)
 
     def learned(self, portdev: str, ipv4: Sequence[str], ipv6: Sequence[str] = ()) -> ChangeResult:
         """Addresses the learner found: enforce the full rules (or, with none
         left, the learning rules again)."""
         with self._changing():
-            old = self._load()
+            old, repaired = self._verified(False)
             if portdev not in old.bindings:
                 raise NwfilterError(f"no binding for {portdev!r}")
             new = old.copy()
             addresses = {name: list(values) for name, values in (("IP", ipv4), ("IPV6", ipv6)) if values}
             if new.learned.get(portdev, {}) == addresses:
-                return ChangeResult(False)
+                return ChangeResult(bool(repaired), repaired=repaired)
             if addresses:
                 new.learned[portdev] = addresses
             else:
                 new.learned.pop(portdev, None)
             learning = self._commit(old, new, {portdev}, set(), False)
-            return ChangeResult(True, [portdev], learning)
+            return ChangeResult(True, [portdev], learning, repaired=repaired)
+
+    def converge(self, check: bool = False) -> ChangeResult:
+        """Make the kernel hold what the store says (every change does this
+        first): changed, with what was repaired, when it did not."""
+        with self._changing():
+            _state, repaired = self._verified(check)
+            return ChangeResult(bool(repaired), repaired=repaired)
 
     def restore(self) -> ChangeResult:
-        """Re-apply every stored binding (at boot) and drop ports of ours the store does not know."""
+        """Re-apply every stored binding (at boot) and drop ports of ours the
+        store does not know. A binding that cannot be read or compiled is
+        left as the kernel has it (its id stays reserved) and named in ``skipped``."""
         with self._changing():
-            state = self._load()
-            live = self.nft.live()
-            stale = set(live) - set(state.bindings)
+            interrupted = self.store.journal()
+            if interrupted is not None:
+                self.store.undo()
+            else:
+                self.store.sweep()
+            unreadable: Dict[str, str] = {}
+            state = self._load(unreadable)
+            kernel = self.nft.kernel()
+            _adopt_port_ids(state, kernel, set(state.bindings))
+            probe = state.copy()
+            probe.port_ids = {p: probe.port_ids.get(p, 1) for p in state.bindings}
+            for portdev in sorted(state.bindings):
+                try:
+                    _program(probe, portdev)
+                except NwfilterError as exc:
+                    unreadable[portdev] = str(exc.within(f"binding {portdev!r}"))
+                    del state.bindings[portdev]
+            live = kernel.live()
+            stale = set(live) - set(state.bindings) - set(unreadable)
             learning = self._commit(state, state.copy(), set(state.bindings), stale, False, live)
-            return ChangeResult(True, sorted(state.bindings), learning)
+            skipped = [unreadable[name] for name in sorted(unreadable)]
+            return ChangeResult(True, sorted(state.bindings), learning,
+                                repaired=["an interrupted change was undone"] if interrupted is not None else [],
+                                skipped=skipped)

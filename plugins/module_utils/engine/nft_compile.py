@@ -64,6 +64,9 @@ add rule inet {TABLE} forward meta mark & 0x{FROM_MASK << TO_SHIFT:x} vmap @fo
 add rule inet {TABLE} input meta mark & 0x{FROM_MASK:x} vmap @hi
 """
 
+# everything of ours, whether it exists or not (``add`` first makes ``delete`` never fail)
+REMOVE_ALL = "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("bridge", "inet"))
+
 
 @dataclass(frozen=True)
 class PortProgram:
@@ -112,7 +115,7 @@ def chain_name(portdev: str, *parts: str) -> str:
     return "/".join(("p", portdev) + tuple(part.replace(":", "/") for part in parts))
 
 
-def _target(portdev: str, vmap: str) -> str:
+def map_target(portdev: str, vmap: str) -> str:
     return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
 
 
@@ -359,8 +362,15 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     installed port's chains refilled and map elements replaced where they
     change, and every removed port's deleted. Nothing outside our two tables
     is named. ``base`` (re)creates our tables and base chains: needed when
-    they are missing; it costs a validation of every port's jumps."""
+    they are missing; it costs a validation of every port's jumps.
+
+    Everything that goes comes before everything that comes: a port id (a
+    mark map's key) freed by one port may be taken by another in the same
+    transaction. Every chain filled is flushed first, even one ``live`` says
+    is new: a chain the store does not know of (an interrupted change, someone
+    else's) is replaced, never appended to."""
     lines = [BASE.rstrip("\n")] if base else []
+    adding: List[str] = []
     programs = {p.portdev: p for p in install}
     empty = PortLive(set(), set())
     for portdev in sorted(set(programs) | set(remove)):
@@ -376,7 +386,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         if base:
             lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         for family, vmap, key in sorted(now.elements - elements):
-            lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {_target(portdev, vmap)} }}")
+            lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {map_target(portdev, vmap)} }}")
             lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")
         lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(now.chains - chains)]
@@ -387,12 +397,13 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         lines += [f"delete set {family} {TABLE} {name}" for family, name in gone]
         if program is None:
             continue
-        lines += [f"add set {family} {TABLE} {name} {{ {spec} }}" for (family, name), spec in sorted(sets.items())]
-        lines += [f"add chain {family} {TABLE} {name}" for family, name, _rules in program.chains
-                  if (family, name) not in now.chains]
+        adding += [f"add set {family} {TABLE} {name} {{ {spec} }}" for (family, name), spec in sorted(sets.items())]
+        for family, name, _rules in program.chains:
+            if (family, name) not in now.chains:
+                adding += [f"add chain {family} {TABLE} {name}", f"flush chain {family} {TABLE} {name}"]
         for family, name, chain_rules in program.chains:
             if (family, name) not in same:
-                lines += [f"add rule {family} {TABLE} {name} {rule}" for rule in chain_rules]
-        lines += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {target} }}"
-                  for family, vmap, key, target in program.elements if (family, vmap, key) not in now.elements]
-    return "\n".join(lines) + "\n"
+                adding += [f"add rule {family} {TABLE} {name} {rule}" for rule in chain_rules]
+        adding += [f"add element {family} {TABLE} {vmap} {{ {key} : jump {target} }}"
+                   for family, vmap, key, target in program.elements if (family, vmap, key) not in now.elements]
+    return "\n".join(lines + adding) + "\n"

@@ -11,10 +11,17 @@ import subprocess
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
+from .integrity import BASE_MAPS, Kernel
 from .libnftables import LibNftables, library
-from .nft_compile import TABLE, PortLive, portdev_of
+from .nft_compile import TABLE, PortLive
+from .nft_netlink import Netlink, attribute, text
 
 FAMILIES = ("bridge", "inet")
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
+NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
 
 
 class Nft:
@@ -30,6 +37,7 @@ class Nft:
         self._undecided = argv is None
         if argv is not None:
             self._command_in_netns()
+        self.netlink = Netlink(netns)
 
     def _command_in_netns(self) -> None:
         if self.netns is not None:
@@ -71,40 +79,42 @@ class Nft:
         except NwfilterError:
             return None
 
-    def _tables(self) -> List[Dict[str, Any]]:
-        items: List[Dict[str, Any]] = []
+    def kernel(self) -> Kernel:
+        """What our tables hold now: their chains and rule counts from netlink
+        dumps (listing a table makes nft decode every rule), their maps from nft."""
+        kernel = Kernel()
         for family in FAMILIES:
-            try:
-                out = self._run(["-j", "list", "table", family, TABLE])
-            except NwfilterError:
-                continue  # the table does not exist yet
-            items += json.loads(out).get("nftables", [])
-        return items
+            tables = self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)
+            if not any(text(table[NFTA_TABLE_NAME]) == TABLE for table in tables):
+                continue
+            kernel.tables.add(family)
+            wanted = [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK]
+            for chain in self.netlink.request(NFT_MSG_GETCHAIN, wanted, family, dump=True):
+                if text(chain[NFTA_CHAIN_TABLE]) == TABLE:
+                    name = (family, text(chain[NFTA_CHAIN_NAME]))
+                    kernel.rules[name] = 0
+                    if NFTA_CHAIN_HOOK in chain:
+                        kernel.hooked.add(name)
+            for rule in self.netlink.request(NFT_MSG_GETRULE, [NFTA_RULE_CHAIN], family,
+                                             attribute(NFTA_RULE_TABLE, TABLE.encode() + b"\0"), dump=True):
+                name = (family, text(rule[NFTA_RULE_CHAIN]))
+                kernel.rules[name] = kernel.rules.get(name, 0) + 1
+            for found in self.netlink.request(NFT_MSG_GETSET, [NFTA_SET_TABLE, NFTA_SET_NAME], family, dump=True):
+                if text(found[NFTA_SET_TABLE]) == TABLE:
+                    kernel.sets.add((family, text(found[NFTA_SET_NAME])))
+            for vmap in sorted(name for f, name in BASE_MAPS if f == family):
+                try:
+                    listed = json.loads(self._run(["-j", "list", "map", family, TABLE, vmap]))
+                except NwfilterError:
+                    continue  # the map does not exist
+                for item in listed.get("nftables", []):
+                    if "map" in item:
+                        kernel.add_map(item["map"])
+        return kernel
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""
-        ports: Dict[str, PortLive] = {}
-        for item in self._tables():
-            if "chain" in item:
-                chain = item["chain"]
-                portdev = portdev_of(chain["name"])
-                if portdev:
-                    ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
-            elif "set" in item:
-                nft_set = item["set"]
-                portdev = portdev_of(nft_set["name"])
-                if portdev:
-                    ports.setdefault(portdev, PortLive(set(), set())).sets.add((nft_set["family"], nft_set["name"]))
-            elif "map" in item:
-                vmap = item["map"]
-                for key, verdict in vmap.get("elem", []):
-                    target = verdict.get("jump", {}).get("target", "")
-                    portdev = portdev_of(target)
-                    if portdev:
-                        text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
-                        ports.setdefault(portdev, PortLive(set(), set())).elements.add(
-                            (vmap["family"], vmap["name"], text))
-        return ports
+        return self.kernel().live()
 
     def set_elements(self, family: str, name: str) -> List[str]:
         """The addresses in one of our sets (none when it does not exist)."""

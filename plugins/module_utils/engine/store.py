@@ -17,13 +17,13 @@ import json
 import os
 import re
 import tempfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .model import Binding, Filter
 from .network_forms import network_from_xml, network_to_xml
 from .network_model import Network
-from .xml_form import binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
+from .xml_form import MAX_DOCUMENT, binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 DEFAULT_ROOT = "/etc/vmguard"
 # The store's format, in the file "version": the modules run the controller's
@@ -32,7 +32,6 @@ DEFAULT_ROOT = "/etc/vmguard"
 # (the format before the file existed); a format change adds its conversion in
 # Store.check_version.
 STORE_VERSION = 1
-T = TypeVar("T")
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -104,6 +103,10 @@ def _text_of(path: str, entry: Optional[os.DirEntry] = None) -> Optional[str]:
             text = handle.read()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as exc:
+        raise NwfilterError(f"not UTF-8 text (byte {exc.start})", f"stored file {path}") from None
+    except OSError as exc:
+        raise NwfilterError(f"cannot read it: {exc.strerror}", f"stored file {path}") from None
     if len(_TEXTS) > 100000:
         _TEXTS.clear()
     _TEXTS[path] = (identity, text)
@@ -115,8 +118,41 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def _json_of(path: str, text: str, valid: Callable[[object], bool], shape: str) -> object:
+    """The JSON document of a stored file, or a one-line error naming the file."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise NwfilterError(f"not valid JSON ({exc})", f"stored file {path}") from None
+    if not valid(value):
+        raise NwfilterError(f"not {shape}", f"stored file {path}")
+    return value
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _learned_valid(value: object) -> bool:
+    return isinstance(value, dict) and all(name in ("IP", "IPV6") and _strings(v) for name, v in value.items())
+
+
+def _ports_valid(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(record, dict) and isinstance(record.get("id"), int) and not isinstance(record["id"], bool)
+        and all(isinstance(record.get(key), list) and all(isinstance(item, list) for item in record[key])
+                for key in ("chains", "elements"))
+        for record in value.values())
+
+
+# A plan of store writes: (path, new text or None to remove), and the ports it touches
+Plan = Tuple[List[Tuple[str, Optional[str]]], List[str]]
+
+
 class Store:
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        if not isinstance(root, str) or not os.path.isabs(root):
+            raise NwfilterError(f"the store's root {root!r} must be an absolute path")
         self.root = root
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned", "networks")}
 
@@ -156,37 +192,48 @@ class Store:
         if stamp and text is None:
             atomic_write(path, f"{STORE_VERSION}\n")
 
-    def _read_all(self, kind: str) -> List[tuple]:
+    def _read_all(self, kind: str, parse: Callable[[str, str], object],
+                  unreadable: Optional[Dict[str, str]]) -> Dict[str, object]:
+        """Every file of ``kind`` parsed, by name without its extension. A file
+        that cannot be read or parsed is a one-line error naming it; with
+        ``unreadable``, it is skipped and its error kept there by name."""
         self.check_version()
         directory = self.dirs[kind]
         try:
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
         except FileNotFoundError:
-            return []
-        found = []
+            return {}
+        found = {}
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            text = _text_of(entry.path, entry)
-            if text is not None:
-                found.append((entry.path, text))
+            name = os.path.splitext(entry.name)[0]
+            try:
+                text = _text_of(entry.path, entry)
+                if text is not None:
+                    found[name] = parse(name, text)
+            except NwfilterError as exc:
+                error = exc if str(exc).startswith("stored file") else exc.within(f"stored file {entry.path}")
+                if unreadable is None:
+                    raise error from None
+                unreadable[name] = str(error)
         return found
 
-    def _parsed(self, kind: str, parse: Callable[[str], T]) -> Iterator[T]:
-        for path, text in self._read_all(kind):
-            try:
-                yield _parse_cached(text, parse)
-            except NwfilterError as exc:
-                raise exc.within(f"stored file {path}") from None
+    def filters(self, unreadable: Optional[Dict[str, str]] = None) -> Dict[str, Filter]:
+        parsed = self._read_all("filters", lambda _name, text: _parse_cached(text, filter_from_xml), unreadable)
+        return {flt.name: flt for flt in parsed.values()}
 
-    def filters(self) -> Dict[str, Filter]:
-        return {flt.name: flt for flt in self._parsed("filters", filter_from_xml)}
-
-    def bindings(self) -> Dict[str, Binding]:
-        return {binding.portdev: binding for binding in self._parsed("bindings", binding_from_xml)}
+    def bindings(self, unreadable: Optional[Dict[str, str]] = None) -> Dict[str, Binding]:
+        def parse(name: str, text: str) -> Binding:
+            binding = _parse_cached(text, binding_from_xml)
+            if binding.portdev != name:
+                raise NwfilterError(f"holds the binding of {binding.portdev!r}, not of {name!r}")
+            return binding
+        return self._read_all("bindings", parse, unreadable)
 
     def networks(self) -> Dict[str, Network]:
-        return {network.name: network for network in self._parsed("networks", network_from_xml)}
+        parsed = self._read_all("networks", lambda _name, text: _parse_cached(text, network_from_xml), None)
+        return {network.name: network for network in parsed.values()}
 
     def save_networks(self, before: Dict[str, Network], after: Dict[str, Network]) -> None:
         """Write the networks that change and remove those that go."""
@@ -199,35 +246,117 @@ class Store:
         if gone:
             fsync_dir(directory)
 
-    def learned(self) -> Dict[str, Dict[str, List[str]]]:
-        return {os.path.basename(path)[:-5]: json.loads(text) for path, text in self._read_all("learned")}
+    def learned(self, unreadable: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, List[str]]]:
+        path = self.dirs["learned"]
+        return self._read_all("learned", lambda name, text: _json_of(
+            os.path.join(path, f"{name}.json"), text, _learned_valid, "a map of IP/IPV6 to addresses"), unreadable)
 
     def ports(self) -> Dict[str, dict]:
         """Per port: its id and what of it was installed (``chains``, ``elements``)."""
         self.check_version()
-        text = _text_of(os.path.join(self.root, "ports.json"))
-        return json.loads(text) if text else {}
+        path = os.path.join(self.root, "ports.json")
+        text = _text_of(path)
+        return _json_of(path, text, _ports_valid, "a map of port records with id, chains and elements") if text else {}
 
-    def save(self, old: tuple, new: tuple) -> None:
-        """Go from the stored state ``old`` to ``new`` (filters, bindings,
-        learned, ports), writing only the files that change; the port
-        records last, once the files they describe are in place."""
+    def plan(self, old: tuple, new: tuple, ports: List[str]) -> Plan:
+        """What going from the stored state ``old`` to ``new`` (filters,
+        bindings, learned, ports) writes: only the files that change, the port
+        records last, once the files they describe are in place. Every file is
+        checked to be one the store can read back."""
         renders = ((lambda n, f: (f"{n}.xml", filter_to_xml(f))),
                    (lambda p, b: (f"{p}.xml", binding_to_xml(b))),
                    (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")))
-        writes: List[Tuple[str, str]] = []
-        removed: Set[str] = set()
+        writes: List[Tuple[str, Optional[str]]] = []
         for kind, render, before, after in zip(("filters", "bindings", "learned"), renders, old, new):
             directory = self.dirs[kind]
             for key, value in after.items():
                 if key not in before or before[key] != value:
                     name, text = render(key, value)
+                    if len(text) > MAX_DOCUMENT:
+                        raise NwfilterError(f"its stored form would be {len(text)} bytes, more than the "
+                                            f"{MAX_DOCUMENT} the store reads back", f"{kind[:-1]} {key!r}")
                     writes.append((os.path.join(directory, name), text))
             for key in set(before) - set(after):
-                _remove(os.path.join(directory, render(key, before[key])[0]))
-                removed.add(directory)
+                writes.insert(0, (os.path.join(directory, render(key, before[key])[0]), None))
         if old[3] != new[3]:
             writes.append((os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n"))
-        atomic_write_many(writes)  # renamed in order: ports.json last
-        for directory in sorted(removed - {os.path.dirname(path) for path, _text in writes}):
+        return writes, ports
+
+    # The journal makes a change all or nothing across the kernel and the
+    # files: before the kernel changes, it records the old text of every
+    # file the change writes; it is removed once every file is in place. A
+    # journal found later means a change was interrupted: ``undo`` puts the
+    # old files back, and the caller puts the kernel back for its ports.
+    @property
+    def _journal_path(self) -> str:
+        return os.path.join(self.root, "journal.json")
+
+    def begin(self, plan: Plan) -> None:
+        writes, ports = plan
+        undo = {path: _text_of(path) for path, _text in writes}
+        atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": undo}))
+
+    def finish(self, plan: Plan) -> None:
+        writes, _ports = plan
+        removed = {os.path.dirname(path) for path, text in writes if text is None}
+        for path, text in writes:
+            if text is None:
+                _remove(path)
+        atomic_write_many([(path, text) for path, text in writes if text is not None])  # ports.json last
+        for directory in sorted(removed):
             fsync_dir(directory)
+        self.end()
+
+    def end(self) -> None:
+        """Forget the journal: the change is complete (or was never made)."""
+        _remove(self._journal_path)
+        fsync_dir(self.root)
+
+    def journal(self) -> Optional[List[str]]:
+        """The ports of an interrupted change (its journal is renamed into place whole or not at all)."""
+        text = _text_of(self._journal_path)
+        if text is None:
+            return None
+        return _json_of(self._journal_path, text, lambda v: isinstance(v, dict) and _strings(v.get("ports"))
+                        and isinstance(v.get("undo"), dict), "a journal of ports and files")["ports"]
+
+    def sweep(self) -> None:
+        """Remove the temporary files of writes that were interrupted."""
+        for directory in [self.root, *self.dirs.values()]:
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(directory):
+                    if entry.name.startswith(".tmp-"):
+                        _remove(entry.path)
+
+    def undo(self) -> None:
+        """Put back the files of the interrupted change (the journal stays until ``end``)."""
+        self.sweep()
+        undo = json.loads(_text_of(self._journal_path) or "{}").get("undo", {})
+        for path, text in undo.items():
+            if text is None:
+                _remove(path)
+        atomic_write_many([(path, text) for path, text in undo.items() if text is not None])
+        for directory in sorted({os.path.dirname(path) for path in undo}):
+            fsync_dir(directory)
+
+    # The kernel's ruleset generation after our last commit (nft_generation):
+    # a hint that spares listing the ruleset, so it is written without fsync.
+    @property
+    def _marker_path(self) -> str:
+        return os.path.join(self.root, "kernel.json")
+
+    def marker(self) -> Optional[list]:
+        try:
+            with open(self._marker_path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def set_marker(self, marker: Optional[Sequence[object]]) -> None:
+        if marker is None:
+            _remove(self._marker_path)
+            return
+        tmp = os.path.join(self.root, f".tmp-kernel-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(list(marker), handle)
+        os.replace(tmp, self._marker_path)

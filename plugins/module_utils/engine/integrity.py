@@ -1,0 +1,140 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Does the kernel hold what the store says we installed? One JSON listing
+of our two tables, compared with the store's port records: our tables, maps
+and base chains (with their rule counts), every port's chains (present, and
+with as many rules as we put there) and its verdict-map elements (present,
+leading to the port's own chain). Ports of ours the store does not know
+are stale. Pure logic: the listing is read by ``Nft``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+
+from .nft_compile import BASE, TABLE, PortLive, map_target, portdev_of
+
+Chain = Tuple[str, str]  # (family, name)
+Element = Tuple[str, str, str]  # (family, map, key as nft syntax)
+
+
+def _base_layout() -> Tuple[Set[str], Set[Tuple[str, str]], Dict[Chain, int]]:
+    """Our tables, maps and base chains with their rule counts, as BASE creates them."""
+    tables, maps, rules = set(), set(), {}
+    for line in BASE.splitlines():
+        words = line.split()
+        if words[:2] == ["add", "table"]:
+            tables.add(words[2])
+        elif words[:2] == ["add", "map"]:
+            maps.add((words[2], words[4]))
+        elif words[:2] == ["add", "chain"]:
+            rules[(words[2], words[4])] = 0
+        elif words[:2] == ["add", "rule"]:
+            rules[(words[2], words[4])] += 1
+    return tables, maps, rules
+
+
+BASE_TABLES, BASE_MAPS, BASE_CHAINS = _base_layout()
+
+
+@dataclass
+class Kernel:
+    """What our tables hold now."""
+
+    tables: Set[str] = field(default_factory=set)  # families
+    maps: Set[Tuple[str, str]] = field(default_factory=set)
+    hooked: Set[Chain] = field(default_factory=set)  # base chains with a hook
+    rules: Dict[Chain, int] = field(default_factory=dict)  # every chain's rule count
+    elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
+    sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
+
+    def add_map(self, vmap: Dict[str, Any]) -> None:
+        """A map as nft lists it in JSON, with its elements."""
+        self.maps.add((vmap["family"], vmap["name"]))
+        for key, verdict in vmap.get("elem", []):
+            text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
+            target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
+            self.elements[(vmap["family"], vmap["name"], text)] = target
+
+    def live(self) -> Dict[str, PortLive]:
+        """Per port, its chains and elements in force (no digests: their rules are unknown)."""
+        ports: Dict[str, PortLive] = {}
+        for family, name in self.rules:
+            portdev = portdev_of(name)
+            if portdev:
+                ports.setdefault(portdev, PortLive(set(), set())).chains.add((family, name))
+        for element, target in self.elements.items():
+            portdev = portdev_of(target)
+            if portdev:
+                ports.setdefault(portdev, PortLive(set(), set())).elements.add(element)
+        for family, name in self.sets:
+            portdev = portdev_of(name)
+            if portdev:
+                ports.setdefault(portdev, PortLive(set(), set())).sets.add((family, name))
+        return ports
+
+    def port_ids(self) -> Dict[str, int]:
+        """Port ids the kernel holds (the key of a port's ``fi`` element)."""
+        return {portdev_of(target) or "": int(key, 16) for (family, vmap, key), target in self.elements.items()
+                if (family, vmap) == ("inet", "fi") and portdev_of(target)}
+
+
+@dataclass
+class Findings:
+    problems: List[str] = field(default_factory=list)  # one readable line each
+    base: bool = False  # a table, map or base chain is missing or altered
+    damaged: Set[str] = field(default_factory=set)  # ports to put back
+    stale: Set[str] = field(default_factory=set)  # ports of ours the store does not know
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+
+def compare(records: Mapping[str, Optional[dict]], kernel: Kernel) -> Findings:
+    """``records``: per bound port, what the store says it installed (None:
+    no record, so it has to be (re)installed)."""
+    found = Findings()
+    for family in sorted(BASE_TABLES - kernel.tables) if records else ():  # no binding, no tables
+        found.problems.append(f"table {family} {TABLE} is missing")
+    if records and BASE_TABLES <= kernel.tables:
+        for family, name in sorted(BASE_MAPS - kernel.maps):
+            found.problems.append(f"map {family} {TABLE} {name} is missing")
+        for chain, count in sorted(BASE_CHAINS.items()):
+            if chain not in kernel.hooked or kernel.rules.get(chain) != count:
+                found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} is missing or altered")
+    found.base = bool(found.problems)
+    live = kernel.live()
+    for portdev in sorted(records):
+        problem = _port_problem(portdev, records[portdev], kernel, live.get(portdev, PortLive(set(), set())))
+        if problem:
+            found.damaged.add(portdev)
+            found.problems.append(f"{portdev}: {problem}")
+    for portdev in sorted(set(live) - set(records)):
+        found.stale.add(portdev)
+        found.problems.append(f"{portdev}: chains of a port that has no binding")
+    return found
+
+
+def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: PortLive) -> Optional[str]:
+    if record is None:
+        return "the store has no record of what it installed"
+    for chain in record["chains"]:
+        family, name = chain[0], chain[1]
+        if (family, name) not in kernel.rules:
+            return f"chain {family} {name} is missing"
+        if len(chain) > 3 and kernel.rules[(family, name)] != chain[3]:
+            return f"chain {family} {name} has {kernel.rules[(family, name)]} rules, not {chain[3]}"
+    for family, vmap, key in record["elements"]:
+        target = kernel.elements.get((family, vmap, key))
+        if target is None:
+            return f"element {key} of map {family} {vmap} is missing"
+        if target != map_target(portdev, vmap):
+            return f"element {key} of map {family} {vmap} leads to {target}"
+    extra = sorted(now.chains - {(c[0], c[1]) for c in record["chains"]})
+    if extra:
+        return f"chain {' '.join(extra[0])} was not installed by us"
+    elements = sorted(now.elements - {tuple(e) for e in record["elements"]})
+    if elements:
+        return f"element {elements[0][2]} of map {elements[0][0]} {elements[0][1]} was not installed by us"
+    return None

@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""nftables' netlink interface, straight from a socket, for the few reads
+where nft is too slow: the ruleset generation, and the tables, chains and
+rule counts of a table (nft decodes and prints every rule to list a table,
+seconds for a thousand ports; counting the kernel's rule messages takes a
+fraction of that)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import threading
+from typing import Dict, FrozenSet, Iterable, List, Optional
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
+FAMILIES = {"inet": 1, "bridge": 7}
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_ATTRIBUTE = struct.Struct("=HH")
+
+Attributes = Dict[int, bytes]
+
+
+def namespace_path(netns: Optional[str]) -> str:
+    return f"/run/netns/{netns}" if netns else "/proc/self/ns/net"
+
+
+def _socket_in(netns: Optional[str]) -> socket.socket:
+    """A netlink socket of namespace ``netns`` (a socket keeps the namespace it was made in)."""
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    made: list = []
+
+    def make() -> None:
+        # setns moves only this short-lived thread
+        try:
+            with open(namespace_path(netns), "rb") as handle:
+                if ctypes.CDLL(None, use_errno=True).setns(handle.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+        except OSError as exc:
+            made.append(exc)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
+
+
+def attribute(kind: int, value: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def text(value: bytes) -> str:
+    return value.split(b"\0", 1)[0].decode()
+
+
+def _attributes(data: bytes, offset: int, end: int, wanted: FrozenSet[int]) -> Attributes:
+    found = {}
+    unpack = _ATTRIBUTE.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack(data, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF in wanted:
+            found[kind & 0x3FFF] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+class Netlink:
+    """One NETLINK_NETFILTER socket of a network namespace (None: ours)."""
+
+    def __init__(self, netns: Optional[str] = None) -> None:
+        self.netns = netns
+        self._sock: Optional[socket.socket] = None
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = _socket_in(self.netns)
+            self._sock.settimeout(5)
+        return self._sock
+
+    def namespace(self) -> int:
+        """The namespace's cookie (never reused while the machine runs), or,
+        before Linux 5.14, its inode (which a later namespace may reuse)."""
+        with self._lock:
+            try:
+                return struct.unpack("=Q", self._socket().getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+            except OSError:
+                return os.stat(namespace_path(self.netns)).st_ino
+
+    def request(self, message: int, wanted: Iterable[int], family: str = "", attributes: bytes = b"",
+                dump: bool = False) -> List[Attributes]:
+        """Send one nftables request (``message``: NFT_MSG_GET*); the
+        ``wanted`` top-level attributes of every reply (of all of them, for a dump)."""
+        keep = frozenset(wanted)
+        with self._lock:
+            sock = self._socket()
+            self._seq += 1
+            body = struct.pack("=BBH", FAMILIES.get(family, socket.AF_UNSPEC), 0, 0) + attributes
+            sock.send(_HEADER.pack(_HEADER.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | message,
+                                   NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), self._seq, 0) + body)
+            replies: List[Attributes] = []
+            while True:
+                data = sock.recv(1 << 20)
+                offset = 0
+                while offset + _HEADER.size <= len(data):
+                    length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+                    if length < _HEADER.size:
+                        break
+                    if seq == self._seq:
+                        if kind == NLMSG_DONE:
+                            return replies
+                        if kind == NLMSG_ERROR:
+                            error = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                            if error:
+                                raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+                            return replies
+                        replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
+                        if not dump:
+                            return replies
+                    offset += (length + 3) & ~3
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

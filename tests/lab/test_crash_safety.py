@@ -1,0 +1,103 @@
+"""kill -9 at any point of a bulk change: after the journal is written, after
+the kernel committed and before the store is written, during the store's
+renames, during the recovery of the change before, or at a random moment.
+The next call leaves kernel and store agreeing on one whole state, old or new."""
+
+import multiprocessing
+import os
+import random
+import re
+import signal
+import time
+
+from engine import store as store_module
+from engine.host import Host
+from engine.integrity import compare
+from engine.model import Binding, FilterRef
+
+PORTS = 40
+KILLS = 50
+
+
+def _generation(number):
+    """The bindings of change ``number``: every address changes, and the port count."""
+    count = PORTS + (number % 3) * 5
+    return [Binding(f"k{i}", f"52:54:00:20:00:{i:02x}", FilterRef("clean-traffic", {"IP": (f"10.{number % 250}.0.{i + 1}",)}))
+            for i in range(count)]
+
+
+def _die_at(point, renames):
+    """Make this (child) process kill itself at ``point`` of the next change."""
+    if point == "journal written":
+        begin = store_module.Store.begin
+        store_module.Store.begin = lambda self, plan: (begin(self, plan), os.kill(os.getpid(), signal.SIGKILL))
+    elif point == "kernel committed":
+        store_module.Store.finish = lambda self, plan: os.kill(os.getpid(), signal.SIGKILL)
+    elif point == "renaming":
+        replace, done = os.replace, []
+
+        def replace_then_die(src, dst):
+            replace(src, dst)
+            done.append(dst)
+            if len(done) >= renames:
+                os.kill(os.getpid(), signal.SIGKILL)
+        store_module.os.replace = replace_then_die
+
+
+def _child(root, netns, number, point, renames):
+    random.seed(number)
+    _die_at(point, renames)
+    Host(root, netns=netns).set_bindings(_generation(number), exclusive=True)
+    os._exit(0)  # pylint: disable=protected-access
+
+
+def _agree(host, seen):
+    """Kernel and store hold the same whole state, one of the changes ``seen``: its number."""
+    state = host._load()  # pylint: disable=protected-access
+    assert host.store.journal() is None
+    addresses = {p: b.filterref.parameters["IP"][0] for p, b in state.bindings.items()}
+    numbers = {address.split(".")[1] for address in addresses.values()}
+    assert len(numbers) == 1, f"a mix of changes: {sorted(numbers)}"
+    octet = numbers.pop()
+    number = next(n for n in seen if str(n % 250) == octet)
+    assert sorted(addresses) == sorted(b.portdev for b in _generation(number))
+    ids = list(state.port_ids.values())
+    assert len(ids) == len(set(ids)) and set(state.port_ids) == set(state.bindings)
+    kernel = host.nft.kernel()
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel).problems
+    listing = host.nft._run(["list", "table", "bridge", "vmguard"])  # pylint: disable=protected-access
+    in_force = dict(re.findall(r"chain p/(\S+)/o/ipv4-ip \{\n\t\tip saddr 0\.0\.0\.0 ip protocol udp return\n"
+                               r"\t\tip saddr (\S+) return", listing))
+    assert in_force == addresses
+    return number
+
+
+def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    host.set_bindings(_generation(0))
+    seen, kills, points = [0], 0, ["journal written", "kernel committed", "renaming", "anytime"]
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(9)
+    number = 0
+    while kills < KILLS and number < 3 * KILLS:
+        number += 1
+        point = points[number % len(points)]
+        child = context.Process(target=_child, args=(root, lab.host, number, point, rng.randint(1, PORTS + 10)))
+        child.start()
+        if point == "anytime":
+            time.sleep(rng.uniform(0, 0.25))
+            os.kill(child.pid, signal.SIGKILL)
+        child.join(60)
+        assert child.exitcode in (0, -signal.SIGKILL)
+        kills += child.exitcode == -signal.SIGKILL
+        seen.append(number)
+        # every other time the next child finds the mess (and may itself be killed recovering)
+        if number % 2 == 0:
+            result = host.restore() if number % 4 == 0 else host.converge()
+            assert not result.skipped
+            _agree(host, seen)
+    assert kills >= KILLS
+    host.converge()
+    number = _agree(host, seen)
+    assert not host.set_bindings(_generation(number), exclusive=True).changed  # nothing left to repair

@@ -1,0 +1,193 @@
+"""The kernel always holds what the store says: whatever damaged our tables,
+the next Host call puts them back (one transaction, reported as changed),
+and never touches tables that are not ours."""
+
+import os
+
+import pytest
+
+from engine import store as store_module
+from engine.errors import NwfilterError
+from engine.host import Host
+from engine.integrity import compare
+from engine.model import Binding, FilterRef
+from engine.xml_form import filter_from_xml
+from lab.netns import run
+from lab.probes import run_probes, standard_probes
+from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
+
+FOREIGN = """table inet theirs {
+\tchain input {
+\t\ttype filter hook input priority 10; policy accept;
+\t\ttcp dport 2222 counter accept
+\t}
+}
+"""
+
+DAMAGE = {
+    "flush ruleset": "flush ruleset",
+    "delete bridge table": "delete table bridge vmguard",
+    "delete inet table": "delete table inet vmguard",
+    "delete port chain": "flush chain bridge vmguard p/vnet0/o/ipv4-ip\n"
+                         "delete rule bridge vmguard p/vnet0/o handle {jump}\n"
+                         "delete chain bridge vmguard p/vnet0/o/ipv4-ip",
+    "flush port chain": "flush chain bridge vmguard p/vnet0/o",
+    "delete map element": 'delete element bridge vmguard from_vm { "vnet0" }',
+}
+
+
+def _bind(lab, host, ip=None):
+    vm = lab.guests["vm"]
+    return host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (ip or vm.ip,)})))
+
+
+def _spoofed_passes(lab):
+    """Whether a frame with a spoofed source address gets through (a legitimate one always must)."""
+    probes = [p for p in standard_probes(lab.guests["vm"], lab.guests["peer"]) if p.name in ("ipv4 udp", "spoofed ipv4")]
+    verdicts = run_probes(lab, probes)
+    assert verdicts["ipv4 udp"]
+    return verdicts["spoofed ipv4"]
+
+
+def _tables(lab):
+    """The ruleset's chains and maps by table, in any order (what is put back is listed last)."""
+    tables = ("\n" + lab.nft_list()).split("\ntable ")[1:]
+    return sorted((table.split(" {")[0], sorted(table.strip().rsplit("\n", 1)[0].split("\n\n"))) for table in tables)
+
+
+def _nft(lab, *args):
+    return run(["ip", "netns", "exec", lab.host, "nft", *args]).stdout
+
+
+def _jump_handle(lab):
+    """The handle of the rule of p/vnet0/o that jumps to its ipv4-ip chain."""
+    listing = _nft(lab, "-a", "list", "chain", "bridge", "vmguard", "p/vnet0/o")
+    line = next(line for line in listing.splitlines() if "p/vnet0/o/ipv4-ip" in line)
+    return line.rsplit("handle ", 1)[1].strip()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_the_next_call_repairs_what_was_damaged(lab, host, damage):
+    lab.nft(FOREIGN)
+    assert _bind(lab, host).changed
+    assert not _spoofed_passes(lab)
+    whole = _tables(lab)
+    lab.nft(DAMAGE[damage].replace("{jump}", _jump_handle(lab)) if "{jump}" in DAMAGE[damage] else DAMAGE[damage])
+    if damage == "flush ruleset":
+        assert _spoofed_passes(lab)
+        lab.nft(FOREIGN)
+    predicted = host.converge(check=True)
+    assert predicted.changed and predicted.repaired
+    assert _tables(lab) != whole  # check mode repaired nothing
+    result = _bind(lab, host)  # the very same binding: only the repair changes anything
+    assert result.changed and result.repaired and not result.rebuilt, result
+    assert _tables(lab) == whole  # ours as it was, theirs untouched
+    assert not _spoofed_passes(lab)
+    assert not _bind(lab, host).changed
+
+
+def test_nothing_damaged_means_no_change_and_no_listing(lab, host, monkeypatch):
+    _bind(lab, host)
+    lab.nft(FOREIGN)  # someone else's commit: one listing, nothing of ours to repair
+    assert not host.converge().changed
+    monkeypatch.setattr(host.nft, "kernel", lambda: pytest.fail("listed the ruleset"))
+    assert not host.converge().changed and not _bind(lab, host).changed
+    assert "table inet theirs" in lab.nft_list()
+
+
+def test_stale_chains_are_replaced_never_appended_to(lab, host, tmp_path):
+    """A change killed after the kernel committed and before the store was
+    written: the kernel holds chains the store does not know of."""
+    _bind(lab, host, "10.1.0.1")
+    stale_kernel = lab.nft_list()
+    other = Host(str(tmp_path / "fresh"), netns=lab.host)
+    _bind(lab, other, "10.2.0.1")  # a store that knows nothing of vnet0's chains
+    listing = _nft(lab, "list", "chain", "bridge", "vmguard", "p/vnet0/o/ipv4-ip")
+    assert "10.1.0.1" not in listing and "10.2.0.1" in listing
+    assert stale_kernel != lab.nft_list()
+
+
+def test_the_module_repairs_and_info_tells(lab, collections, tmp_path):
+    root = str(tmp_path / "store")
+    assert [t["changed"] for t in play(lab, collections, tmp_path, tasks(root))] == [True, True]
+    lab.nft("flush ruleset")  # what nftables.service does on start, restart and stop
+    assert _spoofed_passes(lab)
+    info = {"vmguard.nwfilter.nwfilter_info": {"root": root}}
+    checked = [dict(task, check_mode=True, diff=True) for task in tasks(root)]
+    results = play(lab, collections, tmp_path, [info] + checked + tasks(root) + tasks(root) + [info, {
+        "vmguard.nwfilter.nwfilter_info": {"root": "relative/store"}}])
+    broken, fixed = results[0]["bindings"]["vnet0"], results[7]["bindings"]["vnet0"]
+    assert broken["in_force"] is False and "table bridge vmguard is missing" in broken["not_in_force_because"]
+    assert any("vnet0 are not in force" in warning for warning in results[0]["warnings"])
+    assert [t["changed"] for t in results[1:7]] == [True, True, True, False, False, False]
+    assert "table inet vmguard is missing" in results[1]["diff"][1]["before"]
+    assert "table bridge vmguard is missing" in results[3]["repaired"] and not results[4]["repaired"]
+    assert fixed["in_force"] is True and not results[7].get("warnings")
+    assert results[8]["failed"] and "must be an absolute path" in results[8]["msg"]
+    assert not _spoofed_passes(lab)
+
+
+WEB = "<filter name='web'><filterref filter='clean-traffic'/><rule action='accept' direction='in'><tcp dstportstart='22'/></rule></filter>"
+
+
+def _web(portdev, number):
+    return Binding(portdev, f"52:54:00:00:01:{number:02x}", FilterRef("web", {"IP": (f"192.0.2.{100 + number}",)}))
+
+
+def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
+    host.define_filter(filter_from_xml(WEB))
+    host.set_bindings([_web("vnet0", 0), _web("vnet1", 1)])
+    ids = host.nft.kernel().port_ids()
+    assert sorted(ids.values()) == [1, 2]
+    with open(os.path.join(host.store.root, "ports.json"), "w", encoding="utf-8") as handle:
+        handle.write("{}\n")
+    result = host.bind(_web("vnet2", 2))
+    assert result.rebuilt == ["vnet2"] and "vnet0: the store has no record of what it installed" in result.repaired
+    kernel = host.nft.kernel()
+    assert kernel.port_ids() == dict(ids, vnet2=3)
+    state = host._load()  # pylint: disable=protected-access
+    assert state.port_ids == kernel.port_ids()
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel).problems
+
+
+def test_restore_restores_what_it_can_read(lab, host):
+    vm = lab.guests["vm"]
+    _bind(lab, host)
+    host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("clean-traffic", {"IP": ("192.0.2.33",)})))
+    before = _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip")
+    with open(os.path.join(host.store.root, "bindings", "other0.xml"), "wb") as handle:
+        handle.write(b"\xff\xfe")
+    lab.nft(f"flush chain bridge vmguard p/{vm.port}/o")
+    result = Host(host.store.root, netns=lab.host).restore()  # as at boot
+    assert result.rebuilt == [vm.port] and len(result.skipped) == 1
+    assert "other0.xml: not UTF-8 text" in result.skipped[0]
+    assert not _spoofed_passes(lab)
+    assert _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip") == before  # left as it was
+    with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
+        host.bind(Binding("other1", "52:54:00:00:00:34", FilterRef("clean-traffic")))
+
+
+def test_no_bindings_no_tables(lab, host):
+    host.define_filter(filter_from_xml(WEB))  # a filter without users changes nothing in the kernel
+    assert "vmguard" not in lab.nft_list()
+    _bind(lab, host)
+    assert host.unbind(lab.guests["vm"].port).changed
+    assert "vmguard" not in lab.nft_list()
+
+
+def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
+    """The kernel took the change, the store could not: the old rules (here: none, so no tables) come back."""
+    write = store_module.atomic_write_many
+
+    def full(files):
+        if any("/bindings/" in path for path, _text in files):  # the journal goes through, the binding does not
+            raise OSError(28, "No space left on device")
+        write(files)
+    applied = []
+    monkeypatch.setattr(store_module, "atomic_write_many", full)
+    monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (applied.append(script), apply(script)))
+    with pytest.raises(NwfilterError, match="cannot write the store .*: No space left on device; nothing changed"):
+        _bind(lab, host)
+    monkeypatch.undo()
+    assert len(applied) == 2 and "p/vnet0/o" in applied[0]  # the kernel had taken it
+    assert "vmguard" not in lab.nft_list() and host.bindings() == {} and host.store.journal() is None

@@ -1,0 +1,93 @@
+"""The store's robustness: a damaged file is a one-line error naming it and
+why, what the store writes it can always read back, and its root is absolute."""
+
+import json
+import os
+
+import pytest
+
+from engine.errors import NwfilterError
+from engine.model import Binding, FilterRef
+from engine.store import Store
+from engine.xml_form import MAX_DOCUMENT, binding_to_xml, filter_from_xml
+
+BINDING = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    made = Store(str(tmp_path / "store"))
+    with made.locked():
+        pass  # creates the directories
+    return made
+
+
+def _write(store, relative, data):
+    path = os.path.join(store.root, relative)
+    with open(path, "wb") as handle:
+        handle.write(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+@pytest.mark.parametrize("relative,data,reader,words", [
+    ("bindings/vnet0.xml", b"<filterbinding>\xff\xfe</filterbinding>", "bindings", "not UTF-8 text"),
+    ("bindings/vnet1.xml", binding_to_xml(BINDING), "bindings", "holds the binding of 'vnet0', not of 'vnet1'"),
+    ("bindings/vnet0.xml", "<filterbinding><portdev name='vnet0'/>", "bindings", "malformed XML"),
+    ("ports.json", "garbage", "ports", "not valid JSON"),
+    ("ports.json", '{"vnet0": {"id": 1, "chai', "ports", "not valid JSON"),
+    ("ports.json", '{"vnet0": {"chains": [], "elements": []}}', "ports", "not a map of port records"),
+    ("ports.json", '[]', "ports", "not a map of port records"),
+    ("learned/vnet0.json", "", "learned", "not valid JSON"),
+    ("learned/vnet0.json", '{"IP": "192.0.2.1"}', "learned", "not a map of IP/IPV6 to addresses"),
+])
+def test_a_damaged_file_is_named_with_the_reason(store, relative, data, reader, words):
+    path = _write(store, relative, data)
+    with pytest.raises(NwfilterError) as caught:
+        getattr(store, reader)()
+    message = str(caught.value)
+    assert message.startswith(f"stored file {path}: ") and words in message and "\n" not in message
+
+
+def test_unreadable_bindings_can_be_skipped_and_named(store):
+    _write(store, "bindings/vnet0.xml", binding_to_xml(BINDING))
+    _write(store, "bindings/vnet1.xml", b"\xff")
+    unreadable = {}
+    assert list(store.bindings(unreadable)) == ["vnet0"]
+    assert list(unreadable) == ["vnet1"] and "not UTF-8" in unreadable["vnet1"]
+
+
+def test_what_is_accepted_can_be_read_back(store):
+    """A filter just under the input limit whose canonical form is larger is refused before anything is written."""
+    rule = "<rule action='drop' direction='in'><tcp dstportstart='1'/></rule>"
+    text = f"<filter name='big'>{rule * ((MAX_DOCUMENT - 100) // len(rule))}</filter>"
+    flt = filter_from_xml(text)
+    with pytest.raises(NwfilterError, match=r"^filter 'big': its stored form would be \d+ bytes, more than the 1048576"):
+        store.plan(({}, {}, {}, {}), ({"big": flt}, {}, {}, {}), [])
+    assert os.listdir(store.dirs["filters"]) == []
+
+
+@pytest.mark.parametrize("root", ["relative/store", "", "./store"])
+def test_the_root_must_be_absolute(root):
+    with pytest.raises(NwfilterError, match="must be an absolute path"):
+        Store(root)
+
+
+def test_an_interrupted_change_is_undone(store):
+    """The journal holds the old text of every file a change writes, until the change is complete."""
+    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"id": 1, "chains": [], "elements": []}})
+    store.finish(store.plan(({}, {}, {}, {}), old, ["vnet0"]))
+    moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
+    plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}), ["vnet0", "vnet1"])
+    store.begin(plan)
+    for path, text in plan[0][:2]:  # killed half way through the renames
+        if text is None:
+            os.unlink(path)
+        else:
+            _write(store, os.path.relpath(path, store.root), text)
+    assert store.journal() == ["vnet0", "vnet1"]
+    store.undo()
+    store.end()
+    assert store.journal() is None
+    assert store.bindings() == {"vnet0": BINDING} and store.learned() == {}
+    with open(os.path.join(store.root, "ports.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == old[3]
