@@ -51,7 +51,7 @@ def collections(tmp_path_factory):
     base = tmp_path_factory.mktemp("collections")
     target = base / "ansible_collections" / "vmguard" / "nwfilter"
     target.mkdir(parents=True)
-    for part in ("galaxy.yml", "meta", "plugins", "roles", "learner"):
+    for part in ("galaxy.yml", "meta", "plugins", "roles", "learner", "libvirt_hook"):
         source = os.path.join(REPO, part)
         if os.path.isdir(source):
             shutil.copytree(source, target / part, ignore=shutil.ignore_patterns("__pycache__", "molecule"))
