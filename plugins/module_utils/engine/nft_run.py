@@ -53,7 +53,8 @@ class Nft:
         tables = self._run(["list", "tables"])
         return all(f"table {family} {TABLE}" in tables for family in FAMILIES)
 
-    def _tables(self) -> List[Dict[str, Any]]:
+    def listing(self) -> List[Dict[str, Any]]:
+        """Every object of our two tables, as nft's JSON items (a missing table gives none)."""
         items: List[Dict[str, Any]] = []
         for family in FAMILIES:
             try:
@@ -63,10 +64,11 @@ class Nft:
             items += json.loads(out).get("nftables", [])
         return items
 
-    def live(self) -> Dict[str, PortLive]:
-        """Per port, the chains and verdict-map elements of ours in force now."""
+    def live(self, items: Optional[List[Dict[str, Any]]] = None) -> Dict[str, PortLive]:
+        """Per port, the chains and verdict-map elements of ours in force now
+        (in ``items``, a listing already made, when given)."""
         ports: Dict[str, PortLive] = {}
-        for item in self._tables():
+        for item in self.listing() if items is None else items:
             if "chain" in item:
                 chain = item["chain"]
                 portdev = portdev_of(chain["name"])
