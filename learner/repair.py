@@ -149,6 +149,7 @@ class Repairer:
                     (time.monotonic() - started) * 1000)
 
     def run(self) -> None:
+        LOG.info("watching nftables' notifications: our rules are repaired whenever anyone else changes them")
         self.converge("at start")
         ours: List[nft_events.Change] = []  # changes to our tables in the transaction being received
         seen: List[str] = []  # what other processes did since the last repair
