@@ -1,13 +1,20 @@
-"""The service repairs our rules by itself (learner/repair.py): each kind of
-damage done with nft in the lab's host namespace is undone within a second,
-and spoofed frames are dropped again (real frames); our own deliberate
-changes are never undone; one service per store."""
+"""The service repairs our rules by itself (learner/repair.py), running as a
+process in the lab's host namespace: each kind of damage done with nft is
+undone within a second, and spoofed frames are dropped again (real frames);
+our own deliberate changes are never undone; one service per store.
+
+Then other firewalls beside ours: an nftables.conf that starts with `flush
+ruleset` (Debian's nftables.service on start, restart and stop), a
+firewalld-like reload (its own table deleted and re-created), iptables-nft
+chains as Docker and libvirt's network driver add them. Ours keep working,
+theirs are untouched and keep working too."""
 
 import re
 import subprocess
 import time
 
 import pytest
+from scapy.all import IP, UDP, Ether  # pylint: disable=no-name-in-module
 
 from engine.model import Binding, FilterRef
 from engine.xml_form import filter_from_xml
@@ -39,14 +46,17 @@ DAMAGES = {
 }
 
 
-def probes(lab):
-    """Spoofed frames and the layer-3 drop (False when dropped), and legitimate traffic (True)."""
+def _udp_to(lab, port):
     vm, peer = lab.guests["vm"], lab.guests["peer"]
-    chosen = {p.name: p for p in standard_probes(vm, peer)}
-    from scapy.all import IP, UDP, Ether  # pylint: disable=import-outside-toplevel,no-name-in-module
-    port7 = Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(sport=4000, dport=7)
+    frame = Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(sport=4000, dport=port)
+    return Probe(f"udp to port {port}", "vm", "peer", tagged(frame))
+
+
+def probes(lab, *others):
+    """Spoofed frames and the layer-3 drop (False when dropped), legitimate traffic (True), and ``others``."""
+    chosen = {p.name: p for p in standard_probes(lab.guests["vm"], lab.guests["peer"])}
     picked = [chosen[name] for name in ("ipv4 udp", "spoofed mac", "spoofed ipv4", "arp spoofed ip")]
-    return run_probes(lab, picked + [Probe("udp to port 7", "vm", "peer", tagged(port7))])
+    return run_probes(lab, picked + [_udp_to(lab, 7)] + list(others))
 
 
 ENFORCED = {"ipv4 udp": True, "spoofed mac": False, "spoofed ipv4": False, "arp spoofed ip": False,
@@ -117,3 +127,99 @@ def test_one_service_per_store(lab, host):
     assert second.returncode == 1
     assert second.stderr.strip() == (f"vmguard-learner: another vmguard-learner (pid {first.process.pid}) already "
                                      f"serves the store {host.store.root}; only one may run per store")
+
+
+NFTABLES_CONF = """#!/usr/sbin/nft -f
+flush ruleset
+table inet filter {
+    chain input { type filter hook input priority filter; policy accept; }
+    chain forward { type filter hook forward priority filter; policy accept; udp dport 8 drop; }
+    chain output { type filter hook output priority filter; policy accept; }
+}
+"""
+# what firewalld's nftables backend does on reload: its own table only, deleted and re-created in one go
+FIREWALLD_RELOAD = """table inet firewalld
+delete table inet firewalld
+table inet firewalld {
+    chain filter_FORWARD { type filter hook forward priority filter + 10; policy accept; udp dport 8 drop; }
+    chain filter_INPUT { type filter hook input priority filter + 10; policy accept; }
+}
+"""
+IPTABLES = [  # Docker's and libvirt's network driver's chains, and one rule whose effect the frames show
+    "-t nat -N DOCKER", "-t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+    "-t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+    "-N DOCKER-USER", "-A FORWARD -j DOCKER-USER",
+    "-N LIBVIRT_FWO", "-A FORWARD -j LIBVIRT_FWO", "-A LIBVIRT_FWO -i virbr0 -s 192.168.122.0/24 -j ACCEPT",
+    "-A LIBVIRT_FWO -p udp --dport 8 -j DROP",
+]
+
+
+def _both(lab):
+    """Our enforcement, plus theirs: UDP to port 8 dropped by the other firewall."""
+    return probes(lab, _udp_to(lab, 8))
+
+
+THEIRS_TOO = dict(ENFORCED, **{"udp to port 8": False})
+
+
+def _theirs(lab, family, table):
+    return run(["ip", "netns", "exec", lab.host, "nft", "list", "table", family, table]).stdout
+
+
+def test_nftables_conf_with_flush_ruleset(lab, guarded, tmp_path):
+    conf = tmp_path / "nftables.conf"
+    conf.write_text(NFTABLES_CONF)
+    load = ["ip", "netns", "exec", lab.host, "nft", "-f", str(conf)]
+    ours = ruleset(lab)
+    run(load)  # before the service runs: ours gone, theirs as the file says
+    reference = _theirs(lab, "inet", "filter")
+    with Service(lab, guarded.store.root) as service:
+        wait_until(lambda: ruleset(lab) == {**ours, **_filter_blocks(lab)}, 1.0)  # repaired at start
+        assert "at start" in service.wait_for("re-applied")
+        run(load)  # nftables.service restarts
+        took = wait_until(lambda: ruleset(lab) == {**ours, **_filter_blocks(lab)}, 1.0)
+        assert _theirs(lab, "inet", "filter") == reference
+        assert _both(lab) == THEIRS_TOO
+    print(f"nftables.conf reloaded: ours back after {took * 1000:.0f} ms")
+
+
+def _filter_blocks(lab):
+    return {key: lines for key, lines in ruleset(lab).items() if key[0] == "table inet filter {"}
+
+
+def test_firewalld_like_reload_leaves_ours_alone(lab, guarded):
+    reload = ["ip", "netns", "exec", lab.host, "nft", "-f", "-"]
+    run(reload, stdin=FIREWALLD_RELOAD)
+    before = ruleset(lab)
+    reference = _theirs(lab, "inet", "firewalld")
+    with Service(lab, guarded.store.root, debug=True) as service:
+        run(reload, stdin=FIREWALLD_RELOAD)
+        time.sleep(0.3)
+        assert ruleset(lab) == before and _theirs(lab, "inet", "firewalld") == reference
+        assert _both(lab) == THEIRS_TOO
+        # their transaction never touched our tables: nothing for the service to look at
+        assert not [line for line in service.log if "nft (pid" in line], service.log
+
+
+def _iptables_save(lab):
+    """iptables-nft's rules without the packet counters (traffic changes them)."""
+    text = run(["ip", "netns", "exec", lab.host, "iptables-save"]).stdout
+    return [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.parametrize("damage", ["flush chain bridge vmguard p/vnet0/o/ipv4-ip", "delete table inet vmguard"])
+def test_iptables_nft_chains_beside_ours(lab, guarded, damage):
+    for rule in IPTABLES:
+        run(["ip", "netns", "exec", lab.host, "iptables"] + rule.split())
+    theirs, ours = _iptables_save(lab), ruleset(lab)
+    with Service(lab, guarded.store.root) as service:
+        # Docker or libvirt restarting: iptables-restore rewrites their tables, ours are not involved
+        run(["ip", "netns", "exec", lab.host, "iptables-restore"],
+            stdin=run(["ip", "netns", "exec", lab.host, "iptables-save"]).stdout)
+        lab.nft(damage)
+        took = wait_until(lambda: {k: v for k, v in ruleset(lab).items() if "vmguard" in k[0]} ==
+                          {k: v for k, v in ours.items() if "vmguard" in k[0]}, 1.0)
+        assert _iptables_save(lab) == theirs
+        assert _both(lab) == THEIRS_TOO
+        assert len([line for line in service.log if "re-applied" in line]) == 1, service.log
+    print(f"{damage} beside iptables-nft: ours back after {took * 1000:.0f} ms")
