@@ -3,10 +3,10 @@ notifications and, when anyone else deleted, flushed or altered something in
 our two tables (``nft flush ruleset``, nftables.service restarting, an
 admin's ``nft -f``), puts the stored state back, usually well within a second.
 
-Our own changes (modules, this service) emit the same notifications, so a
-repair never trusts them: it takes the store's lock (every change holds it
-from the nft commit to the store write), then compares the kernel with the
-store, and re-applies only when they differ. The store is the truth, so a
+Our own changes (modules, this service) emit the same notifications, so
+notifications alone decide nothing: the repair takes the store's lock (every
+change holds it from the nft commit to the store write), then compares the
+kernel with the store, and re-applies only when they differ. The store is the truth, so a
 binding removed on purpose is never brought back."""
 
 from __future__ import annotations
@@ -141,8 +141,11 @@ class Repairer:
                 LOG.debug("%s: the kernel holds what the store says", why)
                 return
             count = repair(self.host)
-        except (NwfilterError, OSError) as exc:
+        except NwfilterError as exc:
             LOG.error("%s: cannot repair our rules: %s", why, exc)
+            return
+        except Exception as exc:  # pylint: disable=broad-except  # the thread must outlive a bad store file
+            LOG.error("%s: cannot repair our rules: %s: %s", why, type(exc).__name__, exc)
             return
         shown = "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
         LOG.warning("%s; found %s; re-applied %d binding%s in %.0f ms", why, shown, count, "" if count == 1 else "s",
@@ -162,7 +165,8 @@ class Repairer:
                     first = first or time.monotonic()
                     due = min(first + LONGEST, time.monotonic() + QUIET)
             if seen and time.monotonic() >= due:
-                self.converge("; ".join(seen))
+                shown = list(dict.fromkeys(seen))
+                self.converge("; ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else ""))
                 seen, first = [], 0.0
 
     def _receive(self, ours: List[nft_events.Change]) -> List[str]:
