@@ -13,7 +13,7 @@ from typing import List
 from .netns import Lab
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-READY = "watching nftables"  # logged once the service receives nftables' notifications
+READY = "watching nftables"  # logged once the service has compared at start and watches nftables
 
 
 class Service:

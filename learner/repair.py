@@ -18,12 +18,12 @@ import select
 import threading
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 from engine import nft_events
 from engine.errors import NwfilterError
 from engine.host import Host
-from engine.nft_run import FAMILIES
+from engine.nft_run import FAMILIES, Layout
 from engine.nft_compile import BASE, TABLE, PortLive, digest
 
 LOG = logging.getLogger("vmguard-learner")
@@ -51,10 +51,9 @@ def _base() -> Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]], Counter]:
 TABLES, MAPS, BASE_RULES = _base()
 
 
-def damage(items: List[Dict[str, Any]], live: Dict[str, PortLive], records: Dict[str, dict],
-           bindings: Set[str]) -> List[str]:
-    """What of the stored state the kernel does not hold: ``items`` is the
-    JSON listing of our tables and ``live`` its ports (``Nft.live``),
+def damage(layout: Layout, live: Dict[str, PortLive], records: Dict[str, dict], bindings: Set[str]) -> List[str]:
+    """What of the stored state the kernel does not hold: ``layout`` and
+    ``live`` are what of ours is in the kernel (``Nft.layout``, ``Nft.live``),
     ``records`` the store's port records (chains with the digest of their
     rules, map elements), ``bindings`` the stored bindings' ports. Detected:
     a missing table, map, base chain or port chain, a base chain whose rules
@@ -65,18 +64,10 @@ def damage(items: List[Dict[str, Any]], live: Dict[str, PortLive], records: Dict
     if not bindings and not records:
         return []
     problems = [] if set(records) == bindings else ["the store's port records do not match its bindings"]
-    tables = {(item["table"]["family"], item["table"]["name"]) for item in items if "table" in item}
-    rules: Counter = Counter()
-    maps = set()
-    for item in items:
-        if "chain" in item:
-            rules[(item["chain"]["family"], item["chain"]["name"])] += 0
-        elif "rule" in item:
-            rules[(item["rule"]["family"], item["rule"]["chain"])] += 1
-        elif "map" in item:
-            maps.add((item["map"]["family"], item["map"]["name"]))
+    tables = {(family, TABLE) for family in layout.tables}
+    rules = layout.rules
     problems += [f"table {family} {TABLE} missing" for family, _name in sorted(TABLES - tables)]
-    problems += [f"map {family} {TABLE} {name} missing" for family, name in sorted(MAPS - maps)
+    problems += [f"map {family} {TABLE} {name} missing" for family, name in sorted(MAPS - layout.maps)
                  if (family, TABLE) in tables]
     for (family, name), count in sorted(BASE_RULES.items()):
         if (family, TABLE) not in tables:
@@ -94,7 +85,7 @@ def damage(items: List[Dict[str, Any]], live: Dict[str, PortLive], records: Dict
         for family, name in sorted(set(stored) - now.chains):
             problems.append(f"chain {family} {TABLE} {name} missing")
         for family, name in sorted(set(stored) & now.chains):
-            if not rules[(family, name)] and stored[(family, name)] != EMPTY:
+            if not rules.get((family, name)) and stored[(family, name)] != EMPTY:
                 problems.append(f"chain {family} {TABLE} {name} flushed")
         problems += [f"chain {family} {TABLE} {name} not in the store" for family, name in sorted(now.chains - set(stored))]
         elements = {tuple(element) for element in record["elements"]}
@@ -108,8 +99,7 @@ def damage(items: List[Dict[str, Any]], live: Dict[str, PortLive], records: Dict
 def check(host: Host) -> List[str]:
     """``damage`` on this host, read under the store's lock so that no change is half done."""
     with host.store.locked():
-        items = host.nft.listing()
-        return damage(items, host.nft.live(items), host.store.ports(), set(host.store.bindings()))
+        return damage(host.nft.layout(), host.nft.live(), host.store.ports(), set(host.store.bindings()))
 
 
 def repair(host: Host) -> int:
@@ -152,8 +142,8 @@ class Repairer:
                     (time.monotonic() - started) * 1000)
 
     def run(self) -> None:
+        self.converge("at start")  # notifications arriving meanwhile wait in the socket
         LOG.info("watching nftables' notifications: our rules are repaired whenever anyone else changes them")
-        self.converge("at start")
         ours: List[nft_events.Change] = []  # changes to our tables in the transaction being received
         seen: List[str] = []  # what other processes did since the last repair
         first = due = 0.0

@@ -1,6 +1,6 @@
 """The repair's pure logic: reading nftables' netlink notifications (messages
-built here byte by byte, as the kernel lays them out) and comparing a listing
-of our tables with the store's port records."""
+built here byte by byte, as the kernel lays them out) and comparing what of
+ours the kernel holds with the store's port records."""
 
 import os
 import struct
@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from engine.nft_compile import PortLive, digest  # noqa: E402  pylint: disable=wrong-import-position
 from engine.nft_events import Change, Commit, parse, summary  # noqa: E402  pylint: disable=wrong-import-position
+from engine.nft_run import Layout  # noqa: E402  pylint: disable=wrong-import-position
 from learner.repair import damage  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -52,40 +53,41 @@ def test_summary_names_what_went_and_leaves_out_what_went_with_it():
     assert summary(many).endswith("added chain inet vmguard c5 and 2 more changes")
 
 
-BASE_ITEMS = [{"table": {"family": "bridge", "name": "vmguard"}}, {"table": {"family": "inet", "name": "vmguard"}}] + \
-    [{"map": {"family": f, "name": n}} for f, n in (("bridge", "from_vm"), ("bridge", "to_vm"), ("bridge", "mark_to"),
-                                                     ("inet", "fi"), ("inet", "fo"), ("inet", "hi"))] + \
-    [{"chain": {"family": f, "name": n}} for f, n in (("bridge", "prerouting"), ("bridge", "forward"),
-                                                       ("bridge", "postrouting"), ("inet", "forward"),
-                                                       ("inet", "input"))] + \
-    [{"rule": {"family": f, "chain": n}} for f, n in (("bridge", "prerouting"), ("bridge", "forward"),
-                                                       ("bridge", "postrouting"), ("inet", "forward"),
-                                                       ("inet", "forward"), ("inet", "input"))]
+def _layout(port_rules=None, tables=("bridge", "inet"), drop=()):
+    """Our layout as BASE makes it, with these port chains' rule counts, less the chains in ``drop``."""
+    rules = {("bridge", "prerouting"): 1, ("bridge", "forward"): 1, ("bridge", "postrouting"): 1,
+             ("inet", "forward"): 2, ("inet", "input"): 1, **(port_rules or {})}
+    maps = {("bridge", "from_vm"), ("bridge", "to_vm"), ("bridge", "mark_to"), ("inet", "fi"), ("inet", "fo"), ("inet", "hi")}
+    return Layout({f for f in tables}, {m for m in maps if m[0] in tables},
+                  {c: n for c, n in rules.items() if c[0] in tables and c not in drop})
+
+
 RECORD = {"vnet0": {"id": 1, "chains": [["bridge", "p/vnet0/o", digest(["drop"])], ["bridge", "p/vnet0/i", digest(())]],
                     "elements": [["bridge", "from_vm", '"vnet0"'], ["bridge", "to_vm", '"vnet0"']]}}
-PORT_ITEMS = [{"chain": {"family": "bridge", "name": "p/vnet0/o"}}, {"chain": {"family": "bridge", "name": "p/vnet0/i"}},
-              {"rule": {"family": "bridge", "chain": "p/vnet0/o"}}]
+PORT = {("bridge", "p/vnet0/o"): 1, ("bridge", "p/vnet0/i"): 0}
+ELEMENTS = {("bridge", "from_vm", '"vnet0"'), ("bridge", "to_vm", '"vnet0"')}
 
 
-def _live(items, elements=(("bridge", "from_vm", '"vnet0"'), ("bridge", "to_vm", '"vnet0"'))):
-    chains = {(i["chain"]["family"], i["chain"]["name"]) for i in items if "chain" in i and "/" in i["chain"]["name"]}
-    return {"vnet0": PortLive(chains, set(elements))} if chains or elements else {}
+def _live(chains=tuple(PORT), elements=ELEMENTS):
+    return {"vnet0": PortLive(set(chains), set(elements))}
 
 
 def test_nothing_to_repair():
-    assert damage(BASE_ITEMS + PORT_ITEMS, _live(PORT_ITEMS), RECORD, {"vnet0"}) == []
-    assert damage([], {}, {}, set()) == []  # nothing stored: no tables needed
+    assert damage(_layout(PORT), _live(), RECORD, {"vnet0"}) == []
+    assert damage(Layout(set(), set(), {}), {}, {}, set()) == []  # nothing stored: no tables needed
 
 
 def test_each_damage_is_named():
-    assert damage([], {}, RECORD, {"vnet0"}) == ["table bridge vmguard missing", "table inet vmguard missing"]
-    flushed = [i for i in BASE_ITEMS + PORT_ITEMS if i.get("rule", {}).get("chain") not in ("p/vnet0/o", "prerouting")]
-    assert damage(flushed, _live(PORT_ITEMS), RECORD, {"vnet0"}) == [
-        "base chain bridge vmguard prerouting has 0 rules, not 1", "chain bridge vmguard p/vnet0/o flushed"]
-    without = BASE_ITEMS + PORT_ITEMS[1:]  # p/vnet0/o gone; an empty p/vnet0/i is what the store has
-    assert damage(without, _live(without, [("bridge", "to_vm", '"vnet0"')]), RECORD, {"vnet0"}) == [
+    assert damage(Layout(set(), set(), {}), {}, RECORD, {"vnet0"}) == [
+        "table bridge vmguard missing", "table inet vmguard missing"]
+    assert damage(_layout(PORT, tables=("bridge",)), _live(), RECORD, {"vnet0"}) == ["table inet vmguard missing"]
+    flushed = _layout({("bridge", "p/vnet0/o"): 0, ("bridge", "p/vnet0/i"): 0}, drop=[("bridge", "forward")])
+    assert damage(flushed, _live(), RECORD, {"vnet0"}) == [
+        "base chain bridge vmguard forward missing", "chain bridge vmguard p/vnet0/o flushed"]
+    without = _live([("bridge", "p/vnet0/i")], [("bridge", "to_vm", '"vnet0"')])
+    assert damage(_layout({("bridge", "p/vnet0/i"): 0}), without, RECORD, {"vnet0"}) == [
         "chain bridge vmguard p/vnet0/o missing", 'element "vnet0" of map bridge vmguard from_vm missing']
-    stale = BASE_ITEMS + PORT_ITEMS + [{"chain": {"family": "bridge", "name": "p/vnet0/x"}}]
-    assert damage(stale, _live(stale), RECORD, {"vnet0"}) == ["chain bridge vmguard p/vnet0/x not in the store"]
-    assert damage(BASE_ITEMS + PORT_ITEMS, _live(PORT_ITEMS), RECORD, {"vnet0", "vnet1"}) == [
+    stale = _live(list(PORT) + [("bridge", "p/vnet0/x")])
+    assert damage(_layout(PORT), stale, RECORD, {"vnet0"}) == ["chain bridge vmguard p/vnet0/x not in the store"]
+    assert damage(_layout(PORT), _live(), RECORD, {"vnet0", "vnet1"}) == [
         "the store's port records do not match its bindings"]

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
 from .libnftables import LIB, LibNftables
 from .nft_compile import TABLE, PortLive, portdev_of
 
 FAMILIES = ("bridge", "inet")
+
+
+@dataclass
+class Layout:
+    """What exists of ours: the families of our tables, our maps (family,
+    name) and each chain's (family, name) number of rules."""
+
+    tables: Set[str]
+    maps: Set[Tuple[str, str]]
+    rules: Dict[Tuple[str, str], int]
 
 
 class Nft:
@@ -53,37 +64,58 @@ class Nft:
         tables = self._run(["list", "tables"])
         return all(f"table {family} {TABLE}" in tables for family in FAMILIES)
 
-    def listing(self) -> List[Dict[str, Any]]:
-        """Every object of our two tables, as nft's JSON items (a missing table gives none)."""
-        items: List[Dict[str, Any]] = []
+    def _ours(self, kind: str) -> List[Dict[str, Any]]:
+        """Our ``chain`` or ``map`` objects as nft's JSON gives them, without
+        any rules: listing whole tables in JSON takes ten times longer."""
+        found: List[Dict[str, Any]] = []
+        for family in FAMILIES:
+            out = self._run(["-j", "list", f"{kind}s", family])
+            found += [item[kind] for item in json.loads(out).get("nftables", [])
+                      if kind in item and item[kind]["table"] == TABLE]
+        return found
+
+    def live(self) -> Dict[str, PortLive]:
+        """Per port, the chains and verdict-map elements of ours in force now."""
+        ports: Dict[str, PortLive] = {}
+        for chain in self._ours("chain"):
+            portdev = portdev_of(chain["name"])
+            if portdev:
+                ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
+        for vmap in self._ours("map"):
+            for key, verdict in vmap.get("elem", []):
+                target = verdict.get("jump", {}).get("target", "")
+                portdev = portdev_of(target)
+                if portdev:
+                    text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
+                    ports.setdefault(portdev, PortLive(set(), set())).elements.add(
+                        (vmap["family"], vmap["name"], text))
+        return ports
+
+    def layout(self) -> Layout:
+        """Which of our tables and maps exist and how many rules each of our
+        chains has, read from nft's text listing (a quarter of the time of
+        the JSON one): in it a chain's rules are the lines indented twice
+        after ``chain <name> {``, besides a base chain's ``type ... hook`` line."""
+        found = Layout(set(), set(), {})
         for family in FAMILIES:
             try:
-                out = self._run(["-j", "list", "table", family, TABLE])
+                text = self._run(["list", "table", family, TABLE])
             except NwfilterError:
-                continue  # the table does not exist yet
-            items += json.loads(out).get("nftables", [])
-        return items
-
-    def live(self, items: Optional[List[Dict[str, Any]]] = None) -> Dict[str, PortLive]:
-        """Per port, the chains and verdict-map elements of ours in force now
-        (in ``items``, a listing already made, when given)."""
-        ports: Dict[str, PortLive] = {}
-        for item in self.listing() if items is None else items:
-            if "chain" in item:
-                chain = item["chain"]
-                portdev = portdev_of(chain["name"])
-                if portdev:
-                    ports.setdefault(portdev, PortLive(set(), set())).chains.add((chain["family"], chain["name"]))
-            elif "map" in item:
-                vmap = item["map"]
-                for key, verdict in vmap.get("elem", []):
-                    target = verdict.get("jump", {}).get("target", "")
-                    portdev = portdev_of(target)
-                    if portdev:
-                        text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
-                        ports.setdefault(portdev, PortLive(set(), set())).elements.add(
-                            (vmap["family"], vmap["name"], text))
-        return ports
+                continue  # the table does not exist
+            found.tables.add(family)
+            chain: Optional[Tuple[str, str]] = None
+            for line in text.splitlines():
+                if line.startswith("\tchain ") or line.startswith("\tmap "):
+                    kind, name = line.strip().rstrip("{").split(None, 1)
+                    chain = (family, name.strip()) if kind == "chain" else None
+                    if chain is None:
+                        found.maps.add((family, name.strip()))
+                    else:
+                        found.rules[chain] = 0
+                elif chain is not None and line.startswith("\t\t") and not (
+                        line.startswith("\t\ttype ") and " hook " in line):
+                    found.rules[chain] += 1
+        return found
 
     def port_rules(self, portdev: str) -> str:
         """The exact rules in force for a port, as nft prints them. One listing
