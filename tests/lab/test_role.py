@@ -101,9 +101,12 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 
 @pytest.mark.skipif(not os.path.exists(MOLECULE), reason="molecule is not installed (make setup installs it)")
 @pytest.mark.skipif(not os.path.isdir(COLLECTIONS), reason="the collection is not built (make collection)")
-def test_molecule_scenario_converges_verifies_and_is_idempotent():
-    """`molecule test`: converge, converge again with changed=0, verify, clean up."""
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], NO_COLOR="1")
+def test_molecule_scenario_converges_verifies_and_is_idempotent(tmp_path):
+    """`molecule test`: converge, converge again with changed=0, verify, clean up. The scenario's
+    directory is the test's own: molecule's default is named after the role's directory name only,
+    so runs from two checkouts at once would share it."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], NO_COLOR="1",
+               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"))
     done = subprocess.run([MOLECULE, "test"], cwd=ROLE, env=env, capture_output=True, text=True,
                           check=False, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
