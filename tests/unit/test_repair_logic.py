@@ -58,14 +58,14 @@ def _layout(port_rules=None, tables=("bridge", "inet"), drop=()):
     rules = {("bridge", "prerouting"): 1, ("bridge", "forward"): 1, ("bridge", "postrouting"): 1,
              ("inet", "forward"): 2, ("inet", "input"): 1, **(port_rules or {})}
     maps = {("bridge", "from_vm"), ("bridge", "to_vm"), ("bridge", "mark_to"), ("inet", "fi"), ("inet", "fo"), ("inet", "hi")}
-    return Layout({f for f in tables}, {m for m in maps if m[0] in tables},
+    return Layout(set(tables), {m for m in maps if m[0] in tables},
                   {c: n for c, n in rules.items() if c[0] in tables and c not in drop})
 
 
 RECORD = {"vnet0": {"id": 1, "chains": [["bridge", "p/vnet0/o", digest(["drop"])], ["bridge", "p/vnet0/i", digest(())]],
                     "elements": [["bridge", "from_vm", '"vnet0"'], ["bridge", "to_vm", '"vnet0"']]}}
 PORT = {("bridge", "p/vnet0/o"): 1, ("bridge", "p/vnet0/i"): 0}
-ELEMENTS = {("bridge", "from_vm", '"vnet0"'), ("bridge", "to_vm", '"vnet0"')}
+ELEMENTS = (("bridge", "from_vm", '"vnet0"'), ("bridge", "to_vm", '"vnet0"'))
 
 
 def _live(chains=tuple(PORT), elements=ELEMENTS):
