@@ -1,7 +1,8 @@
 """The service repairs our rules by itself: it watches nftables' change
 notifications and, when anyone else deleted, flushed or altered something in
 our two tables (``nft flush ruleset``, nftables.service restarting, an
-admin's ``nft -f``), puts the stored state back, usually well within a second.
+admin's ``nft -f``), puts the stored state back (within a second with 100
+bindings, seconds with 1000: docs/performance.md).
 
 Our own changes (modules, this service) emit the same notifications, so
 notifications alone decide nothing: the repair takes the store's lock (every
