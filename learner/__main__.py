@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import logging
 import shlex
 import sys
+from typing import IO
 
 from engine.errors import NwfilterError
 from engine.host import Host
 from engine.store import DEFAULT_ROOT
 
 from .leases import Leases
+from .repair import Repairer
 from .service import Learner
 
 
@@ -32,6 +35,29 @@ def read_config(path: str) -> dict:
                 raise SystemExit(f"{path}:{number}: expected one of {', '.join(DEFAULTS)} = value")
             values[key] = value
     return values
+
+
+def only_learner(root: str) -> IO[str]:
+    """One learner per store: an exclusive lock on ``<root>/.learner.lock``
+    (two would learn the same ports and repair each other's changes)."""
+    path = os.path.join(root, ".learner.lock")
+    try:
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    except OSError as exc:
+        raise SystemExit(f"vmguard-learner: cannot use the store {root}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read().strip() or "unknown"
+        handle.close()
+        raise SystemExit(f"vmguard-learner: another vmguard-learner (pid {other}) already serves the store {root}; "
+                         "only one may run per store") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def main(argv=None) -> int:
@@ -62,11 +88,18 @@ def main(argv=None) -> int:
         log.info("restored %d bindings", len(result.rebuilt))
         log.info("restored %d networks", len(networks.networks))
         return 1 if result.skipped else 0
+    lock = only_learner(settings["root"])  # held until the process ends
+    try:  # the repair thread gets a Host (and libnftables context) of its own
+        Repairer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
+    except OSError as exc:
+        log.error("cannot watch nftables' changes (%s): our rules are repaired only by the next module run", exc)
     learner = Learner(host, Leases(settings["leases"]))
     try:
         learner.run(float(settings["rescan"]))
     except KeyboardInterrupt:
         return 0
+    finally:
+        lock.close()
     return 0
 
 

@@ -48,6 +48,35 @@ def test_units_verify(deployed):
     assert done.returncode == 0 and not problems, done.stderr
 
 
+def _settings(unit):
+    """{key: [values]} of a unit file (a key may be given more than once, values are space-separated lists)."""
+    found = {}
+    for line in unit.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            found.setdefault(key, []).extend(value.split())
+    return found
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl is not installed")
+def test_restore_runs_again_when_another_firewall_starts_restarts_or_reloads(deployed):
+    """nftables.service flushes the ruleset on start, restart, reload and stop: the restore unit follows it
+    (and firewalld). `systemctl --root` enables it offline: the links it makes are what systemd would use."""
+    unit = deployed / "vmguard-restore.service"
+    settings = _settings(unit)
+    others = {"nftables.service", "firewalld.service"}
+    assert others <= set(settings["After"]) and others == set(settings["PartOf"]) == set(settings["ReloadPropagatedFrom"])
+    assert settings["ExecReload"] == settings["ExecStart"]
+    system = deployed / "root" / "etc" / "systemd" / "system"
+    system.mkdir(parents=True)
+    shutil.copy(unit, system)
+    done = subprocess.run(["systemctl", f"--root={deployed / 'root'}", "enable", unit.name],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    for wanting in ("multi-user.target", "nftables.service", "firewalld.service"):
+        assert (system / f"{wanting}.wants" / unit.name).is_symlink()
+
+
 def _exec_start(unit):
     for line in unit.read_text().splitlines():
         if line.startswith("ExecStart="):
