@@ -21,7 +21,6 @@ from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import Probe, run_probes, standard_probes, tagged
 from lab.service import Service
-from learner.repair import check
 
 # clean-traffic (bridge chains) plus one layer-3 rule (inet table): damage to either table shows in frames
 GUARDED = """<filter name='guarded'><filterref filter='clean-traffic'/>
@@ -120,7 +119,7 @@ def test_deliberate_changes_are_not_undone(lab, guarded):
         assert "p/vnet0/" not in listing and "p/vnet1/o" in listing
         assert run_probes(lab, standard_probes(vm, peer))["spoofed ipv4"]  # vnet0 unfiltered, as asked
         assert not [line for line in service.log if "repaired in" in line or "cannot" in line], service.log
-    assert check(guarded) == []  # and the comparison reads the kernel right: nothing to repair
+    assert guarded.converge(check=True).repaired == []  # and the comparison reads the kernel right: nothing to repair
 
 
 def test_one_service_per_store(lab, host):
