@@ -23,7 +23,6 @@ from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-positio
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
 from lab.netns import Lab, run  # noqa: E402  pylint: disable=wrong-import-position
 from lab.service import Service  # noqa: E402  pylint: disable=wrong-import-position
-from learner.repair import check  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _handle(lab: Lab, port: str) -> str:
@@ -46,9 +45,9 @@ DAMAGES: Dict[str, Callable[[Lab, str], str]] = {
 
 
 def _repaired(service: Service, before: int, timeout: float = 60.0) -> None:
-    """Wait for the service's next "re-applied" log line (written once the repair is committed)."""
+    """Wait for the service's next "repaired in" log line (written once the repair is committed)."""
     deadline = time.monotonic() + timeout
-    while sum("re-applied" in line for line in service.log) == before:
+    while sum("repaired in" in line for line in service.log) == before:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no repair within {timeout:.0f} s: {service.log[-3:]}")
         time.sleep(0.001)
@@ -65,12 +64,12 @@ def measure(count: int, rounds: int) -> Dict[str, List[float]]:
             for turn in range(rounds):
                 for name, build in DAMAGES.items():
                     script = build(lab, f"rp{turn % count}")  # built before the clock starts
-                    repairs = sum("re-applied" in line for line in service.log)
+                    repairs = sum("repaired in" in line for line in service.log)
                     start = time.perf_counter()
                     lab.nft(script)
                     _repaired(service, repairs)
                     samples[name].append(time.perf_counter() - start)
-                    problems = check(host)
+                    problems = host.converge(check=True).repaired
                     if problems:
                         raise RuntimeError(f"after repairing {name}: {problems[:3]}")
     return samples
