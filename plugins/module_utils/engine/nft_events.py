@@ -13,9 +13,9 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Iterator, List
 
-NETLINK_NETFILTER = 12
+from .nft_netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES
+
 NFNLGRP_NFTABLES = 7
-NFNL_SUBSYS_NFTABLES = 10
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_RCVBUFFORCE = 33
