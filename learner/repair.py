@@ -1,7 +1,8 @@
 """The service repairs our rules by itself: it watches nftables' change
 notifications and, when anyone else deleted, flushed or altered something in
-our two tables (``nft flush ruleset``, nftables.service restarting, an
-admin's ``nft -f``), puts the stored state back (docs/performance.md).
+our tables (the per-port ones and the virtual networks' one: ``nft flush
+ruleset``, nftables.service restarting, an admin's ``nft -f``), puts the
+stored state back (docs/performance.md).
 
 Our own changes (modules, this service) emit the same notifications, so
 notifications alone decide nothing: the repair takes the store's lock (every
@@ -24,6 +25,7 @@ from engine import nft_events
 from engine.errors import NwfilterError
 from engine.host import Host
 from engine.nft_compile import TABLE
+from engine.nft_network import NET_TABLE
 from engine.nft_run import FAMILIES
 
 LOG = logging.getLogger("vmguard-learner")
@@ -48,7 +50,7 @@ class Repairer:
         """Compare and, if they differ, repair; one log line says what happened and what was done."""
         started = time.monotonic()
         try:
-            problems = self.host.converge().repaired
+            problems = self.host.converge().repaired + self.host.networks.converge().repaired
         except NwfilterError as exc:
             LOG.error("%s: cannot repair our rules: %s", why, exc)
             return
@@ -91,7 +93,7 @@ class Repairer:
         found = []
         for item in nft_events.parse(data):
             if isinstance(item, nft_events.Change):
-                if item.table == TABLE and item.family in FAMILIES:
+                if (item.table == TABLE and item.family in FAMILIES) or (item.family, item.table) == ("inet", NET_TABLE):
                     ours.append(item)
             elif ours:  # the end of a transaction that touched our tables
                 if not _own(item.pid):

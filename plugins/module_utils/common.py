@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Union
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.networks import NetworkChange
 
 ROOT_OPTION = dict(type="path", default="/etc/vmguard")
 MIN_PYTHON = (3, 9)  # the engine's oldest need: xml.etree.ElementTree.indent
@@ -35,7 +36,7 @@ def engine_call(module: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
         raise  # fail_json exits; this only satisfies linters
 
 
-def diff_of(result: ChangeResult, *more: Dict[str, str]) -> Union[Dict[str, str], List[Dict[str, str]]]:
+def diff_of(result: Union[ChangeResult, NetworkChange], *more: Dict[str, str]) -> Union[Dict[str, str], List[Dict[str, str]]]:
     """The change's diff, then ``more`` diffs, and, when the kernel lacked
     rules of ours, one saying what was (or would be) repaired."""
     diffs = [dict(before=result.before or "", after=result.after or ""), *more]

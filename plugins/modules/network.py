@@ -130,10 +130,19 @@ networks:
   returned: success
   type: list
   elements: str
+  sample: [default]
+repaired:
+  description:
+    - What of the stored networks' table the kernel lacked or held otherwise (for example after C(nft flush ruleset))
+      and this run put back (in check mode, would put back), one line each; the run then reports C(changed).
+  returned: success
+  type: list
+  elements: str
+  sample: ["table inet vmguard-net is missing"]
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, engine_call, host_for
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, host_for
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.network_forms import (
     network_from_dict, network_from_xml)
 
@@ -185,9 +194,9 @@ def main() -> None:
         result = engine_call(module, networks.undefine, [name], check=check)
     else:
         result = engine_call(module, networks.define, [_network(module, params)], check=check)
-    output = dict(changed=result.changed, networks=result.networks)
+    output = dict(changed=result.changed, networks=result.networks, repaired=result.repaired)
     if module._diff:  # pylint: disable=protected-access
-        output["diff"] = dict(before=result.before or "", after=result.after or "")
+        output["diff"] = diff_of(result)
     module.exit_json(**output)
 
 

@@ -205,6 +205,21 @@ def test_restore_after_the_table_is_gone(netlab, host):
     assert udp(vm_ns(netlab), out, OUTSIDE[0], port=7011) == OUTSIDE_GATEWAY[0]
 
 
+def test_every_change_repairs_a_damaged_table_first(netlab, host):
+    out = add_outside(netlab)
+    host.networks.define([network("nat")])
+    assert host.networks.converge().changed is False               # nothing damaged: nothing to do
+    for damage, found in (("flush chain inet vmguard-net postrouting", "chain inet vmguard-net postrouting has 0"),
+                          ("delete table inet vmguard-net", "table inet vmguard-net is missing")):
+        netlab.nft(damage)
+        assert udp(vm_ns(netlab), out, OUTSIDE[0]) == VM[1]        # no longer NATed
+        assert any(found in line for line in host.networks.converge(check=True).repaired)
+        result = host.networks.define([network("nat")])           # the same network: only the repair changes
+        assert result.changed and result.networks == [] and any(found in line for line in result.repaired)
+        assert udp(vm_ns(netlab), out, OUTSIDE[0], port=7012) == OUTSIDE_GATEWAY[0]
+    assert host.networks.converge().changed is False
+
+
 def test_more_than_one_range(netlab, host):
     out = add_outside(netlab)
     netlab.sh(netlab.host, "ip addr add 10.3.0.1/24 dev br0")

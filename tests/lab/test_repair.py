@@ -17,6 +17,7 @@ import pytest
 from scapy.all import IP, UDP, Ether  # pylint: disable=no-name-in-module
 
 from engine.model import Binding, FilterRef
+from engine.network_forms import network_from_dict
 from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import Probe, run_probes, standard_probes, tagged
@@ -105,6 +106,18 @@ def test_each_damage_is_repaired_within_a_second(lab, guarded, damage):
         line = service.wait_for("repaired in")
     assert "nft (pid " in line, line  # who did it, and what was found, is logged
     print(f"{damage}: back after {took * 1000:.0f} ms; {line}")
+
+
+def test_the_networks_table_is_repaired_too(lab, host):
+    host.networks.define([network_from_dict({"name": "lab", "bridge": "br0", "forward": {"mode": "nat"},
+                                             "ipv4": ["192.0.2.1/24"]})])
+    before = ruleset(lab)
+    with Service(lab, host.store.root) as service:
+        lab.nft("delete table inet vmguard-net")
+        took = wait_until(lambda: ruleset(lab) == before, timeout=1.0)
+        line = service.wait_for("repaired in")
+    assert "table inet vmguard-net is missing" in line, line
+    print(f"network table back after {took * 1000:.0f} ms; {line}")
 
 
 def test_deliberate_changes_are_not_undone(lab, guarded):

@@ -27,6 +27,7 @@ class NetworkChange:
     networks: List[str] = field(default_factory=list)  # the names defined, changed or removed
     before: Optional[str] = None
     after: Optional[str] = None
+    repaired: List[str] = field(default_factory=list)  # what the kernel lacked or held otherwise (or would)
 
 
 def _forwarding(networks: Sequence[Network]) -> List[str]:
@@ -75,6 +76,40 @@ class Networks:
             old = self.all()
             return self._change(old, {n: v for n, v in old.items() if n not in names}, check)
 
+    def converge(self, check: bool = False) -> NetworkChange:
+        """Make the kernel hold the stored networks' table (every change checks
+        this first): changed, with what was repaired, when it did not."""
+        with self.store.locked(create=not check):
+            old = self.all()
+            return self._change(old, old, check)
+
+    def drift(self, networks: Dict[str, Network]) -> List[str]:
+        """What of these networks' table the kernel lacks or holds otherwise:
+        chains present with as many rules as we put there, map elements, no
+        chains of ours it should not have (one listing of our network table)."""
+        expected = expected_table(list(self.programs(networks).values()))
+        items = self.nft.table("inet", NET_TABLE)
+        if expected is None or items is None:
+            return [] if expected is None and items is None else \
+                [f"table inet {NET_TABLE} is {'missing' if items is None else 'there without a network'}"]
+        rules: Dict[str, int] = {}
+        maps: Dict[str, int] = {}
+        for item in items:
+            if "chain" in item:
+                rules.setdefault(item["chain"]["name"], 0)
+            elif "rule" in item:
+                rules[item["rule"]["chain"]] = rules.get(item["rule"]["chain"], 0) + 1
+            elif "map" in item:
+                maps[item["map"]["name"]] = len(item["map"].get("elem", []))
+        problems = [f"chain inet {NET_TABLE} {name} is missing" if name not in rules else
+                    f"chain inet {NET_TABLE} {name} has {rules[name]} rules, not {len(wanted)}"
+                    for name, wanted in sorted(expected["chains"].items()) if rules.get(name) != len(wanted)]
+        problems += [f"chain inet {NET_TABLE} {name} was not installed by us"
+                     for name in sorted(set(rules) - set(expected["chains"]))]
+        problems += [f"map inet {NET_TABLE} {name} has {maps.get(name, 0)} elements, not {len(elements)}"
+                     for name, elements in sorted(expected["elements"].items()) if maps.get(name) != len(elements)]
+        return problems
+
     def restore(self) -> NetworkChange:
         """Put the stored networks' table in force again (boot, or after someone flushed it)."""
         with self.store.locked():
@@ -84,8 +119,11 @@ class Networks:
             return NetworkChange(True, sorted(networks))
 
     def _change(self, old: Dict[str, Network], new: Dict[str, Network], check: bool) -> NetworkChange:
+        """Rebuild our network table as ``new`` when it changes or when the
+        kernel does not hold ``old`` as stored (the rebuild repairs it)."""
         changed = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
-        if not changed:
+        repaired = self.drift(old)
+        if not changed and not repaired:
             return NetworkChange(False)
         try:
             check_networks(new.values())
@@ -103,7 +141,7 @@ class Networks:
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") \
                     from None
         return NetworkChange(True, changed, networks_xml({n: old[n] for n in changed if n in old}) or None,
-                             networks_xml({n: new[n] for n in changed if n in new}) or None)
+                             networks_xml({n: new[n] for n in changed if n in new}) or None, repaired)
 
     def _apply(self, networks: Dict[str, Network]) -> None:
         self.nft.apply(table_script(list(self.programs(networks).values())))

@@ -172,9 +172,12 @@ def table_script(programs: Sequence[NetworkProgram]) -> str:
 
 def expected_table(programs: Sequence[NetworkProgram]) -> Optional[Dict[str, object]]:
     """What our network table should hold (for checks against the kernel):
-    chain name to rules and map name to elements; None when there should be no table."""
+    chain name (the networks' and the base chains) to rules and map name to
+    elements; None when there should be no table."""
     if not any(program.chains for program in programs):
         return None
-    return {"chains": {name: list(rules) for p in programs for name, rules in p.chains},
+    chains = {name: list(rules) for p in programs for name, rules in p.chains}
+    chains.update((name, list(rules)) for name, _spec, rules in _BASE_CHAINS)
+    return {"chains": chains,
             "elements": {vmap: sorted(f"{key} : jump {chain}" for p in programs for m, key, chain in p.elements
                                       if m == vmap) for vmap, _type in _MAPS}}
