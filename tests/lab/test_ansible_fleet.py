@@ -63,7 +63,7 @@ def test_info_returns_what_was_asked_for(lab, collections, tmp_path):  # noqa: F
     assert list(one["bindings"]) == ["vm7"] and list(one["filters"]) == ["web"]
     vm7 = one["bindings"]["vm7"]
     assert set(vm7) == {"portdev", "mac", "filter", "parameters", "learning", "learned", "locked", "resolved_rules",
-                        "nft", "port_id", "tree"}
+                        "nft", "port_id", "tree", "in_force"}
     assert vm7["parameters"] == {"IP": "10.0.0.7"} and vm7["learning"] is False and "chain p/vm7/o" in vm7["nft"]
     assert "p/vm8/" not in vm7["nft"] and {"web", "clean-traffic", "no-ip-spoofing"} <= set(vm7["tree"])
     assert set(with_builtins["filters"]) == set(vm7["tree"]) and with_builtins["filters"]["clean-traffic"]["builtin"]

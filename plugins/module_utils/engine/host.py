@@ -510,7 +510,7 @@ class Host:
             rebuild = set(self._users(new, name)) if fallback else set()
             learning = self._commit(old, new, rebuild, set(), check)
             return ChangeResult(True, sorted(rebuild), learning, before,
-                                filter_to_xml(fallback) if fallback else None, repaired)
+                                filter_to_xml(fallback) if fallback else None, repaired=repaired)
 
     def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False,
                      unbind: Collection[str] = ()) -> ChangeResult:
@@ -552,7 +552,7 @@ class Host:
             new = old.copy()
             del new.bindings[portdev]
             self._commit(old, new, set(), {portdev}, check)
-            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None, repaired)
+            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None, repaired=repaired)
 
     def learned(self, portdev: str, ipv4: Sequence[str], ipv6: Sequence[str] = ()) -> ChangeResult:
         """Addresses the learner found: enforce the full rules (or, with none
