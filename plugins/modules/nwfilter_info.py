@@ -147,7 +147,7 @@ bindings:
     not_in_force_because:
       description: Why the rules are not in force, one line.
       type: str
-      returned: when O(bindings.in_force) is false
+      returned: when C(in_force) is false
       sample: table bridge vmguard is missing
 """
 
