@@ -238,6 +238,28 @@ def test_concurrent_runs_lose_no_update(lab, tmp_path):
     assert set(host.nft.live()) == set(host.bindings())
 
 
+def _bind_one(root, netns, index):
+    Host(root, netns=netns).bind(Binding(f"c{index}", f"52:54:00:00:30:{index:02x}",
+                                         FilterRef("clean-traffic", {"IP": (f"192.0.2.{index + 150}",)})))
+
+
+def test_16_concurrent_calls_on_different_ports(lab, tmp_path):
+    """16 module runs at once, each binding its own port: every one lands, in the store and in the kernel."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    root = str(tmp_path / "shared")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_bind_one, args=(root, lab.host, index)) for index in range(16)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    host = Host(root, netns=lab.host)
+    assert sorted(host.bindings()) == sorted(f"c{index}" for index in range(16))
+    assert set(host.nft.live()) == set(host.bindings())
+    assert host.converge(check=True).repaired == []
+
+
 def test_restore_after_the_rules_are_gone(lab, host):
     vm = lab.guests["vm"]
     host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
