@@ -259,10 +259,12 @@ class Host:
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel), kernel
 
     def in_force(self) -> Dict[str, Optional[str]]:
-        """Per binding, None when the kernel holds its rules as stored, else why not."""
-        state = self._load()
-        interrupted = self.store.journal()
-        checked = self._check_kernel(state, interrupted)
+        """Per binding, None when the kernel holds its rules as stored, else why
+        not. Read under the store's lock: a change half done is no finding."""
+        with self.store.locked(create=False):
+            state = self._load()
+            interrupted = self.store.journal()
+            checked = self._check_kernel(state, interrupted)
         if checked is None:
             return {p: None for p in state.bindings}
         found = checked[0]
