@@ -222,17 +222,22 @@ def _bind_many(root, netns, prefix, count):
                           FilterRef("clean-traffic", {"IP": (f"192.0.2.{index + 100}",)})))
 
 
-def test_concurrent_runs_lose_no_update(lab, tmp_path):
-    """Two processes (two Ansible runs, or a run and the learner) changing the same host at once."""
+def _in_parallel(target, argument_lists):
+    """Run ``target`` once per argument list, each in a process of its own, all at once."""
     import multiprocessing  # pylint: disable=import-outside-toplevel
-    root = str(tmp_path / "shared")
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_bind_many, args=(root, lab.host, prefix, 12)) for prefix in ("a", "b")]
+    workers = [context.Process(target=target, args=args) for args in argument_lists]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(60)
         assert worker.exitcode == 0
+
+
+def test_concurrent_runs_lose_no_update(lab, tmp_path):
+    """Two processes (two Ansible runs, or a run and the learner) changing the same host at once."""
+    root = str(tmp_path / "shared")
+    _in_parallel(_bind_many, [(root, lab.host, prefix, 12) for prefix in ("a", "b")])
     host = Host(root, netns=lab.host)
     assert len(host.bindings()) == 24
     assert set(host.nft.live()) == set(host.bindings())
@@ -245,15 +250,8 @@ def _bind_one(root, netns, index):
 
 def test_16_concurrent_calls_on_different_ports(lab, tmp_path):
     """16 module runs at once, each binding its own port: every one lands, in the store and in the kernel."""
-    import multiprocessing  # pylint: disable=import-outside-toplevel
     root = str(tmp_path / "shared")
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_bind_one, args=(root, lab.host, index)) for index in range(16)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    _in_parallel(_bind_one, [(root, lab.host, index) for index in range(16)])
     host = Host(root, netns=lab.host)
     assert sorted(host.bindings()) == sorted(f"c{index}" for index in range(16))
     assert set(host.nft.live()) == set(host.bindings())
