@@ -5,7 +5,8 @@ the yiaddr of a DHCP ACK its server sends it is the only one that passes."""
 import shutil
 
 import pytest
-from scapy.all import ARP, IP, IPv6, UDP, Ether, IPOption  # pylint: disable=no-name-in-module
+from scapy.all import ARP, IP, UDP, Ether, IPOption, IPv6  # pylint: disable=no-name-in-module
+from scapy.all import ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_Redirect  # pylint: disable=no-name-in-module
 
 from engine.model import Binding, FilterRef
 from engine.xml_form import filter_from_xml
@@ -94,6 +95,28 @@ def test_ipv6_first_global_source_locks(lab, host):
                          ("spoofed", eth / IPv6(src="2001:db8::99", dst=peer.ipv6) / UDP(dport=9))])
     assert seen == {"link-local": True, "real": True, "spoofed": False}
     assert host.locked(vm.port) == {"IP": [], "IPV6": [vm.ipv6]}
+
+
+def test_while_ipv6_is_learned_no_router_or_server_messages(lab, host):
+    """Mode any lets link-local ND through while IPV6 is learned, but not what
+    only routers and DHCPv6 servers send (an RA would make the VM everyone's router)."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.define_filter(filter_from_xml("""<filter name='dual'><filterref filter='no-mac-spoofing'/>
+      <filterref filter='no-ip-spoofing'/><filterref filter='no-ipv6-spoofing'/></filter>"""))
+    host.bind(Binding(vm.port, vm.mac, FilterRef("dual")))
+    eth = Ether(src=vm.mac, dst="33:33:00:00:00:01")
+    frames = {"neighbour solicitation": eth / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6ND_NS(tgt="fe80::2"),
+              "router advertisement": eth / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6ND_RA(),
+              "redirect": eth / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6ND_Redirect(tgt="fe80::2", dst=peer.ipv6),
+              "dhcpv6 server": eth / IPv6(src="fe80::1", dst="ff02::1") / UDP(sport=547, dport=546) / b"\x02abc"}
+    seen = {}
+    for name, frame in frames.items():
+        frame[IPv6].fl = len(seen) + 1  # the whole frame is its tag (bridge netfilter trims trailing bytes)
+        data = bytes(frame)
+        seen[name] = run_probes(lab, [Probe(name, "vm", "peer", data, tag=data)], wait=0.05)[name]
+    assert seen == {"neighbour solicitation": True, "router advertisement": False, "redirect": False,
+                    "dhcpv6 server": False}
+    assert host.locked(vm.port) == {"IP": [], "IPV6": []}  # link-local locks nothing
 
 
 def test_the_lock_survives_reapplies_and_goes_with_the_port(lab, host):

@@ -350,6 +350,9 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
         out.append(f"ether type 0x0806 arp htype 1 arp ptype 0x0800 arp hlen 6 arp plen 4 arp saddr ether {mac} "
                    f"arp saddr ip != {NOT_OWNED4} add @{locks['IP']} {{ arp saddr ip }} accept")
         if ipv6:
+            # what only routers and DHCPv6 servers send, never a VM still learning its address
+            out.append("ether type 0x86dd icmpv6 type { nd-router-advert, nd-redirect } drop")
+            out.append("ether type 0x86dd udp sport 547 drop")
             out.append("ether type 0x86dd ip6 saddr { ::, fe80::/10 } accept")  # DAD and neighbour discovery
             out.append(f"ether type 0x86dd ip6 saddr != {NOT_OWNED6} add @{locks['IPV6']} {{ ip6 saddr }} accept")
     out.append("drop")
