@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .network_forms import network_to_xml, networks_xml
@@ -53,11 +53,6 @@ class Networks:
     def programs(networks: Dict[str, Network]) -> Dict[str, NetworkProgram]:
         return {name: compile_network(network) for name, network in sorted(networks.items())}
 
-    def expected(self) -> Optional[Dict[str, object]]:
-        """What our network table should hold now (chains with their rules,
-        maps with their elements), None for no table: for checks of the kernel."""
-        return expected_table(list(self.programs(self.all()).values()))
-
     def define(self, networks: Sequence[Network], exclusive: bool = False, check: bool = False) -> NetworkChange:
         """Add or replace these networks (with ``exclusive``, remove all others) in one transaction."""
         wanted: Dict[str, Network] = {}
@@ -88,10 +83,26 @@ class Networks:
         chains present with as many rules as we put there, map elements, no
         chains of ours it should not have (one listing of our network table)."""
         expected = expected_table(list(self.programs(networks).values()))
+        held = self._held()
+        if expected is None or held is None:
+            return [] if expected is None and held is None else \
+                [f"table inet {NET_TABLE} is {'missing' if held is None else 'there without a network'}"]
+        rules, maps = held
+        problems = [f"chain inet {NET_TABLE} {name} is missing" if name not in rules else
+                    f"chain inet {NET_TABLE} {name} has {rules[name]} rules, not {len(wanted)}"
+                    for name, wanted in sorted(expected["chains"].items()) if rules.get(name) != len(wanted)]
+        problems += [f"chain inet {NET_TABLE} {name} was not installed by us"
+                     for name in sorted(set(rules) - set(expected["chains"]))]
+        problems += [f"map inet {NET_TABLE} {name} has {maps.get(name, 0)} elements, not {len(elements)}"
+                     for name, elements in sorted(expected["elements"].items()) if maps.get(name) != len(elements)]
+        return problems
+
+    def _held(self) -> Optional[Tuple[Dict[str, int], Dict[str, int]]]:
+        """What our network table holds: each chain's number of rules and each
+        map's number of elements (one listing); None when there is no table."""
         items = self.nft.table("inet", NET_TABLE)
-        if expected is None or items is None:
-            return [] if expected is None and items is None else \
-                [f"table inet {NET_TABLE} is {'missing' if items is None else 'there without a network'}"]
+        if items is None:
+            return None
         rules: Dict[str, int] = {}
         maps: Dict[str, int] = {}
         for item in items:
@@ -101,14 +112,7 @@ class Networks:
                 rules[item["rule"]["chain"]] = rules.get(item["rule"]["chain"], 0) + 1
             elif "map" in item:
                 maps[item["map"]["name"]] = len(item["map"].get("elem", []))
-        problems = [f"chain inet {NET_TABLE} {name} is missing" if name not in rules else
-                    f"chain inet {NET_TABLE} {name} has {rules[name]} rules, not {len(wanted)}"
-                    for name, wanted in sorted(expected["chains"].items()) if rules.get(name) != len(wanted)]
-        problems += [f"chain inet {NET_TABLE} {name} was not installed by us"
-                     for name in sorted(set(rules) - set(expected["chains"]))]
-        problems += [f"map inet {NET_TABLE} {name} has {maps.get(name, 0)} elements, not {len(elements)}"
-                     for name, elements in sorted(expected["elements"].items()) if maps.get(name) != len(elements)]
-        return problems
+        return rules, maps
 
     def restore(self) -> NetworkChange:
         """Put the stored networks' table in force again (boot, or after someone flushed it)."""
@@ -167,12 +171,12 @@ class Networks:
             raise NwfilterError(f"cannot set {' and '.join(names)} to 1: {done.stderr.strip()}; nothing changed")
 
     def status(self) -> Dict[str, Dict[str, object]]:
-        """Per network: its canonical XML, its nft rules and whether the kernel holds all of its chains."""
+        """Per network: its canonical XML, its nft rules and whether the kernel
+        holds all of its chains with as many rules as we put there."""
         networks = self.all()
-        items = self.nft.table("inet", NET_TABLE) or []
-        live = {item["chain"]["name"] for item in items if "chain" in item}
+        rules = (self._held() or ({}, {}))[0]
         result = {}
         for name, program in self.programs(networks).items():
             result[name] = {"xml": network_to_xml(networks[name]), "nft": program.text,
-                            "enforced": all(chain in live for chain, _rules in program.chains)}
+                            "enforced": all(rules.get(chain) == len(chain_rules) for chain, chain_rules in program.chains)}
         return result
