@@ -181,14 +181,10 @@ def main() -> None:
         if not params["builtins"]:
             wanted &= set(user)
     filters = {name: dict(xml=filter_to_xml(every[name]), builtin=name not in user) for name in sorted(wanted & set(every))}
-    in_force = engine_call(module, host.in_force)
     for found in bindings.values():
-        reason = in_force.get(found["portdev"])
-        found["in_force"] = reason is None
-        if reason:
-            found["not_in_force_because"] = reason
-            module.warn(f"the rules of {found['portdev']} are not in force: {reason} (the next change through "
-                        "a vmguard module, or the learner service, puts them back)")
+        if not found["in_force"]:
+            module.warn(f"the rules of {found['portdev']} are not in force: {found['not_in_force_because']} (the next "
+                        "change through a vmguard module, or the learner service, puts them back)")
     warn_if_layer3_unseen(module, host)
     module.exit_json(changed=False, filters=filters, bindings=bindings)
 

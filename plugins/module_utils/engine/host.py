@@ -258,13 +258,11 @@ class Host:
         kernel = self.nft.kernel()
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel), kernel
 
-    def in_force(self) -> Dict[str, Optional[str]]:
-        """Per binding, None when the kernel holds its rules as stored, else why
-        not. Read under the store's lock: a change half done is no finding."""
-        with self.store.locked(create=False):
-            state = self._load()
-            interrupted = self.store.journal()
-            checked = self._check_kernel(state, interrupted)
+    def _not_in_force(self, state: _State) -> Dict[str, Optional[str]]:
+        """Per binding, None when the kernel holds its rules as stored, else
+        why not (the caller holds the store's lock: a change half done is no finding)."""
+        interrupted = self.store.journal()
+        checked = self._check_kernel(state, interrupted)
         if checked is None:
             return {p: None for p in state.bindings}
         found = checked[0]
@@ -279,14 +277,17 @@ class Host:
     def report(self, portdevs: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
         """Per binding (every one, or those named): ``learning``, ``learned``,
         ``locked`` (while learning, what the kernel locked), ``resolved_rules``,
-        ``nft`` (in force), ``port_id`` and ``tree`` (the filters it uses). One
-        store load and one listing of our tables for all."""
-        state = self._load()
-        ports = sorted(state.bindings) if portdevs is None else list(portdevs)
-        for portdev in ports:
-            if portdev not in state.bindings:
-                raise NwfilterError(f"no binding for {portdev!r}")
-        in_force = self.nft.ports_rules(ports)
+        ``nft`` (in force), ``port_id``, ``tree`` (the filters it uses) and
+        ``in_force`` (with ``not_in_force_because`` when false). One store load,
+        one kernel check and one listing of our tables for all, under the lock."""
+        with self.store.locked(create=False):
+            state = self._load()
+            ports = sorted(state.bindings) if portdevs is None else list(portdevs)
+            for portdev in ports:
+                if portdev not in state.bindings:
+                    raise NwfilterError(f"no binding for {portdev!r}")
+            not_in_force = self._not_in_force(state)
+            in_force = self.nft.ports_rules(ports)
         filters = state.all_filters()
         found: Dict[str, Dict[str, object]] = {}
         for portdev in ports:
@@ -297,7 +298,10 @@ class Host:
                 rules = describe(resolve(filters, binding, _extra(state, binding)))
             found[portdev] = {"learning": program.learning, "learned": state.learned.get(portdev, {}),
                               "locked": self._locked(program), "resolved_rules": rules, "nft": in_force[portdev],
-                              "port_id": program.port_id, "tree": sorted(_tree(filters, binding.filterref.filter))}
+                              "port_id": program.port_id, "tree": sorted(_tree(filters, binding.filterref.filter)),
+                              "in_force": not_in_force[portdev] is None}
+            if not_in_force[portdev]:
+                found[portdev]["not_in_force_because"] = not_in_force[portdev]
         return found
 
     def _locked(self, program: PortProgram) -> Dict[str, List[str]]:
