@@ -126,7 +126,7 @@ def nft_load(netns: str, sizes: List[int]) -> List[Tuple[int, int, float, float]
                 bind, outcome = _timed(lambda host=host, binding=binding: host.bind(binding))
                 if outcome != "accepted":
                     raise SystemExit(f"{size} rules: {outcome}")
-                rules = host.store.ports()["load0"]["rules"]
+                rules = host.store.index()["load0"][1]
                 results.append((size, rules, bind, applied[0][0]))
     finally:
         bounds.MAX_BINDING_RULES = saved

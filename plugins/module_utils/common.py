@@ -10,11 +10,13 @@ earlier task would define."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Union
 
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.networks import NetworkChange
+
+if TYPE_CHECKING:  # only the network modules need the networks' code at run time
+    from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.networks import NetworkChange
 
 ROOT_OPTION = dict(type="path", default="/etc/vmguard")
 MIN_PYTHON = (3, 9)  # the engine's oldest need: xml.etree.ElementTree.indent

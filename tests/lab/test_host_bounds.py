@@ -29,7 +29,7 @@ def test_hostile_define_and_bind_change_nothing(lab, host):
 def test_the_host_rule_limit_refuses_the_change_that_passes_it(lab, host, monkeypatch):
     vm, peer = lab.guests["vm"], lab.guests["peer"]
     host.bind(Binding(vm.port, vm.mac, FilterRef("no-mac-spoofing")))
-    stored = host.store.ports()[vm.port]["rules"]
+    stored = host.store.index()[vm.port][1]
     assert stored > 0
     monkeypatch.setattr(bounds, "MAX_HOST_RULES", 2 * stored)
     host.bind(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing")))

@@ -139,7 +139,7 @@ def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
     host.set_bindings([_web("vnet0", 0), _web("vnet1", 1)])
     ids = host.nft.kernel().port_ids()
     assert sorted(ids.values()) == [1, 2]
-    with open(os.path.join(host.store.root, "ports.json"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(host.store.root, "index.json"), "w", encoding="utf-8") as handle:
         handle.write("{}\n")
     result = host.bind(_web("vnet2", 2))
     assert result.rebuilt == ["vnet2"] and "vnet0: the store has no record of what it installed" in result.repaired
@@ -163,8 +163,12 @@ def test_restore_restores_what_it_can_read(lab, host):
     assert "other0.xml: not UTF-8 text" in result.skipped[0]
     assert not _spoofed_passes(lab)
     assert _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip") == before  # left as it was
+    # a change reads only the bindings it touches: others still change, and the report names the damage
+    assert host.bind(Binding("other1", "52:54:00:00:00:34", FilterRef("clean-traffic"))).changed
     with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
-        host.bind(Binding("other1", "52:54:00:00:00:34", FilterRef("clean-traffic")))
+        host.report()
+    with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
+        host.unbind("other0")
 
 
 def test_no_bindings_no_tables(lab, host):

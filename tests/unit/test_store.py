@@ -29,21 +29,28 @@ def _write(store, relative, data):
     return path
 
 
+READERS = {"bindings": lambda store: dict(store.bindings()), "learned": lambda store: dict(store.learned()),
+           "index": lambda store: store.index(), "records": lambda store: dict(store.records(["vnet0"]))}
+
+
 @pytest.mark.parametrize("relative,data,reader,words", [
     ("bindings/vnet0.xml", b"<filterbinding>\xff\xfe</filterbinding>", "bindings", "not UTF-8 text"),
     ("bindings/vnet1.xml", binding_to_xml(BINDING), "bindings", "holds the binding of 'vnet0', not of 'vnet1'"),
     ("bindings/vnet0.xml", "<filterbinding><portdev name='vnet0'/>", "bindings", "malformed XML"),
-    ("ports.json", "garbage", "ports", "not valid JSON"),
-    ("ports.json", '{"vnet0": {"id": 1, "chai', "ports", "not valid JSON"),
-    ("ports.json", '{"vnet0": {"chains": [], "elements": []}}', "ports", "not a map of port records"),
-    ("ports.json", '[]', "ports", "not a map of port records"),
+    ("index.json", "garbage", "index", "not valid JSON"),
+    ("index.json", '{"vnet0": [1, 2', "index", "not valid JSON"),
+    ("index.json", '{"vnet0": {"chains": [], "elements": []}}', "index", "not a map of ports to [id, rules"),
+    ("index.json", '{"vnet0": [1, 2, "f", "yes"]}', "index", "not a map of ports to [id, rules"),
+    ("index.json", '[]', "index", "not a map of ports to [id, rules"),
+    ("ports/vnet0.json", '{"id": 1, "chai', "records", "not valid JSON"),
+    ("ports/vnet0.json", '{"chains": {}}', "records", "not a port record with chains and elements"),
     ("learned/vnet0.json", "", "learned", "not valid JSON"),
     ("learned/vnet0.json", '{"IP": "192.0.2.1"}', "learned", "not a map of IP/IPV6 to addresses"),
 ])
 def test_a_damaged_file_is_named_with_the_reason(store, relative, data, reader, words):
     path = _write(store, relative, data)
     with pytest.raises(NwfilterError) as caught:
-        getattr(store, reader)()
+        READERS[reader](store)
     message = str(caught.value)
     assert message.startswith(f"stored file {path}: ") and words in message and "\n" not in message
 
@@ -62,7 +69,7 @@ def test_what_is_accepted_can_be_read_back(store):
     text = f"<filter name='big'>{rule * ((MAX_DOCUMENT - 100) // len(rule))}</filter>"
     flt = filter_from_xml(text)
     with pytest.raises(NwfilterError, match=r"^filter 'big': its stored form would be \d+ bytes, more than the 1048576"):
-        store.plan(({}, {}, {}, {}), ({"big": flt}, {}, {}, {}), [])
+        store.plan(({}, {}, {}, {}, {}), ({"big": flt}, {}, {}, {}, {}), [])
     assert os.listdir(store.dirs["filters"]) == []
 
 
@@ -74,10 +81,10 @@ def test_the_root_must_be_absolute(root):
 
 def test_an_interrupted_change_is_undone(store):
     """The journal holds the old text of every file a change writes, until the change is complete."""
-    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"id": 1, "chains": [], "elements": []}})
-    store.finish(store.plan(({}, {}, {}, {}), old, ["vnet0"]))
+    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, "clean-traffic", False]})
+    store.finish(store.plan(({}, {}, {}, {}, {}), old, ["vnet0"]))
     moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
-    plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}), ["vnet0", "vnet1"])
+    plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}, {}), ["vnet0", "vnet1"])
     store.begin(plan)
     for path, text in plan[0][:2]:  # killed half way through the renames
         if text is None:
@@ -89,5 +96,6 @@ def test_an_interrupted_change_is_undone(store):
     store.end()
     assert store.journal() is None
     assert store.bindings() == {"vnet0": BINDING} and store.learned() == {}
-    with open(os.path.join(store.root, "ports.json"), encoding="utf-8") as handle:
-        assert json.load(handle) == old[3]
+    assert dict(store.records(["vnet0"])) == old[3] and store.index() == old[4]
+    with open(os.path.join(store.root, "index.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == old[4]

@@ -2,6 +2,7 @@
 file existed) is version 1 and gets the file on its next change; a newer one
 is refused clearly, for reading and for changing; check mode creates nothing."""
 
+import json
 import os
 import re
 
@@ -33,16 +34,16 @@ def test_unversioned_store_is_version_1_and_stamped_on_change(unversioned):
     assert not (unversioned / "version").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "1\n"
+    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "2\n"
     assert list(store.bindings()) == ["vnet0"]
 
 
-@pytest.mark.parametrize("text,words", [("2\n", "format version 2 is newer than this copy of vmguard.nwfilter reads (1)"),
+@pytest.mark.parametrize("text,words", [("3\n", "format version 3 is newer than this copy of vmguard.nwfilter reads (2)"),
                                         ("two", "unreadable format version 'two'")])
 def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
     (unversioned / "version").write_text(text)
     store = Store(str(unversioned))
-    for read in (store.bindings, store.filters, store.learned, store.ports):
+    for read in (store.bindings, store.filters, store.learned, store.index):
         with pytest.raises(NwfilterError, match=re.escape(f"store {unversioned}: {words}")):
             read()
     with pytest.raises(NwfilterError, match=re.escape(words)):
@@ -54,5 +55,57 @@ def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
 def test_check_mode_creates_nothing_on_a_fresh_root(tmp_path):
     store = Store(str(tmp_path / "fresh"))
     with store.locked(create=False):
-        assert store.bindings() == {} and store.ports() == {}
+        assert store.bindings() == {} and store.index() == {}
     assert not os.path.exists(tmp_path / "fresh")
+
+
+def _v1_store(root, records):
+    """A version 1 store as the previous release wrote it: every port record in ports.json."""
+    (root / "version").write_text("1\n")
+    (root / "ports.json").write_text(json.dumps(records))
+
+
+RECORD = {"chains": [["bridge", "p/vnet0/o", "0123456789abcdef", 3], ["inet", "p/vnet0/fi", "fedcba9876543210", 1]],
+          "elements": [["bridge", "from_vm", '"vnet0"']], "rules": 4}
+
+
+def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(unversioned):
+    _v1_store(unversioned, {"vnet0": {"id": 7, **RECORD}})
+    store = Store(str(unversioned))
+    expected = {"vnet0": [7, 4, None, True]}
+    assert store.index() == expected and dict(store.records(["vnet0"])) == {"vnet0": RECORD}
+    with store.locked(create=False):  # check mode reads it, converts nothing
+        assert store.index() == expected
+    assert (unversioned / "version").read_text() == "1\n" and (unversioned / "ports.json").exists()
+    with store.locked():
+        pass
+    assert (unversioned / "version").read_text() == "2\n" and not (unversioned / "ports.json").exists()
+    assert store.index() == {"vnet0": [7, 4, "clean-traffic", True]}  # the root filter from the binding
+    assert dict(store.records(["vnet0"])) == {"vnet0": RECORD}
+    assert json.loads((unversioned / "ports" / "vnet0.json").read_text()) == RECORD
+
+
+def test_an_interrupted_version_1_change_is_undone_before_converting(unversioned):
+    """The journal of a version 1 change names ports.json: its files are put
+    back first, and the ports stay named for the kernel to be put right."""
+    old = {"vnet0": {"id": 7, **RECORD}}
+    _v1_store(unversioned, {"vnet0": {"id": 7, **RECORD}, "vnet1": {"id": 8, **RECORD}})  # the change half done
+    (unversioned / "journal.json").write_text(json.dumps({"ports": ["vnet1"], "undo": {
+        str(unversioned / "ports.json"): json.dumps(old), str(unversioned / "bindings" / "vnet1.xml"): None}}))
+    (unversioned / "bindings" / "vnet1.xml").write_text(binding_to_xml(Binding("vnet1", "52:54:00:00:00:02",
+                                                                               FilterRef("clean-traffic"))))
+    store = Store(str(unversioned))
+    with store.locked():
+        assert store.journal() == ["vnet1"]
+    assert store.index() == {"vnet0": [7, 4, "clean-traffic", True]} and list(store.bindings()) == ["vnet0"]
+    store.undo()  # what the next change does with the journal: no file of version 1 comes back
+    assert not (unversioned / "ports.json").exists() and store.index() == {"vnet0": [7, 4, "clean-traffic", True]}
+
+
+def test_an_unreadable_version_1_ports_json_converts_to_no_records(unversioned):
+    (unversioned / "version").write_text("1\n")
+    (unversioned / "ports.json").write_text("{garbage")
+    store = Store(str(unversioned))
+    with store.locked():
+        pass
+    assert store.index() == {} and not (unversioned / "ports.json").exists()

@@ -13,23 +13,26 @@ from __future__ import annotations
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import bridge_netfilter
 from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
 from .integrity import Findings, Kernel, compare
-from .networks import Networks
 from .nft_compile import (MAX_PORT_ID, REMOVE_ALL, PortLive, PortProgram, compile_learning, compile_port, digest,
                           lock_sets, lock_variable, transaction)
+from .nft_delete import remove_ports
 from .nft_generation import Generation
 from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
-from .store import DEFAULT_ROOT, Store
+from .lazy_map import LazyMap
+from .store import DEFAULT_ROOT, Store, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
+
+if TYPE_CHECKING:
+    from .networks import Networks
 
 
 @dataclass
@@ -50,30 +53,52 @@ class ChangeResult:
 
 @dataclass
 class _State:
+    """The stored state. Bindings, learned addresses and port records are
+    read on first use; ``summary`` has what a change needs of every port
+    without reading it (the store's index)."""
     filters: Dict[str, Filter]  # the user's own (built-ins are overlaid, not stored)
-    bindings: Dict[str, Binding]
-    learned: Dict[str, Dict[str, List[str]]]
+    bindings: LazyMap  # of Binding
+    learned: LazyMap  # of {"IP": [...], "IPV6": [...]}
     port_ids: Dict[str, int]
-    installed: Dict[str, dict]  # per port, what it has in our tables as last applied ({"chains", "elements", "rules"})
+    installed: LazyMap  # per port, what it has in our tables as last applied ({"chains", "elements", "rules", "sets"})
+    summary: Dict[str, list]  # per port with a record: [nft rules, its binding's root filter, has layer-3 chains]
 
     def copy(self) -> "_State":
-        """A state to change; model objects are immutable, so the maps are enough."""
-        return _State(dict(self.filters), dict(self.bindings), {p: dict(v) for p, v in self.learned.items()},
-                      dict(self.port_ids), dict(self.installed))
-
-    def records(self) -> Dict[str, dict]:
-        return {p: {"id": i, **self.installed.get(p, {"chains": [], "elements": []})} for p, i in self.port_ids.items()}
+        """A state to change; model objects are immutable, and the lazy maps
+        record what is set in them, so that only that is written."""
+        return _State(dict(self.filters), self.bindings.copy(), self.learned.copy(), dict(self.port_ids),
+                      self.installed.copy(), dict(self.summary))
 
     def live(self, ports: Set[str]) -> Dict[str, PortLive]:
-        return {p: PortLive({(c[0], c[1]) for c in self.installed[p]["chains"]},
-                            {tuple(e) for e in self.installed[p]["elements"]},
-                            {(c[0], c[1]): c[2] for c in self.installed[p]["chains"] if len(c) > 2},
-                            {(s[0], s[1]) for s in self.installed[p].get("sets", [])})
-                for p in ports if p in self.installed}
+        records = {p: self.installed.get(p) for p in ports}
+        return {p: PortLive({(c[0], c[1]) for c in record["chains"]},
+                            {tuple(e) for e in record["elements"]},
+                            {(c[0], c[1]): c[2] for c in record["chains"] if len(c) > 2},
+                            {(s[0], s[1]) for s in record.get("sets", [])})
+                for p, record in records.items() if record is not None}
 
-    def as_files(self) -> Tuple[Dict[str, Filter], Dict[str, Binding], Dict[str, Dict[str, List[str]]],
-                                Dict[str, dict]]:
-        return self.filters, self.bindings, self.learned, self.records()
+    def index(self) -> Dict[str, list]:
+        return {p: [i, *self.summary.get(p, [0, None, False])] for p, i in self.port_ids.items()}
+
+    def as_files(self) -> tuple:
+        return self.filters, self.bindings, self.learned, self.installed, self.index()
+
+    def root(self, portdev: str) -> str:
+        """The root filter of a binding, from the index unless it was read anyway."""
+        binding = self.bindings.loaded(portdev)
+        if binding is None and self.summary.get(portdev, [0, None])[1] is not None:
+            return self.summary[portdev][1]
+        return self.bindings[portdev].filterref.filter
+
+    def installing(self, program: PortProgram) -> None:
+        """Record what this port's program puts in the kernel."""
+        record = {"chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.chains),
+                  "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
+                  "rules": program.rule_count}
+        if program.sets:
+            record["sets"] = sorted([f, n] for f, n, _spec in program.sets)
+        self.installed[program.portdev] = record
+        self.summary[program.portdev] = index_entry(0, record, self.bindings[program.portdev].filterref.filter)[1:]
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.filters}
@@ -204,25 +229,36 @@ class Host:
         self.store = Store(root)
         self.netns = netns
         self.nft = Nft(nft_argv, netns)
-        self.networks = Networks(self.store, self.nft, netns)  # the virtual networks' firewall
+        self._networks: Optional["Networks"] = None
         self.generation = Generation(netlink=self.nft.netlink)
+
+    @property
+    def networks(self) -> "Networks":
+        """The virtual networks' firewall, on the same store, lock and nft;
+        imported on first use, since a binding's change never needs it (the
+        libvirt hook and the modules start a process for each call)."""
+        if self._networks is None:
+            from .networks import Networks  # pylint: disable=import-outside-toplevel
+            self._networks = Networks(self.store, self.nft, self.netns)
+        return self._networks
 
     # ---- reading -------------------------------------------------------
     def _load(self, unreadable: Optional[Dict[str, str]] = None) -> _State:
         """The stored state; with ``unreadable``, bindings that cannot be read
-        are left out and named there (with a port record that cannot be read,
-        every binding is without one)."""
+        are left out and named there (with an index that cannot be read, every
+        binding is without a port record, and a record that cannot be read is none)."""
         try:
-            ports = self.store.ports()
+            index = self.store.index()
         except NwfilterError as exc:
             if unreadable is None:
                 raise
-            unreadable["ports.json"] = str(exc)
-            ports = {}
+            unreadable["index.json"] = str(exc)
+            index = {}
         filters = self.store.filters({} if unreadable is not None else None)  # a binding using it fails to compile
         return _State(filters, self.store.bindings(unreadable), self.store.learned({} if unreadable is not None else None),
-                      {p: r["id"] for p, r in ports.items()},
-                      {p: {k: v for k, v in r.items() if k != "id"} for p, r in ports.items()})
+                      {p: entry[0] for p, entry in index.items()},
+                      self.store.records(index, tolerant=unreadable is not None),
+                      {p: entry[1:] for p, entry in index.items()})
 
     def filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.store.filters()}
@@ -231,16 +267,27 @@ class Host:
         return self.store.filters()
 
     def bindings(self) -> Dict[str, Binding]:
-        return self.store.bindings()
+        return dict(self.store.bindings())
 
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
-               base: bool) -> None:
+               base: bool, generation: Optional[int] = None) -> None:
         """One transaction. Our base chains are rewritten only when our tables
         are missing (rewriting them makes the kernel re-validate every port):
         a script without them fails then, and the retry puts them back. Not
         asking first matters to short-lived processes (a module run, the
         libvirt hook): listing the tables costs nft a full ruleset read, a
-        second with 1000 bindings."""
+        second with 1000 bindings.
+
+        A change that only removes ports goes over netlink (``nft_delete``),
+        bound to ``generation``: the kernel refuses it if anyone committed
+        since the kernel was checked; then nft's script, which copes with
+        anything, does it."""
+        if not programs and not base and generation is not None:
+            try:
+                remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
+                return
+            except OSError:
+                pass
         try:
             self.nft.apply(transaction(programs, remove, before, base=base))
         except NwfilterError:
@@ -252,7 +299,7 @@ class Host:
         """None when the kernel's ruleset generation is the one after our last
         commit (nothing anyone did can have changed our rules) and the store
         is whole; otherwise one listing of our tables compared with the store."""
-        unrecorded = set(state.bindings) - set(state.installed)
+        unrecorded = set(state.bindings) - set(state.port_ids)
         if interrupted is None and not unrecorded and self.store.marker() == list(self.generation.marker()):
             return None
         kernel = self.nft.kernel()
@@ -348,8 +395,8 @@ class Host:
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
-        ports = sorted(p for p, record in self.store.ports().items()
-                       if any(chain[0] == "inet" for chain in record["chains"]))
+        ports = sorted(p for p, entry in self.store.index().items() if entry[3])
+        from . import bridge_netfilter  # pylint: disable=import-outside-toplevel
         off = bridge_netfilter.disabled(self.netns) if ports else []
         if not off:
             return None
@@ -416,6 +463,7 @@ class Host:
             new.port_ids.pop(portdev, None)
             new.learned.pop(portdev, None)
             new.installed.pop(portdev, None)
+            new.summary.pop(portdev, None)
         used = set(new.port_ids.values())
         free = (i for i in range(1, MAX_PORT_ID + 1) if i not in used)
         for portdev in sorted(rebuild):
@@ -424,27 +472,26 @@ class Host:
                 if not new.port_ids[portdev]:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
         programs = [_program(new, portdev) for portdev in sorted(rebuild)]
-        check_host_rules({**{p: r.get("rules", 0) for p, r in new.installed.items()},
+        check_host_rules({**{p: entry[0] for p, entry in new.summary.items()},
                           **{p.portdev: p.rule_count for p in programs}})
         if check:
             return [p.portdev for p in programs if p.learning]
         touched = rebuild | remove
         before = live if live is not None else old.live(touched)
         for program in programs:
-            new.installed[program.portdev] = {
-                "chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.chains),
-                "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
-                "rules": program.rule_count}
-            if program.sets:
-                new.installed[program.portdev]["sets"] = sorted([f, n] for f, n, _spec in program.sets)
+            new.installing(program)
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
         marker = None
         if touched or live is not None:
             try:
                 self.store.begin(plan)
-                generation = self.generation.current()
+                now = self.generation.marker()
+                generation = now[2]
                 if new.port_ids:
-                    self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids)
+                    # the kernel as checked (our last commit is its latest): a removal may go over netlink
+                    checked = generation if self.store.marker() == list(now) else None
+                    self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids,
+                                generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
                 marker = self.generation.marker()
@@ -471,9 +518,9 @@ class Host:
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()
         # one walk per distinct root filter, not per binding: bindings mostly share a few trees
-        roots = {b.filterref.filter for b in state.bindings.values()}
-        using = {root for root in roots if name in _tree(filters, root)}
-        return sorted(p for p, b in state.bindings.items() if b.filterref.filter in using)
+        roots = {p: state.root(p) for p in state.bindings}
+        using = {root for root in set(roots.values()) if name in _tree(filters, root)}
+        return sorted(p for p, root in roots.items() if root in using)
 
     def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
         with self._changing(check):
@@ -540,11 +587,11 @@ class Host:
             for portdev in rebuild:
                 new.learned.pop(portdev, None)  # a changed binding learns afresh
             unchecked = _undefined(new, rebuild) if check else {}
-            learning = self._commit(old, new, rebuild - set(unchecked), remove, check)
             changed = rebuild | remove
-            return ChangeResult(True, sorted(rebuild), learning,
-                                _bindings_xml({p: b for p, b in old.bindings.items() if p in changed}),
-                                _bindings_xml({p: b for p, b in new.bindings.items() if p in changed}),
+            before = _bindings_xml({p: old.bindings[p] for p in changed if p in old.bindings})  # before their files go
+            learning = self._commit(old, new, rebuild - set(unchecked), remove, check)
+            return ChangeResult(True, sorted(rebuild), learning, before,
+                                _bindings_xml({p: new.bindings[p] for p in changed if p in new.bindings}),
                                 unchecked=unchecked, repaired=repaired)
 
     def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
@@ -557,8 +604,9 @@ class Host:
                 return ChangeResult(bool(repaired), repaired=repaired)
             new = old.copy()
             del new.bindings[portdev]
+            before = binding_to_xml(old.bindings[portdev])  # read before the commit removes its file
             self._commit(old, new, set(), {portdev}, check)
-            return ChangeResult(True, [], [], binding_to_xml(old.bindings[portdev]), None, repaired=repaired)
+            return ChangeResult(True, [], [], before, None, repaired=repaired)
 
     def learned(self, portdev: str, ipv4: Sequence[str], ipv6: Sequence[str] = ()) -> ChangeResult:
         """Addresses the learner found: enforce the full rules (or, with none

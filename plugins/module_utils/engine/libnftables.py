@@ -9,7 +9,6 @@ the calls run in a thread that enters it (setns affects only that thread)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import queue
 import threading
@@ -29,7 +28,8 @@ def library() -> Optional[ctypes.CDLL]:
     try:
         lib = ctypes.CDLL(SONAME, use_errno=True)
     except OSError:
-        name = ctypes.util.find_library("nftables")
+        from ctypes.util import find_library  # pylint: disable=import-outside-toplevel  # runs ldconfig: rarely needed
+        name = find_library("nftables")
         if not name:
             return None
         try:

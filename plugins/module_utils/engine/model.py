@@ -11,7 +11,6 @@ the resolver, which checks them against the attribute they land in.
 from __future__ import annotations
 
 import re
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -57,7 +56,8 @@ def check_priority(value: int, where: str) -> int:
 def check_uuid(value: str, where: str) -> str:
     try:
         if len(value) <= 40:
-            return str(uuidlib.UUID(value))
+            import uuid  # pylint: disable=import-outside-toplevel  # rarely needed: spared at start
+            return str(uuid.UUID(value))
     except (ValueError, TypeError, AttributeError):
         pass
     raise NwfilterError(f"invalid uuid {_shown(str(value))}", where)

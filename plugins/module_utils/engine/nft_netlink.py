@@ -14,11 +14,12 @@ import os
 import socket
 import struct
 import threading
-from typing import Dict, FrozenSet, Iterable, List, Optional
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_BATCH_GENID = 0x10, 0x11, 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
@@ -134,6 +135,47 @@ class Netlink:
                         if not dump:
                             return replies
                     offset += (length + 3) & ~3
+
+    def batch(self, messages: Sequence[Tuple[int, str, bytes]], generation: Optional[int] = None) -> None:
+        """Send ``messages`` (NFT_MSG_* type, family, attributes) as one
+        transaction: all of it is committed or none. With ``generation``, the
+        kernel refuses it if any other transaction came after that one."""
+        with self._lock:
+            sock = self._socket()
+            first = self._seq + 1
+            begin = attribute(NFNL_BATCH_GENID, struct.pack(">I", generation)) if generation is not None else b""
+            parts = [self._message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, socket.AF_UNSPEC,
+                                   NFNL_SUBSYS_NFTABLES, begin)]
+            for number, (message, family, attributes) in enumerate(messages, first + 1):
+                parts.append(self._message(NFNL_SUBSYS_NFTABLES << 8 | message, NLM_F_REQUEST | NLM_F_ACK, number,
+                                           FAMILIES[family], 0, attributes))
+            last = first + len(messages) + 1
+            parts.append(self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, socket.AF_UNSPEC,
+                                       NFNL_SUBSYS_NFTABLES, b""))
+            self._seq = last
+            sock.send(b"".join(parts))
+            waiting, error = set(range(first + 1, last)), 0
+            while waiting:
+                data = sock.recv(1 << 16)
+                offset = 0
+                while offset + _HEADER.size <= len(data):
+                    length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+                    if length < _HEADER.size:
+                        break
+                    if kind == NLMSG_ERROR and (seq in waiting or seq == first):  # first: a stale generation
+                        waiting.discard(seq)
+                        error = error or -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                    offset += (length + 3) & ~3
+                if error:  # the kernel aborted the batch at its first error
+                    break
+            if error:
+                self.close()  # replies still on their way must not meet the next request
+                raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+
+    @staticmethod
+    def _message(kind: int, flags: int, seq: int, family: int, resource: int, attributes: bytes) -> bytes:
+        body = struct.pack("=BBH", family, 0, socket.htons(resource)) + attributes
+        return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
 
     def close(self) -> None:
         if self._sock is not None:

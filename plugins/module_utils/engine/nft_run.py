@@ -7,7 +7,6 @@ reading back what of ours is in force."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
@@ -58,6 +57,7 @@ class Nft:
             commands = stdin if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
             code, output, error = lib.run(commands, json_output)
         else:
+            import subprocess  # pylint: disable=import-outside-toplevel  # without libnftables only
             try:
                 done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, check=False)
             except OSError as exc:

@@ -4,6 +4,11 @@
 """The on-host store: filters and bindings as libvirt XML under one root
 directory, plus the port ids and learned addresses the host keeps.
 
+A change reads and writes what it touches, not the whole store: bindings,
+learned addresses and port records are one file each, read on first use
+(``LazyMap``), and ``index.json`` holds what a change needs of every port (its
+id, its rule count, its binding's root filter, whether it has layer-3 rules).
+
 Every file is replaced atomically (write, fsync, rename, fsync the directory),
 and one lock serialises whole read-change-apply-write cycles, so concurrent
 Ansible runs and the learner never lose each other's updates.
@@ -17,13 +22,15 @@ import json
 import os
 import re
 import tempfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
+from .lazy_map import LazyMap
 from .model import Binding, Filter
-from .network_forms import network_from_xml, network_to_xml
-from .network_model import Network
 from .xml_form import MAX_DOCUMENT, binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
+
+if TYPE_CHECKING:  # the networks' code is imported when networks are read: a binding's change never needs it
+    from .network_model import Network
 
 DEFAULT_ROOT = "/etc/vmguard"
 # The store's format, in the file "version": the modules run the controller's
@@ -31,7 +38,8 @@ DEFAULT_ROOT = "/etc/vmguard"
 # refuses a store newer than it reads. A store without the file is version 1
 # (the format before the file existed); a format change adds its conversion in
 # Store.check_version.
-STORE_VERSION = 1
+# Version 2 split version 1's ports.json into index.json and ports/<port>.json.
+STORE_VERSION = 2
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -137,12 +145,38 @@ def _learned_valid(value: object) -> bool:
     return isinstance(value, dict) and all(name in ("IP", "IPV6") and _strings(v) for name, v in value.items())
 
 
-def _ports_valid(value: object) -> bool:
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record_valid(record: object) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record.get(key), list) and all(isinstance(item, list) for item in record[key])
+        for key in ("chains", "elements"))
+
+
+def _ports_valid(value: object) -> bool:  # version 1's ports.json
+    return isinstance(value, dict) and all(_record_valid(record) and _count(record.get("id"))
+                                           for record in value.values())
+
+
+def _index_valid(value: object) -> bool:
     return isinstance(value, dict) and all(
-        isinstance(record, dict) and isinstance(record.get("id"), int) and not isinstance(record["id"], bool)
-        and all(isinstance(record.get(key), list) and all(isinstance(item, list) for item in record[key])
-                for key in ("chains", "elements"))
-        for record in value.values())
+        isinstance(entry, list) and len(entry) == 4 and _count(entry[0]) and _count(entry[1])
+        and (entry[2] is None or isinstance(entry[2], str)) and isinstance(entry[3], bool) for entry in value.values())
+
+
+def index_entry(port_id: int, record: dict, root: Optional[str]) -> list:
+    """A port's line of index.json: [id, nft rules, its binding's root filter, has layer-3 chains]."""
+    return [port_id, record.get("rules", 0), root, any(chain[0] == "inet" for chain in record["chains"])]
+
+
+def _record_text(record: dict) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def _index_text(index: Dict[str, list]) -> str:
+    return json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 # A plan of store writes: (path, new text or None to remove), and the ports it touches
@@ -155,6 +189,8 @@ class Store:
             raise NwfilterError(f"the store's root {root!r} must be an absolute path")
         self.root = root
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned", "networks")}
+        self.records_dir = os.path.join(root, "ports")  # what each port has in the kernel
+        self.index_path = os.path.join(root, "index.json")
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator[None]:
@@ -166,7 +202,7 @@ class Store:
             return
         try:
             if create:
-                for path in self.dirs.values():
+                for path in [*self.dirs.values(), self.records_dir]:
                     os.makedirs(path, mode=0o755, exist_ok=True)
             handle = open(lock, "a" if create else "r", encoding="utf-8")  # pylint: disable=consider-using-with
         except OSError as exc:
@@ -176,10 +212,11 @@ class Store:
             self.check_version(stamp=create)
             yield
 
-    def check_version(self, stamp: bool = False) -> None:
-        """Refuse a store newer than this code reads; with ``stamp`` (under the
-        lock, about to write) bring an older one to this version: today only
-        the version 1 store without the file, which gets it."""
+    def check_version(self, stamp: bool = False) -> int:
+        """The store's format version; a store newer than this code reads is
+        refused. With ``stamp`` (under the lock, about to write) an older one
+        is converted to this version first. Without it (check mode, reading)
+        a version 1 store is read as it is."""
         path = os.path.join(self.root, "version")
         text = _text_of(path)
         if text is not None and not re.fullmatch(r"[0-9]{1,6}\n?", text):
@@ -189,8 +226,40 @@ class Store:
             raise NwfilterError(f"format version {version} is newer than this copy of vmguard.nwfilter reads "
                                 f"({STORE_VERSION}): upgrade the collection and the learner role first "
                                 "(docs/upgrading.md)", f"store {self.root}")
-        if stamp and text is None:
+        if stamp and version < STORE_VERSION:
+            self._convert_from_v1()
             atomic_write(path, f"{STORE_VERSION}\n")
+            _remove(os.path.join(self.root, "ports.json"))
+            return STORE_VERSION
+        return version
+
+    def _convert_from_v1(self) -> None:
+        """Version 1 kept every port's record in ports.json: each goes to its own
+        file, and the index is built (reading every binding once for its root
+        filter). ports.json is removed only after the version is stamped, so an
+        interrupted conversion is done again. An unreadable ports.json converts
+        to no records: the next change's kernel check adopts the ids the kernel
+        holds and reinstalls those ports, as for a lost record."""
+        if self.journal() is not None:  # the old files back now, while the journal still names ports.json
+            ports = self.journal()
+            self.undo()
+            atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": {}}))
+        try:
+            records = self._v1_records()
+        except NwfilterError:
+            records = {}
+        bindings = self.bindings({})
+        index = {port: index_entry(record["id"], record, bindings[port].filterref.filter if port in bindings else None)
+                 for port, record in records.items()}
+        writes = [(os.path.join(self.records_dir, f"{port}.json"),
+                   _record_text({key: value for key, value in record.items() if key != "id"}))
+                  for port, record in sorted(records.items())]
+        atomic_write_many(writes + [(self.index_path, _index_text(index))])
+
+    def _v1_records(self) -> Dict[str, dict]:
+        path = os.path.join(self.root, "ports.json")
+        text = _text_of(path)
+        return _json_of(path, text, _ports_valid, "a map of port records with id, chains and elements") if text else {}
 
     def _read_all(self, kind: str, parse: Callable[[str, str], object],
                   unreadable: Optional[Dict[str, str]]) -> Dict[str, object]:
@@ -223,20 +292,47 @@ class Store:
         parsed = self._read_all("filters", lambda _name, text: _parse_cached(text, filter_from_xml), unreadable)
         return {flt.name: flt for flt in parsed.values()}
 
-    def bindings(self, unreadable: Optional[Dict[str, str]] = None) -> Dict[str, Binding]:
+    def _lazy(self, kind: str, parse: Callable[[str, str], object]) -> LazyMap:
+        """The files of ``kind`` by name, each read and parsed on first use."""
+        self.check_version()
+        directory = self.dirs[kind]
+        try:
+            names = sorted(os.path.splitext(name)[0] for name in os.listdir(directory) if not name.startswith("."))
+        except FileNotFoundError:
+            names = []
+        extension = ".json" if kind == "learned" else ".xml"
+
+        def load(name: str) -> object:
+            path = os.path.join(directory, name + extension)
+            try:
+                text = _text_of(path)
+                if text is None:
+                    raise NwfilterError("was removed while it was being read", f"stored file {path}")
+                return parse(name, text)
+            except NwfilterError as exc:
+                raise (exc if str(exc).startswith("stored file") else exc.within(f"stored file {path}")) from None
+        return LazyMap(names, load)
+
+    def bindings(self, unreadable: Optional[Dict[str, str]] = None) -> LazyMap:
+        """Every binding by port, read on first use; with ``unreadable``, all
+        read now and those that cannot be are left out and named there."""
         def parse(name: str, text: str) -> Binding:
             binding = _parse_cached(text, binding_from_xml)
             if binding.portdev != name:
                 raise NwfilterError(f"holds the binding of {binding.portdev!r}, not of {name!r}")
             return binding
-        return self._read_all("bindings", parse, unreadable)
+        if unreadable is not None:
+            return LazyMap.of(self._read_all("bindings", parse, unreadable))
+        return self._lazy("bindings", parse)
 
-    def networks(self) -> Dict[str, Network]:
+    def networks(self) -> Dict[str, "Network"]:
+        from .network_forms import network_from_xml  # pylint: disable=import-outside-toplevel
         parsed = self._read_all("networks", lambda _name, text: _parse_cached(text, network_from_xml), None)
         return {network.name: network for network in parsed.values()}
 
-    def save_networks(self, before: Dict[str, Network], after: Dict[str, Network]) -> None:
+    def save_networks(self, before: Dict[str, "Network"], after: Dict[str, "Network"]) -> None:
         """Write the networks that change and remove those that go."""
+        from .network_forms import network_to_xml  # pylint: disable=import-outside-toplevel
         directory = self.dirs["networks"]
         atomic_write_many([(os.path.join(directory, f"{name}.xml"), network_to_xml(network))
                            for name, network in sorted(after.items()) if before.get(name) != network])
@@ -246,40 +342,71 @@ class Store:
         if gone:
             fsync_dir(directory)
 
-    def learned(self, unreadable: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, List[str]]]:
+    def learned(self, unreadable: Optional[Dict[str, str]] = None) -> LazyMap:
         path = self.dirs["learned"]
-        return self._read_all("learned", lambda name, text: _json_of(
-            os.path.join(path, f"{name}.json"), text, _learned_valid, "a map of IP/IPV6 to addresses"), unreadable)
 
-    def ports(self) -> Dict[str, dict]:
-        """Per port: its id and what of it was installed (``chains``, ``elements``)."""
-        self.check_version()
-        path = os.path.join(self.root, "ports.json")
-        text = _text_of(path)
-        return _json_of(path, text, _ports_valid, "a map of port records with id, chains and elements") if text else {}
+        def parse(name: str, text: str) -> object:
+            return _json_of(os.path.join(path, f"{name}.json"), text, _learned_valid, "a map of IP/IPV6 to addresses")
+        if unreadable is not None:
+            return LazyMap.of(self._read_all("learned", parse, unreadable))
+        return self._lazy("learned", parse)
+
+    def index(self) -> Dict[str, list]:
+        """Per port with a record: ``index_entry``'s [id, rules, root filter, has layer-3 chains]."""
+        if self.check_version() == 1:
+            return {port: index_entry(record["id"], record, None) for port, record in self._v1_records().items()}
+        text = _text_of(self.index_path)
+        return _json_of(self.index_path, text, _index_valid, "a map of ports to [id, rules, filter, layer-3]") \
+            if text else {}
+
+    def records(self, ports: Iterable[str], tolerant: bool = False) -> LazyMap:
+        """What each of these ports has in the kernel as last installed
+        (``chains``, ``elements``, ``rules``, ``sets``), read on first use;
+        None for a lost record (the kernel check reinstalls the port), and
+        with ``tolerant`` for one that cannot be read either."""
+        if self.check_version() == 1:
+            v1 = self._v1_records()
+            return LazyMap.of({port: {k: v for k, v in v1[port].items() if k != "id"} for port in ports if port in v1})
+
+        def load(port: str) -> Optional[dict]:
+            path = os.path.join(self.records_dir, f"{port}.json")
+            try:
+                text = _text_of(path)
+                if text is None:
+                    return None
+                return _json_of(path, text, _record_valid, "a port record with chains and elements")
+            except NwfilterError:
+                if tolerant:
+                    return None
+                raise
+        return LazyMap(ports, load)
 
     def plan(self, old: tuple, new: tuple, ports: List[str]) -> Plan:
         """What going from the stored state ``old`` to ``new`` (filters,
-        bindings, learned, ports) writes: only the files that change, the port
-        records last, once the files they describe are in place. Every file is
-        checked to be one the store can read back."""
+        bindings, learned, port records, index) writes: only the files that
+        change, the index last, once the files it describes are in place.
+        Every file is checked to be one the store can read back."""
         renders = ((lambda n, f: (f"{n}.xml", filter_to_xml(f))),
                    (lambda p, b: (f"{p}.xml", binding_to_xml(b))),
-                   (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")))
+                   (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")),
+                   (lambda p, r: (f"{p}.json", _record_text(r))))
+        directories = [self.dirs["filters"], self.dirs["bindings"], self.dirs["learned"], self.records_dir]
         writes: List[Tuple[str, Optional[str]]] = []
-        for kind, render, before, after in zip(("filters", "bindings", "learned"), renders, old, new):
-            directory = self.dirs[kind]
-            for key, value in after.items():
-                if key not in before or before[key] != value:
-                    name, text = render(key, value)
-                    if len(text) > MAX_DOCUMENT:
-                        raise NwfilterError(f"its stored form would be {len(text)} bytes, more than the "
-                                            f"{MAX_DOCUMENT} the store reads back", f"{kind[:-1]} {key!r}")
-                    writes.append((os.path.join(directory, name), text))
-            for key in set(before) - set(after):
-                writes.insert(0, (os.path.join(directory, render(key, before[key])[0]), None))
-        if old[3] != new[3]:
-            writes.append((os.path.join(self.root, "ports.json"), json.dumps(new[3], sort_keys=True) + "\n"))
+        for directory, kind, render, before, after in zip(directories, ("filter", "binding", "learned", "port record"),
+                                                          renders, old, new):
+            changed = after.changes(before) if isinstance(after, LazyMap) else \
+                [key for key, value in after.items() if key not in before or before[key] != value]
+            for key in changed:
+                name, text = render(key, after[key])
+                if len(text) > MAX_DOCUMENT:
+                    raise NwfilterError(f"its stored form would be {len(text)} bytes, more than the "
+                                        f"{MAX_DOCUMENT} the store reads back", f"{kind} {key!r}")
+                writes.append((os.path.join(directory, name), text))
+            extension = ".json" if directory in (self.dirs["learned"], self.records_dir) else ".xml"
+            for key in [key for key in before if key not in after]:
+                writes.insert(0, (os.path.join(directory, key + extension), None))
+        if old[4] != new[4]:
+            writes.append((self.index_path, _index_text(new[4])))
         return writes, ports
 
     # The journal makes a change all or nothing across the kernel and the
@@ -322,7 +449,7 @@ class Store:
 
     def sweep(self) -> None:
         """Remove the temporary files of writes that were interrupted."""
-        for directory in [self.root, *self.dirs.values()]:
+        for directory in [self.root, *self.dirs.values(), self.records_dir]:
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(directory):
                     if entry.name.startswith(".tmp-"):

@@ -1,0 +1,99 @@
+"""A change costs what it changes, in the real kernel: a removal goes over
+netlink and takes exactly the port's objects (nothing of it when someone
+committed since the kernel was checked), and a store of the previous format
+is converted on its first change with every port still in force."""
+
+import json
+import os
+
+import pytest
+
+from engine import host as host_module
+from engine.host import Host
+from engine.model import Binding, FilterRef
+from engine.nft_delete import remove_ports
+from lab.probes import run_probes, standard_probes
+
+
+def _clean(vm, portdev=None):
+    return Binding(portdev or vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)}))
+
+
+def _spoofed_passes(lab):
+    probes = [p for p in standard_probes(lab.guests["vm"], lab.guests["peer"]) if p.name in ("ipv4 udp", "spoofed ipv4")]
+    verdicts = run_probes(lab, probes)
+    assert verdicts["ipv4 udp"]
+    return verdicts["spoofed ipv4"]
+
+
+def test_a_removal_over_netlink_takes_exactly_the_port(lab, host, monkeypatch):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    before = lab.nft_list()
+    sent = []
+    monkeypatch.setattr(host_module, "remove_ports", lambda *args: sent.append(args) or remove_ports(*args))
+    learning = Binding(peer.port, peer.mac, FilterRef("clean-traffic"))  # learning: it has address-lock sets too
+    host.bind(learning)
+    assert "lock4" in lab.nft_list()
+    result = host.unbind(peer.port)
+    assert result.changed and len(sent) == 1 and lab.nft_list() == before
+    assert not _spoofed_passes(lab) and not host.converge().changed
+
+
+def test_a_removal_after_someone_elses_commit_is_refused_whole(lab, host):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    host.bind(_clean(peer))
+    generation = host.generation.current()
+    live = host.nft.live()
+    lab.nft("add table inet theirs")  # anyone's commit moves the generation on
+    with pytest.raises(OSError):
+        remove_ports(host.nft.netlink, [live[peer.port]], generation)
+    assert f"p/{peer.port}/o" in lab.nft_list()
+    remove_ports(host.nft.netlink, [live[peer.port]], generation + 1)
+    assert f"p/{peer.port}" not in lab.nft_list() and "table inet theirs" in lab.nft_list()
+
+
+def test_a_removal_falls_back_to_nft_when_netlink_fails(lab, host, monkeypatch):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    before = lab.nft_list()
+    host.bind(_clean(peer))
+
+    def refused(*_args):
+        raise OSError(85, "stale generation")
+    monkeypatch.setattr(host_module, "remove_ports", refused)
+    assert host.unbind(peer.port).changed and lab.nft_list() == before
+
+
+def _to_version_1(root):
+    """Rewrite a store as the previous release kept it: every port record in ports.json."""
+    index = json.loads((root / "index.json").read_text())
+    records = {port: {"id": entry[0], **json.loads((root / "ports" / f"{port}.json").read_text())}
+               for port, entry in index.items()}
+    (root / "ports.json").write_text(json.dumps(records, sort_keys=True) + "\n")
+    for name in os.listdir(root / "ports"):
+        os.unlink(root / "ports" / name)
+    os.rmdir(root / "ports")
+    os.unlink(root / "index.json")
+    (root / "version").write_text("1\n")
+    return records
+
+
+def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    host.bind(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing")))
+    root = tmp_path / "store"
+    records = _to_version_1(root)
+    fresh = Host(str(root), netns=lab.host)  # as the next module run
+    assert fresh.report()[vm.port]["in_force"] and (root / "ports.json").exists()  # read as it is
+    result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
+    assert result.rebuilt == ["vnet9"] and not result.repaired  # the converted records match the kernel
+    assert (root / "version").read_text() == "2\n" and not (root / "ports.json").exists()
+    index = json.loads((root / "index.json").read_text())
+    assert {port: entry[0] for port, entry in index.items() if port in records} == \
+        {port: record["id"] for port, record in records.items()}
+    assert index[vm.port][2] == "clean-traffic" and index[peer.port][2] == "no-mac-spoofing"
+    assert not _spoofed_passes(lab)
+    assert all(report["in_force"] for report in fresh.report().values())
