@@ -43,7 +43,7 @@ def bulk(netns: str, ports: int) -> Dict[str, float]:
         host.define_filter(filter_from_xml(FILTER.format(port=22)))
         bindings = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(ports)]
         host.nft.apply = _timing(parts, "nft", host.nft.apply)
-        host.store.save = _timing(parts, "store", host.store.save)
+        host.store.finish = _timing(parts, "store", host.store.finish)
         wall, cpu = time.perf_counter(), time.process_time()
         host.set_bindings(bindings)
         figures = {"total wall": time.perf_counter() - wall, "total CPU": time.process_time() - cpu}

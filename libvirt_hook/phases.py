@@ -17,10 +17,8 @@ def bind(host: Host, domain: Domain) -> List[str]:
         raise NwfilterError(f"interface {', '.join(both)} also has a <filterref> in <interface>, so libvirt's "
                             "nwfilter would filter it too: remove that <filterref>", domain.where)
     wanted = domain.bindings()
-    current = host.bindings()
-    stale = [p for p, b in current.items() if b.owner_uuid == domain.uuid] + [t for t in domain.taps if t in current]
     try:
-        host.set_bindings(wanted, unbind=stale)
+        host.set_bindings(wanted, unbind=domain.taps, unbind_owner=domain.uuid)
     except NwfilterError as exc:
         raise exc.within(domain.where) from None
     return [b.portdev for b in wanted]
@@ -29,7 +27,4 @@ def bind(host: Host, domain: Domain) -> List[str]:
 def unbind(host: Host, domain: Domain) -> List[str]:
     """The domain's bindings, found by owner UUID: at stopped and release the
     XML no longer names the taps."""
-    mine = sorted(p for p, b in host.bindings().items() if b.owner_uuid == domain.uuid)
-    if mine:
-        host.set_bindings([], unbind=mine)
-    return mine
+    return host.set_bindings([], unbind_owner=domain.uuid).removed

@@ -147,7 +147,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.common import ROOT_OPTION, diff_of, engine_call, host_for, warn_if_layer3_unseen, warn_unchecked
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.dict_form import binding_from_dict
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.model import check_ifname
-from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import shared_addresses
+from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.overlaps import binding_addresses, shared_addresses
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.xml_form import binding_from_xml
 
 FIELDS = ("portdev", "mac", "filter", "parameters", "owner", "linkdev")
@@ -189,7 +189,6 @@ def main() -> None:
     params = module.params
     host = host_for(module)
     check = module.check_mode
-    present = engine_call(module, host.bindings)
     wanted = []
     if params["bindings"] is not None:
         wanted = [_binding(module, item) for item in params["bindings"]]
@@ -211,8 +210,10 @@ def main() -> None:
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning, repaired=result.repaired)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = diff_of(result)
-    after = {} if params["exclusive"] and params["bindings"] is not None else dict(present)
-    after.update((b.portdev, b) for b in wanted)
+    # every binding's addresses (the store's index: no binding is read), for the shared-address warning
+    exclusive = params["exclusive"] and params["bindings"] is not None
+    after = engine_call(module, host.addresses) if wanted and not exclusive else {}
+    after.update((b.portdev, binding_addresses(b)) for b in wanted)
     for line in shared_addresses(after, {b.portdev for b in wanted}):
         module.warn(f"{line}: anti-spoofing lets each of them use it (a failover pair may mean to; "
                     "otherwise check the inventory)")

@@ -94,6 +94,6 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     index = json.loads((root / "index.json").read_text())
     assert {port: entry[0] for port, entry in index.items() if port in records} == \
         {port: record["id"] for port, record in records.items()}
-    assert index[vm.port][2] == "clean-traffic" and index[peer.port][2] == "no-mac-spoofing"
+    assert index[vm.port][3] == "clean-traffic" and index[peer.port][3] == "no-mac-spoofing"
     assert not _spoofed_passes(lab)
     assert all(report["in_force"] for report in fresh.report().values())

@@ -5,7 +5,7 @@ import pytest
 from engine.dict_form import binding_from_dict, filter_from_dict
 from engine.errors import NwfilterError
 from engine.model import Binding, FilterRef
-from engine.overlaps import shared_addresses
+from engine.overlaps import binding_addresses, shared_addresses
 from engine.xml_form import filter_from_xml
 
 
@@ -34,7 +34,7 @@ def test_mac_parameter_refused():
 def test_shared_addresses_name_the_ports():
     def bound(port, mac, *ips):
         return Binding(port, mac, FilterRef("clean-traffic", {"IP": ips} if ips else {}))
-    bindings = {b.portdev: b for b in (bound("a", "52:54:00:00:00:01", "192.0.2.1", "192.0.2.2"),
+    bindings = {b.portdev: binding_addresses(b) for b in (bound("a", "52:54:00:00:00:01", "192.0.2.1", "192.0.2.2"),
                                        bound("b", "52:54:00:00:00:01", "192.0.2.2"),
                                        bound("c", "52:54:00:00:00:03", "192.0.2.1"),
                                        bound("d", "52:54:00:00:00:04"))}

@@ -40,7 +40,7 @@ READERS = {"bindings": lambda store: dict(store.bindings()), "learned": lambda s
     ("index.json", "garbage", "index", "not valid JSON"),
     ("index.json", '{"vnet0": [1, 2', "index", "not valid JSON"),
     ("index.json", '{"vnet0": {"chains": [], "elements": []}}', "index", "not a map of ports to [id, rules"),
-    ("index.json", '{"vnet0": [1, 2, "f", "yes"]}', "index", "not a map of ports to [id, rules"),
+    ("index.json", '{"vnet0": [1, 2, "yes", "f", null, null, null]}', "index", "not a map of ports to [id, rules"),
     ("index.json", '[]', "index", "not a map of ports to [id, rules"),
     ("ports/vnet0.json", '{"id": 1, "chai', "records", "not valid JSON"),
     ("ports/vnet0.json", '{"chains": {}}', "records", "not a port record with chains and elements"),
@@ -81,7 +81,7 @@ def test_the_root_must_be_absolute(root):
 
 def test_an_interrupted_change_is_undone(store):
     """The journal holds the old text of every file a change writes, until the change is complete."""
-    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, "clean-traffic", False]})
+    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, False, "clean-traffic", None, None, None]})
     store.finish(store.plan(({}, {}, {}, {}, {}), old, ["vnet0"]))
     moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
     plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}, {}), ["vnet0", "vnet1"])

@@ -9,9 +9,12 @@ import re
 import pytest
 
 from engine.errors import NwfilterError
-from engine.store import STORE_VERSION, Store
+from engine.store import STORE_VERSION, Store, binding_digest
 from engine.model import Binding, FilterRef
 from engine.xml_form import binding_to_xml
+
+
+BINDING = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic"))
 
 
 @pytest.fixture
@@ -20,8 +23,7 @@ def unversioned(tmp_path):
     root = tmp_path / "store"
     for name in ("filters", "bindings", "learned"):
         (root / name).mkdir(parents=True)
-    (root / "bindings" / "vnet0.xml").write_text(binding_to_xml(Binding("vnet0", "52:54:00:00:00:01",
-                                                                        FilterRef("clean-traffic"))))
+    (root / "bindings" / "vnet0.xml").write_text(binding_to_xml(BINDING))
     (root / ".lock").write_text("")
     return root
 
@@ -72,7 +74,7 @@ RECORD = {"chains": [["bridge", "p/vnet0/o", "0123456789abcdef", 3], ["inet", "p
 def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(unversioned):
     _v1_store(unversioned, {"vnet0": {"id": 7, **RECORD}})
     store = Store(str(unversioned))
-    expected = {"vnet0": [7, 4, None, True]}
+    expected = {"vnet0": [7, 4, True, None, None, None, None]}
     assert store.index() == expected and dict(store.records(["vnet0"])) == {"vnet0": RECORD}
     with store.locked(create=False):  # check mode reads it, converts nothing
         assert store.index() == expected
@@ -80,7 +82,7 @@ def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(un
     with store.locked():
         pass
     assert (unversioned / "version").read_text() == "2\n" and not (unversioned / "ports.json").exists()
-    assert store.index() == {"vnet0": [7, 4, "clean-traffic", True]}  # the root filter from the binding
+    assert store.index()["vnet0"][:5] == [7, 4, True, "clean-traffic", binding_digest(BINDING)]  # from the binding
     assert dict(store.records(["vnet0"])) == {"vnet0": RECORD}
     assert json.loads((unversioned / "ports" / "vnet0.json").read_text()) == RECORD
 
@@ -97,9 +99,9 @@ def test_an_interrupted_version_1_change_is_undone_before_converting(unversioned
     store = Store(str(unversioned))
     with store.locked():
         assert store.journal() == ["vnet1"]
-    assert store.index() == {"vnet0": [7, 4, "clean-traffic", True]} and list(store.bindings()) == ["vnet0"]
+    assert store.index()["vnet0"][:4] == [7, 4, True, "clean-traffic"] and list(store.bindings()) == ["vnet0"]
     store.undo()  # what the next change does with the journal: no file of version 1 comes back
-    assert not (unversioned / "ports.json").exists() and store.index() == {"vnet0": [7, 4, "clean-traffic", True]}
+    assert not (unversioned / "ports.json").exists() and store.index()["vnet0"][:4] == [7, 4, True, "clean-traffic"]
 
 
 def test_an_unreadable_version_1_ports_json_converts_to_no_records(unversioned):

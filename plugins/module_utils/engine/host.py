@@ -28,7 +28,8 @@ from .nft_run import Nft
 from .resolver import MissingVariables, missing_variables, resolve
 from .ruleset import Jump, ResolvedRule, Ruleset
 from .lazy_map import LazyMap
-from .store import DEFAULT_ROOT, Store, index_entry
+from .overlaps import binding_addresses
+from .store import DEFAULT_ROOT, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class ChangeResult:
     lost: Dict[str, List[str]] = field(default_factory=dict)
     repaired: List[str] = field(default_factory=list)  # what the kernel lacked and got back (or would)
     skipped: List[str] = field(default_factory=list)  # restore(): bindings it could not read or compile
+    removed: List[str] = field(default_factory=list)  # set_bindings(): the ports it unbound
 
 
 @dataclass
@@ -61,7 +63,7 @@ class _State:
     learned: LazyMap  # of {"IP": [...], "IPV6": [...]}
     port_ids: Dict[str, int]
     installed: LazyMap  # per port, what it has in our tables as last applied ({"chains", "elements", "rules", "sets"})
-    summary: Dict[str, list]  # per port with a record: [nft rules, its binding's root filter, has layer-3 chains]
+    summary: Dict[str, list]  # per port with a record: its index entry without the id (store.index_entry)
 
     def copy(self) -> "_State":
         """A state to change; model objects are immutable, and the lazy maps
@@ -78,17 +80,36 @@ class _State:
                 for p, record in records.items() if record is not None}
 
     def index(self) -> Dict[str, list]:
-        return {p: [i, *self.summary.get(p, [0, None, False])] for p, i in self.port_ids.items()}
+        return {p: [i, *self.summary.get(p, [0, False, None, None, None, None])] for p, i in self.port_ids.items()}
 
     def as_files(self) -> tuple:
         return self.filters, self.bindings, self.learned, self.installed, self.index()
 
+    def _indexed(self, portdev: str) -> Optional[list]:
+        """The port's index entry without its id, when it tells of the binding
+        (not when the binding was read anyway: it may have changed since)."""
+        entry = self.summary.get(portdev)
+        return entry if entry is not None and entry[3] is not None and self.bindings.loaded(portdev) is None else None
+
     def root(self, portdev: str) -> str:
-        """The root filter of a binding, from the index unless it was read anyway."""
-        binding = self.bindings.loaded(portdev)
-        if binding is None and self.summary.get(portdev, [0, None])[1] is not None:
-            return self.summary[portdev][1]
-        return self.bindings[portdev].filterref.filter
+        """The root filter of a binding."""
+        entry = self._indexed(portdev)
+        return entry[2] if entry else self.bindings[portdev].filterref.filter
+
+    def holds(self, binding: Binding) -> bool:
+        """Whether this very binding is stored."""
+        if binding.portdev not in self.bindings:
+            return False
+        entry = self._indexed(binding.portdev)
+        return entry[3] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
+
+    def addresses(self, portdev: str) -> List[str]:
+        entry = self._indexed(portdev)
+        return list(entry[4]) if entry else binding_addresses(self.bindings[portdev])
+
+    def owner(self, portdev: str) -> Optional[str]:
+        entry = self._indexed(portdev)
+        return entry[5] if entry else self.bindings[portdev].owner_uuid
 
     def installing(self, program: PortProgram) -> None:
         """Record what this port's program puts in the kernel."""
@@ -98,7 +119,7 @@ class _State:
         if program.sets:
             record["sets"] = sorted([f, n] for f, n, _spec in program.sets)
         self.installed[program.portdev] = record
-        self.summary[program.portdev] = index_entry(0, record, self.bindings[program.portdev].filterref.filter)[1:]
+        self.summary[program.portdev] = index_entry(0, record, self.bindings[program.portdev])[1:]
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.filters}
@@ -268,6 +289,12 @@ class Host:
 
     def bindings(self) -> Dict[str, Binding]:
         return dict(self.store.bindings())
+
+    def addresses(self) -> Dict[str, List[str]]:
+        """Per binding, its MAC, IP and IPV6 addresses (``binding_addresses``),
+        from the store's index: no binding is read for it."""
+        state = self._load()
+        return {portdev: state.addresses(portdev) for portdev in state.bindings}
 
     def _apply(self, programs: List[PortProgram], remove: List[str], before: Mapping[str, PortLive],
                base: bool, generation: Optional[int] = None) -> None:
@@ -566,9 +593,10 @@ class Host:
                                 filter_to_xml(fallback) if fallback else None, repaired=repaired)
 
     def set_bindings(self, bindings: Sequence[Binding], exclusive: bool = False, check: bool = False,
-                     unbind: Collection[str] = ()) -> ChangeResult:
+                     unbind: Collection[str] = (), unbind_owner: Optional[str] = None) -> ChangeResult:
         """Add or replace these bindings and remove those of the ports in
-        ``unbind`` (with ``exclusive``, all others) in one transaction."""
+        ``unbind``, and those owned by the domain of UUID ``unbind_owner``
+        (with ``exclusive``, all others) in one transaction."""
         wanted = {}
         for binding in bindings:
             if binding.portdev in wanted:
@@ -577,11 +605,14 @@ class Host:
         with self._changing(check):
             old, repaired = self._verified(check)
             new = old.copy()
-            remove = (set(old.bindings) if exclusive else set(old.bindings) & set(unbind)) - set(wanted)
-            rebuild = {p for p, b in wanted.items() if old.bindings.get(p) != b}
+            remove = set(old.bindings) if exclusive else set(old.bindings) & set(unbind)
+            if unbind_owner is not None:
+                remove |= {p for p in old.bindings if old.owner(p) == unbind_owner}
+            remove -= set(wanted)
+            rebuild = {p for p, b in wanted.items() if not old.holds(b)}
             for portdev in remove:
                 del new.bindings[portdev]
-            new.bindings.update(wanted)
+            new.bindings.update({p: wanted[p] for p in rebuild})  # the others are stored as they are
             if not rebuild and not remove:
                 return ChangeResult(bool(repaired), repaired=repaired)
             for portdev in rebuild:
@@ -592,7 +623,7 @@ class Host:
             learning = self._commit(old, new, rebuild - set(unchecked), remove, check)
             return ChangeResult(True, sorted(rebuild), learning, before,
                                 _bindings_xml({p: new.bindings[p] for p in changed if p in new.bindings}),
-                                unchecked=unchecked, repaired=repaired)
+                                unchecked=unchecked, repaired=repaired, removed=sorted(remove))
 
     def bind(self, binding: Binding, check: bool = False) -> ChangeResult:
         return self.set_bindings([binding], exclusive=False, check=check)

@@ -8,19 +8,23 @@ modules warn rather than refuse."""
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Mapping, Tuple
+from typing import Collection, Dict, List, Mapping, Sequence
 
 from .model import Binding
 
 
-def shared_addresses(bindings: Mapping[str, Binding], ports: Collection[str]) -> List[str]:
-    """One line per MAC, IP or IPV6 address that a binding among ``ports``
-    shares with another binding."""
-    owners: Dict[Tuple[str, str], List[str]] = {}
-    for portdev, binding in bindings.items():
-        given = binding.parameters
-        for kind in ("MAC", "IP", "IPV6"):
-            for value in given.get(kind, ()):
-                owners.setdefault((kind, value.lower()), []).append(portdev)
-    return [f"{kind} {value} is bound on {', '.join(sorted(found))}"
-            for (kind, value), found in sorted(owners.items()) if len(found) > 1 and any(p in ports for p in found)]
+def binding_addresses(binding: Binding) -> List[str]:
+    """The binding's MAC, IP and IPV6 addresses, as "KIND value" (kept in the store's index)."""
+    given = binding.parameters
+    return [f"{kind} {value.lower()}" for kind in ("MAC", "IP", "IPV6") for value in given.get(kind, ())]
+
+
+def shared_addresses(addresses: Mapping[str, Sequence[str]], ports: Collection[str]) -> List[str]:
+    """One line per address that a binding among ``ports`` shares with
+    another binding (``addresses``: per port, ``binding_addresses``)."""
+    owners: Dict[str, List[str]] = {}
+    for portdev, found in addresses.items():
+        for address in found:
+            owners.setdefault(address, []).append(portdev)
+    return [f"{address} is bound on {', '.join(sorted(found))}"
+            for address, found in sorted(owners.items()) if len(found) > 1 and any(p in ports for p in found)]

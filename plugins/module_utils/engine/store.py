@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Opti
 from .errors import NwfilterError
 from .lazy_map import LazyMap
 from .model import Binding, Filter
+from .overlaps import binding_addresses
 from .xml_form import MAX_DOCUMENT, binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 if TYPE_CHECKING:  # the networks' code is imported when networks are read: a binding's change never needs it
@@ -160,15 +162,39 @@ def _ports_valid(value: object) -> bool:  # version 1's ports.json
                                            for record in value.values())
 
 
-def _index_valid(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(entry, list) and len(entry) == 4 and _count(entry[0]) and _count(entry[1])
-        and (entry[2] is None or isinstance(entry[2], str)) and isinstance(entry[3], bool) for entry in value.values())
+def _index_valid(value: object) -> bool:  # pylint: disable=unidiomatic-typecheck
+    """Every entry as ``index_entry`` makes it (exact types: JSON gives no subclasses; read at every change)."""
+    if type(value) is not dict:
+        return False
+    text, absent = (str, type(None))
+    for entry in value.values():
+        if type(entry) is not list or len(entry) != 7:
+            return False
+        port_id, rules, layer3, root, digest, addresses, owner = entry
+        if type(port_id) is not int or type(rules) is not int or type(layer3) is not bool \
+                or type(root) not in (text, absent) or type(digest) not in (text, absent) \
+                or type(owner) not in (text, absent) \
+                or not (addresses is None or (type(addresses) is list and all(type(a) is str for a in addresses))):
+            return False
+    return True
 
 
-def index_entry(port_id: int, record: dict, root: Optional[str]) -> list:
-    """A port's line of index.json: [id, nft rules, its binding's root filter, has layer-3 chains]."""
-    return [port_id, record.get("rules", 0), root, any(chain[0] == "inet" for chain in record["chains"])]
+def binding_digest(binding: Binding) -> str:
+    """Equal for equal bindings: an unchanged binding is found without reading it."""
+    fields = [binding.portdev, binding.mac, binding.filterref.filter, sorted(binding.filterref.parameters.items()),
+              binding.owner_name, binding.owner_uuid, binding.linkdev]
+    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
+
+
+def index_entry(port_id: int, record: dict, binding: Optional[Binding]) -> list:
+    """A port's line of index.json, what a change needs of every port without
+    reading it: [id, nft rules, has layer-3 chains, its binding's root filter,
+    the binding's digest, its addresses (``binding_addresses``), its owner's
+    UUID]; the last four are None when the binding could not be read."""
+    entry = [port_id, record.get("rules", 0), any(chain[0] == "inet" for chain in record["chains"])]
+    if binding is None:
+        return entry + [None, None, None, None]
+    return entry + [binding.filterref.filter, binding_digest(binding), binding_addresses(binding), binding.owner_uuid]
 
 
 def _record_text(record: dict) -> str:
@@ -249,8 +275,7 @@ class Store:
         except NwfilterError:
             records = {}
         bindings = self.bindings({})
-        index = {port: index_entry(record["id"], record, bindings[port].filterref.filter if port in bindings else None)
-                 for port, record in records.items()}
+        index = {port: index_entry(record["id"], record, bindings.get(port)) for port, record in records.items()}
         writes = [(os.path.join(self.records_dir, f"{port}.json"),
                    _record_text({key: value for key, value in record.items() if key != "id"}))
                   for port, record in sorted(records.items())]
@@ -296,11 +321,12 @@ class Store:
         """The files of ``kind`` by name, each read and parsed on first use."""
         self.check_version()
         directory = self.dirs[kind]
+        extension = ".json" if kind == "learned" else ".xml"
         try:
-            names = sorted(os.path.splitext(name)[0] for name in os.listdir(directory) if not name.startswith("."))
+            names = sorted(name[:-len(extension)] for name in os.listdir(directory)
+                           if name.endswith(extension) and not name.startswith("."))
         except FileNotFoundError:
             names = []
-        extension = ".json" if kind == "learned" else ".xml"
 
         def load(name: str) -> object:
             path = os.path.join(directory, name + extension)
@@ -352,11 +378,12 @@ class Store:
         return self._lazy("learned", parse)
 
     def index(self) -> Dict[str, list]:
-        """Per port with a record: ``index_entry``'s [id, rules, root filter, has layer-3 chains]."""
+        """Per port with a record: its ``index_entry``."""
         if self.check_version() == 1:
             return {port: index_entry(record["id"], record, None) for port, record in self._v1_records().items()}
         text = _text_of(self.index_path)
-        return _json_of(self.index_path, text, _index_valid, "a map of ports to [id, rules, filter, layer-3]") \
+        return _json_of(self.index_path, text, _index_valid,
+                        "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner]") \
             if text else {}
 
     def records(self, ports: Iterable[str], tolerant: bool = False) -> LazyMap:
