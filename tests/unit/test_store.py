@@ -30,7 +30,7 @@ def _write(store, relative, data):
 
 
 READERS = {"bindings": lambda store: dict(store.bindings()), "learned": lambda store: dict(store.learned()),
-           "index": lambda store: store.index(), "records": lambda store: dict(store.records(["vnet0"]))}
+           "index": lambda store: store.index()}
 
 
 @pytest.mark.parametrize("relative,data,reader,words", [
@@ -42,8 +42,6 @@ READERS = {"bindings": lambda store: dict(store.bindings()), "learned": lambda s
     ("index.json", '{"vnet0": {"chains": [], "elements": []}}', "index", "not a map of ports to [id, rules"),
     ("index.json", '{"vnet0": [1, 2, "yes", "f", null, null, null]}', "index", "not a map of ports to [id, rules"),
     ("index.json", '[]', "index", "not a map of ports to [id, rules"),
-    ("ports/vnet0.json", '{"id": 1, "chai', "records", "not valid JSON"),
-    ("ports/vnet0.json", '{"chains": {}}', "records", "not a port record with chains and elements"),
     ("learned/vnet0.json", "", "learned", "not valid JSON"),
     ("learned/vnet0.json", '{"IP": "192.0.2.1"}', "learned", "not a map of IP/IPV6 to addresses"),
 ])
@@ -53,6 +51,13 @@ def test_a_damaged_file_is_named_with_the_reason(store, relative, data, reader, 
         READERS[reader](store)
     message = str(caught.value)
     assert message.startswith(f"stored file {path}: ") and words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("data", ["", '{"id": 1, "chai', '{"chains": {}}'])
+def test_a_damaged_port_record_counts_as_lost(store, data):
+    """Port records are not fsynced (a power cut may empty them): the kernel check reinstalls such a port."""
+    _write(store, "ports/vnet0.json", data)
+    assert dict(store.records(["vnet0"])) == {"vnet0": None}
 
 
 def test_unreadable_bindings_can_be_skipped_and_named(store):

@@ -278,7 +278,7 @@ class Host:
         filters = self.store.filters({} if unreadable is not None else None)  # a binding using it fails to compile
         return _State(filters, self.store.bindings(unreadable), self.store.learned({} if unreadable is not None else None),
                       {p: entry[0] for p, entry in index.items()},
-                      self.store.records(index, tolerant=unreadable is not None),
+                      self.store.records(index),
                       {p: entry[1:] for p, entry in index.items()})
 
     def filters(self) -> Dict[str, Filter]:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
@@ -63,20 +62,31 @@ def fsync_dir(directory: str) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_many(files: Sequence[Tuple[str, str]]) -> None:
+def atomic_write_many(files: Sequence[Tuple[str, str]], unsynced: str = "") -> None:
     """Replace each ``(path, text)``: never a half-written file. Every file is
     written first and then fsynced: the first fsync commits the journal for
     all of them, where fsyncing as each is written would commit once per file
-    (seconds for a thousand bindings). Then the renames, then each directory's fsync."""
+    (seconds for a thousand bindings). Then the renames, then each directory's
+    fsync. Files in the directory ``unsynced`` hold what can be rebuilt and
+    are not fsynced (a power cut may leave them empty: they then count as lost)."""
     staged: List[Tuple[str, str]] = []
     try:
-        for path, text in files:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        for number, (path, text) in enumerate(files):
+            # named by process and number: writers hold the store's lock, so a file of that name
+            # is a leftover of a killed process with the same pid (tempfile's import alone costs more)
+            tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{number}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                os.unlink(tmp)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             staged.append((tmp, path))
+            os.fchmod(fd, 0o644)  # whatever the umask
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            os.chmod(tmp, 0o644)
-        for tmp, _path in staged:
+        for tmp, path in staged:
+            if unsynced and os.path.dirname(path) == unsynced:
+                continue
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -279,7 +289,7 @@ class Store:
         writes = [(os.path.join(self.records_dir, f"{port}.json"),
                    _record_text({key: value for key, value in record.items() if key != "id"}))
                   for port, record in sorted(records.items())]
-        atomic_write_many(writes + [(self.index_path, _index_text(index))])
+        atomic_write_many(writes + [(self.index_path, _index_text(index))], unsynced=self.records_dir)
 
     def _v1_records(self) -> Dict[str, dict]:
         path = os.path.join(self.root, "ports.json")
@@ -386,11 +396,11 @@ class Store:
                         "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner]") \
             if text else {}
 
-    def records(self, ports: Iterable[str], tolerant: bool = False) -> LazyMap:
+    def records(self, ports: Iterable[str]) -> LazyMap:
         """What each of these ports has in the kernel as last installed
-        (``chains``, ``elements``, ``rules``, ``sets``), read on first use;
-        None for a lost record (the kernel check reinstalls the port), and
-        with ``tolerant`` for one that cannot be read either."""
+        (``chains``, ``elements``, ``rules``, ``sets``), read on first use.
+        A record is rebuilt when lost (they are not fsynced): one missing or
+        unreadable is None, and the kernel check reinstalls its port."""
         if self.check_version() == 1:
             v1 = self._v1_records()
             return LazyMap.of({port: {k: v for k, v in v1[port].items() if k != "id"} for port in ports if port in v1})
@@ -399,13 +409,9 @@ class Store:
             path = os.path.join(self.records_dir, f"{port}.json")
             try:
                 text = _text_of(path)
-                if text is None:
-                    return None
-                return _json_of(path, text, _record_valid, "a port record with chains and elements")
+                return _json_of(path, text, _record_valid, "a port record") if text is not None else None
             except NwfilterError:
-                if tolerant:
-                    return None
-                raise
+                return None
         return LazyMap(ports, load)
 
     def plan(self, old: tuple, new: tuple, ports: List[str]) -> Plan:
@@ -456,7 +462,8 @@ class Store:
         for path, text in writes:
             if text is None:
                 _remove(path)
-        atomic_write_many([(path, text) for path, text in writes if text is not None])  # ports.json last
+        # the index last; port records are rebuilt when lost (the kernel check reinstalls their ports)
+        atomic_write_many([(path, text) for path, text in writes if text is not None], unsynced=self.records_dir)
         for directory in sorted(removed):
             fsync_dir(directory)
         self.end()
