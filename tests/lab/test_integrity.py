@@ -183,10 +183,10 @@ def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
     """The kernel took the change, the store could not: the old rules (here: none, so no tables) come back."""
     write = store_module.atomic_write_many
 
-    def full(files):
+    def full(files, **options):
         if any("/bindings/" in path for path, _text in files):  # the journal goes through, the binding does not
             raise OSError(28, "No space left on device")
-        write(files)
+        write(files, **options)
     applied = []
     monkeypatch.setattr(store_module, "atomic_write_many", full)
     monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (applied.append(script), apply(script)))
