@@ -97,3 +97,16 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert index[vm.port][3] == "clean-traffic" and index[peer.port][3] == "no-mac-spoofing"
     assert not _spoofed_passes(lab)
     assert all(report["in_force"] for report in fresh.report().values())
+
+
+def test_the_layer3_warning_names_only_ports_with_layer3_rules(lab, host):
+    """From the index: a port with bridge rules only is not named."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    host.bind(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing")))
+    lab.sh(lab.host, "sysctl -qw net.bridge.bridge-nf-call-iptables=0")
+    try:
+        warning = host.layer3_warning()
+    finally:
+        lab.sh(lab.host, "sysctl -qw net.bridge.bridge-nf-call-iptables=1")
+    assert warning.startswith(f"the layer-3/4 rules of {vm.port} see no bridged traffic")

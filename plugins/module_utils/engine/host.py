@@ -422,7 +422,7 @@ class Host:
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
-        ports = sorted(p for p, entry in self.store.index().items() if entry[3])
+        ports = sorted(p for p, entry in self.store.index().items() if entry[2])  # those with layer-3 chains
         from . import bridge_netfilter  # pylint: disable=import-outside-toplevel
         off = bridge_netfilter.disabled(self.netns) if ports else []
         if not off:
