@@ -12,6 +12,7 @@ from engine import host as host_module
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
+from engine.xml_form import filter_from_xml
 from lab.probes import run_probes, standard_probes
 
 
@@ -102,7 +103,9 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
 def test_the_layer3_warning_names_only_ports_with_layer3_rules(lab, host):
     """From the index: a port with bridge rules only is not named."""
     vm, peer = lab.guests["vm"], lab.guests["peer"]
-    host.bind(_clean(vm))
+    host.define_filter(filter_from_xml("<filter name='web'><filterref filter='clean-traffic'/><rule action='accept' "
+                                       "direction='in'><tcp dstportstart='22'/></rule></filter>"))
+    host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
     host.bind(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing")))
     lab.sh(lab.host, "sysctl -qw net.bridge.bridge-nf-call-iptables=0")
     try:
