@@ -101,6 +101,8 @@ def test_an_interrupted_change_is_undone(store):
     store.end()
     assert store.journal() is None
     assert store.bindings() == {"vnet0": BINDING} and store.learned() == {}
-    assert dict(store.records(["vnet0"])) == old[3] and store.index() == old[4]
+    assert store.index() == old[4]
+    # port records are not journaled: the change's ports are reinstalled after the undo, which rewrites them
+    assert dict(store.records(["vnet0"])) == {"vnet0": None}
     with open(os.path.join(store.root, "index.json"), encoding="utf-8") as handle:
         assert json.load(handle) == old[4]
