@@ -2,12 +2,13 @@
 domain start (and a stop) on a host with 1000 bindings: the whole hook
 process, as libvirt runs it, interpreter start-up included (goal: < 100 ms).
 
-    python -m bench.libvirt_hook [--bindings 1000] [--runs 15] [--python /usr/bin/python3]
+    python -m bench.libvirt_hook [--bindings 1000] [--runs 15] [--python /usr/bin/python3] [--service]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -25,6 +26,7 @@ from engine.libvirt_domain import NAMESPACE  # noqa: E402  pylint: disable=wrong
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
 from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
 from lab.netns import Lab, inside  # noqa: E402  pylint: disable=wrong-import-position
+from lab.service import Service  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 UUID = "0b7e2c4a-5d1f-4e3a-9c8b-7a6f5e4d3c2b"
@@ -70,8 +72,9 @@ def _hook(python: List[str], lab: Lab, root: str, operation: str, xml: str) -> T
     return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def measure(bindings: int, runs: int, python: List[str], taps: int) -> Dict[str, List[Tuple[float, float]]]:
-    with Lab("k") as lab, tempfile.TemporaryDirectory() as root:
+def measure(bindings: int, runs: int, python: List[str], taps: int,
+            service: bool) -> Dict[str, List[Tuple[float, float]]]:
+    with Lab("k") as lab, tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
         install(os.path.join(root, "lib"), python[0])
         host = Host(root, netns=lab.host)
         host.define_filter(filter_from_xml(FILTER))
@@ -79,6 +82,8 @@ def measure(bindings: int, runs: int, python: List[str], taps: int) -> Dict[str,
                                    FilterRef("bench-vm", {"IP": (f"10.201.{i >> 8}.{i & 0xff}",)}))
                            for i in range(bindings)])
         xml = _domain(taps)
+        if service:  # the learner service runs: the hook hands the change to it
+            stack.enter_context(Service(lab, root))
         noop = [_hook(python, lab, root, "started", xml) for _run in range(runs)]
         start, stop = [], []
         for _run in range(runs):
@@ -95,11 +100,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--taps", type=int, default=2, help="interfaces of the domain")
     parser.add_argument("--python", default=sys.executable, help="the interpreter the hook runs with")
+    parser.add_argument("--service", action="store_true", help="with the learner service running (the fast path)")
     args = parser.parse_args()
     python = [args.python, "-S"]  # as the role's hook runs it: no site-packages to scan
-    figures = measure(args.bindings, args.runs, python, args.taps)
+    figures = measure(args.bindings, args.runs, python, args.taps, args.service)
     print(f"# libvirt hook, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {args.bindings} bindings, "
-          f"a domain with {args.taps} interfaces, {args.runs} runs, {' '.join(python)}")
+          f"a domain with {args.taps} interfaces, {args.runs} runs, {' '.join(python)}, "
+          f"{'the service running' if args.service else 'no service'}")
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     print("\n| hook phase | wall median (min-max) | CPU median (min-max) |\n| --- | --- | --- |")
     for phase, pairs in figures.items():

@@ -14,6 +14,7 @@ from engine.errors import NwfilterError
 from engine.host import Host
 from engine.store import DEFAULT_ROOT
 
+from .hook_server import HookServer
 from .leases import Leases
 from .repair import Repairer
 from .service import Learner
@@ -93,6 +94,10 @@ def main(argv=None) -> int:
         Repairer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
     except OSError as exc:
         log.error("cannot watch nftables' changes (%s): our rules are repaired only by the next module run", exc)
+    try:  # the libvirt hook's fast path, with a Host of its own too
+        HookServer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
+    except OSError as exc:
+        log.warning("cannot serve the libvirt hook (%s): it does its changes in its own process", exc)
     learner = Learner(host, Leases(settings["leases"]))
     try:
         learner.run(float(settings["rescan"]))

@@ -17,8 +17,9 @@ import os
 import sys
 from typing import List, Optional, TextIO
 
-BIND = ("start", "reconnect", "attach")
-UNBIND = ("stopped", "release")
+from . import BIND, UNBIND
+
+DEFAULT_ROOT = "/etc/vmguard"  # the engine's store.DEFAULT_ROOT, not imported: the fast path imports no engine
 
 
 def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin, root: Optional[str] = None) -> int:
@@ -32,23 +33,30 @@ def main(argv: Optional[List[str]] = None, stdin: TextIO = sys.stdin, root: Opti
     operation = args[1]
     if operation not in BIND + UNBIND:
         return 0  # before any import of the engine: the other phases cost only the interpreter's start
+    root = root or os.environ.get("VMGUARD_ROOT") or DEFAULT_ROOT
+    from .handoff import ask_service  # pylint: disable=import-outside-toplevel
+    answer = ask_service(root, args[0], operation, text)
+    if answer is None:  # no service: this process does it
+        answer = _here(root, operation, text)
+    if "error" in answer:
+        print(f"vmguard-libvirt-hook: {args[0]} {operation}: {answer['error']}", file=sys.stderr)
+        return 1
+    if os.environ.get("VMGUARD_DEBUG"):
+        print(f"vmguard-libvirt-hook: {args[0]} {operation}: {' '.join(answer['done']) or 'nothing'}"
+              f"{' (by the service)' if answer.get('service') else ''}", file=sys.stderr)
+    return 0
+
+
+def _here(root: str, operation: str, text: str) -> dict:
     # pylint: disable=import-outside-toplevel
     from engine.errors import NwfilterError
     from engine.host import Host
-    from engine.libvirt_domain import Domain
-    from engine.store import DEFAULT_ROOT
 
-    from .phases import bind, unbind
+    from .phases import run
     try:
-        domain = Domain(text)
-        host = Host(root or os.environ.get("VMGUARD_ROOT") or DEFAULT_ROOT)
-        done = bind(host, domain) if operation in BIND else unbind(host, domain)
+        return {"done": run(Host(root), operation, text)}
     except NwfilterError as exc:
-        print(f"vmguard-libvirt-hook: {args[0]} {operation}: {exc}", file=sys.stderr)
-        return 1
-    if os.environ.get("VMGUARD_DEBUG"):
-        print(f"vmguard-libvirt-hook: {args[0]} {operation}: {' '.join(done) or 'nothing'}", file=sys.stderr)
-    return 0
+        return {"error": str(exc)}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from engine.errors import NwfilterError
 from engine.host import Host
 from engine.libvirt_domain import Domain
 
+from . import BIND
+
 
 def bind(host: Host, domain: Domain) -> List[str]:
     """One transaction: this start's bindings, and away with the domain's
@@ -28,3 +30,9 @@ def unbind(host: Host, domain: Domain) -> List[str]:
     """The domain's bindings, found by owner UUID: at stopped and release the
     XML no longer names the taps."""
     return host.set_bindings([], unbind_owner=domain.uuid).removed
+
+
+def run(host: Host, operation: str, xml: str) -> List[str]:
+    """Bind or unbind (by ``operation``) the domain of this XML: the ports done."""
+    domain = Domain(xml)
+    return bind(host, domain) if operation in BIND else unbind(host, domain)

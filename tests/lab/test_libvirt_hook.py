@@ -11,6 +11,7 @@ from engine.host import Host
 from engine.libvirt_domain import NAMESPACE
 from engine.model import Binding, FilterRef
 from lab.probes import run_probes, standard_probes
+from lab.service import Service
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 UUIDS = {"vm": "11111111-2222-4333-8444-000000000001", "peer": "11111111-2222-4333-8444-000000000002"}
@@ -29,8 +30,9 @@ def domain_xml(name, interfaces, metadata=True, libvirt_filterref=False):
             f"{meta if metadata else ''}<devices>{devices}</devices></domain>")
 
 
-def hook(lab, root, name, operation, xml):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO}/plugins/module_utils", VMGUARD_ROOT=root)
+def hook(lab, root, name, operation, xml, debug=False):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO}/plugins/module_utils", VMGUARD_ROOT=root,
+               **({"VMGUARD_DEBUG": "1"} if debug else {}))
     return subprocess.run(["ip", "netns", "exec", lab.host, sys.executable, "-m", "libvirt_hook", name, operation,
                            "begin", "-"], input=xml, capture_output=True, text=True, env=env, check=False, cwd=REPO)
 
@@ -77,3 +79,26 @@ def test_refused_start_fails_with_one_line_and_changes_nothing(lab, tmp_path):
         assert done.returncode == 1 and done.stderr.startswith("vmguard-libvirt-hook: vm start: domain 'vm'")
         assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
         assert lab.nft_list() == ruleset and set(host.bindings()) == {peer.port}
+
+
+def test_with_the_service_running_the_service_does_the_change(lab, tmp_path):
+    """The hook hands the change to the running service (its engine warm):
+    the same bindings, an error still refuses the start, and with the
+    service gone the hook does it in its own process again."""
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    xml = domain_xml("vm", [guest_spec(lab, "vm")])
+    with Service(lab, root):
+        done = hook(lab, root, "vm", "start", xml, debug=True)
+        assert done.returncode == 0 and f"{vm.port} (by the service)" in done.stderr, done.stderr
+        assert set(host.bindings()) == {vm.port} and host.bindings()[vm.port].owner_uuid == UUIDS["vm"]
+        verdicts = run_probes(lab, standard_probes(vm, peer), wait=0.2)
+        assert verdicts["ipv4 udp"] and not verdicts["spoofed ipv4"]
+        refused = hook(lab, root, "peer", "start", domain_xml("peer", [guest_spec(lab, "peer")],
+                                                              libvirt_filterref=True), debug=True)
+        assert refused.returncode == 1 and "also has a <filterref> in <interface>" in refused.stderr
+        done = hook(lab, root, "vm", "stopped", xml, debug=True)
+        assert done.returncode == 0 and "(by the service)" in done.stderr and host.bindings() == {}
+    done = hook(lab, root, "vm", "start", xml, debug=True)  # no service: done here
+    assert done.returncode == 0 and "by the service" not in done.stderr and set(host.bindings()) == {vm.port}
