@@ -34,10 +34,9 @@ def test_mac_parameter_refused():
 def test_shared_addresses_name_the_ports():
     def bound(port, mac, *ips):
         return Binding(port, mac, FilterRef("clean-traffic", {"IP": ips} if ips else {}))
-    bindings = {b.portdev: binding_addresses(b) for b in (bound("a", "52:54:00:00:00:01", "192.0.2.1", "192.0.2.2"),
-                                       bound("b", "52:54:00:00:00:01", "192.0.2.2"),
-                                       bound("c", "52:54:00:00:00:03", "192.0.2.1"),
-                                       bound("d", "52:54:00:00:00:04"))}
+    given = (bound("a", "52:54:00:00:00:01", "192.0.2.1", "192.0.2.2"), bound("b", "52:54:00:00:00:01", "192.0.2.2"),
+             bound("c", "52:54:00:00:00:03", "192.0.2.1"), bound("d", "52:54:00:00:00:04"))
+    bindings = {b.portdev: binding_addresses(b) for b in given}
     assert shared_addresses(bindings, {"b"}) == ["IP 192.0.2.2 is bound on a, b", "MAC 52:54:00:00:00:01 is bound on a, b"]
     assert shared_addresses(bindings, {"c"}) == ["IP 192.0.2.1 is bound on a, c"]
     assert shared_addresses(bindings, {"d"}) == []

@@ -180,19 +180,20 @@ def _ports_valid(value: object) -> bool:  # version 1's ports.json
                                            for record in value.values())
 
 
-def _index_valid(value: object) -> bool:  # pylint: disable=unidiomatic-typecheck
-    """Every entry as ``index_entry`` makes it (exact types: JSON gives no subclasses; read at every change)."""
-    if type(value) is not dict:
+def _text_or_none(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _index_valid(value: object) -> bool:
+    """Every entry as ``index_entry`` makes it (a loop, not nested all(): it is read at every change)."""
+    if not isinstance(value, dict):
         return False
-    text, absent = (str, type(None))
     for entry in value.values():
-        if type(entry) is not list or len(entry) != 7:
+        if not isinstance(entry, list) or len(entry) != 7:
             return False
         port_id, rules, layer3, root, digest, addresses, owner = entry
-        if type(port_id) is not int or type(rules) is not int or type(layer3) is not bool \
-                or type(root) not in (text, absent) or type(digest) not in (text, absent) \
-                or type(owner) not in (text, absent) \
-                or not (addresses is None or (type(addresses) is list and all(type(a) is str for a in addresses))):
+        if not (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
+                and _text_or_none(digest) and _text_or_none(owner) and (addresses is None or _strings(addresses))):
             return False
     return True
 
