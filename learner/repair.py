@@ -24,7 +24,7 @@ from typing import List
 from engine import nft_events
 from engine.errors import NwfilterError
 from engine.host import Host
-from engine.nft_compile import TABLE
+from engine.nft_layout import TABLE
 from engine.nft_network import NET_TABLE
 from engine.nft_run import FAMILIES
 

@@ -132,6 +132,21 @@ class Learner:
         self.closing: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=_close_forever, args=(self.closing,), name="close-captures", daemon=True).start()
 
+    def _drain_links(self) -> None:
+        """Read the link events (only their arrival matters). When the kernel
+        dropped some (ENOBUFS: many interfaces at once, as when VMs start
+        together), a new socket replaces the old one; the forced rescan that
+        follows finds whatever they said."""
+        try:
+            self.links.get()
+        except OSError as exc:
+            LOG.debug("link events: %s; listening again", exc)
+            self.selector.unregister(self.links)
+            self.links.close()
+            self.links = _link_events()
+            if self.links is not None:
+                self.selector.register(self.links, selectors.EVENT_READ, None)
+
     def _store_signature(self) -> tuple:
         # every store change replaces or removes a file, which touches its directory
         return tuple(os.stat(d).st_mtime_ns if os.path.isdir(d) else 0 for d in self.host.store.dirs.values())
@@ -323,7 +338,7 @@ class Learner:
             for key, _events in self.selector.select(timeout=max(0.0, wake - time.monotonic())):
                 portdev = key.data
                 if portdev is None:  # an interface came or went: look again now
-                    self.links.get()
+                    self._drain_links()
                     next_scan, force = 0.0, True
                     continue
                 if portdev == "":  # the store changed

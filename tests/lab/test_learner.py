@@ -86,6 +86,25 @@ def test_any_mode_learns_then_enforces(lab, host, learner, how):
     assert verdicts["ipv4 udp"] and not verdicts["spoofed ipv4"] and not verdicts["arp spoofed ip"]
 
 
+def test_lost_link_events_do_not_stop_the_service(lab, host, learner):
+    """Many interfaces at once overflow the link-event socket (ENOBUFS): the
+    service listens again and rescans, and still learns."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    _wait(lambda: getattr(learner.state.get("service"), "links", None) is not None)
+    service = learner.state["service"]
+    overflowing = service.links
+
+    def overflow():
+        raise OSError(105, "No buffer space available")
+    overflowing.get = overflow
+    lab.sh(lab.host, "ip link add vmgx0 type veth peer name vmgx1", "ip link del vmgx0")  # link events to read
+    _wait(lambda: service.links is not overflowing)
+    assert host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic"))).learning == [vm.port]
+    learner.watching(vm.port)
+    _send(lab, "vm", Ether(src=vm.mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=9))
+    assert _wait_learned(host, vm.port)["learned"] == {"IP": [vm.ip]}
+
+
 def _ack(server_mac, server_ip, vm_mac, address, lease=600, kind="ack"):
     return Ether(src=server_mac, dst=vm_mac) / IP(src=server_ip, dst="255.255.255.255") / UDP(sport=67, dport=68) \
         / BOOTP(op=2, yiaddr=address, chaddr=bytes.fromhex(vm_mac.replace(":", ""))) \

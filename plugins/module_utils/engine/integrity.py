@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
-from .nft_compile import BASE, TABLE, PortLive, map_target, portdev_of
+from .nft_layout import BASE, TABLE, PortLive, map_target, portdev_of
 
 Chain = Tuple[str, str]  # (family, name)
 Element = Tuple[str, str, str]  # (family, map, key as nft syntax)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, List, Optional, Tuple
 
-from .nft_compile import TABLE, PortLive
+from .nft_layout import TABLE, PortLive
 from .nft_netlink import Netlink, attribute
 
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 8, 11, 14

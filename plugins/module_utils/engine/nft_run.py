@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Kernel
 from .libnftables import LibNftables, library
-from .nft_compile import TABLE, PortLive
+from .nft_layout import TABLE, PortLive
 from .nft_netlink import Netlink, attribute, text
 
 FAMILIES = ("bridge", "inet")

@@ -1,0 +1,101 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Our nftables layout, apart from the compiler that fills it: the two
+tables and their base chains, the verdict maps, how per-port chains are
+named, and what of a port is in the kernel. What reads or removes ports
+(nft_run, integrity, nft_delete) needs only this, so a run that compiles
+nothing does not import the compiler (docs/architecture.md).
+
+- ``table bridge vmguard``: prerouting ``iifname vmap @from_vm`` (frames from
+  the VM, libvirt's direction out) and postrouting ``oifname vmap @to_vm``
+  (frames to the VM, direction in) jump to ``<port> o`` / ``<port> i`` and
+  their sub-chains. Keyed by name, a port's rules are in
+  force before its tap exists and survive its re-creation.
+- ``table inet vmguard``: layer-3/4 rules with connection tracking, which the
+  bridge family lacks here. Bridged IP packets reach it through br_netfilter
+  with the bridge as their interface, so the bridge table tags them: the low
+  12 bits of the packet mark carry the sending port's id, bits 12-23 the
+  receiving port's; verdict maps on those bits lead to the port's ``fi`` (from the
+  VM), ``fo`` (to the VM) and ``hi`` (from the VM to the host).
+Per-port chain names are ``p/<port>/<part>`` (see chain_name).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Sequence, Set, Tuple
+
+TABLE = "vmguard"
+MAX_PORT_ID = 0xFFF
+FROM_MASK, TO_SHIFT, OTHERS_MASK = 0xFFF, 12, 0xFF000000
+
+BASE = f"""add table bridge {TABLE}
+add map bridge {TABLE} from_vm {{ type ifname : verdict; }}
+add map bridge {TABLE} to_vm {{ type ifname : verdict; }}
+add map bridge {TABLE} mark_to {{ type ifname : verdict; }}
+add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+add chain bridge {TABLE} forward {{ type filter hook forward priority -200; policy accept; }}
+add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 300; policy accept; }}
+flush chain bridge {TABLE} prerouting
+flush chain bridge {TABLE} forward
+flush chain bridge {TABLE} postrouting
+add rule bridge {TABLE} prerouting iifname vmap @from_vm
+add rule bridge {TABLE} forward oifname vmap @mark_to
+add rule bridge {TABLE} postrouting oifname vmap @to_vm
+add table inet {TABLE}
+add map inet {TABLE} fi {{ type mark : verdict; }}
+add map inet {TABLE} fo {{ type mark : verdict; }}
+add map inet {TABLE} hi {{ type mark : verdict; }}
+add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}
+add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
+flush chain inet {TABLE} forward
+flush chain inet {TABLE} input
+add rule inet {TABLE} forward meta mark & 0x{FROM_MASK:x} vmap @fi
+add rule inet {TABLE} forward meta mark & 0x{FROM_MASK << TO_SHIFT:x} vmap @fo
+add rule inet {TABLE} input meta mark & 0x{FROM_MASK:x} vmap @hi
+"""
+
+# the key type of each verdict map (BASE declares them)
+MAP_KEYS = {("bridge", "from_vm"): "ifname", ("bridge", "to_vm"): "ifname", ("bridge", "mark_to"): "ifname",
+            ("inet", "fi"): "mark", ("inet", "fo"): "mark", ("inet", "hi"): "mark"}
+
+# everything of ours, whether it exists or not (``add`` first makes ``delete`` never fail)
+REMOVE_ALL = "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("bridge", "inet"))
+
+
+@dataclass
+class PortLive:
+    """What of one port is in our tables now: chains (family, name), map
+    elements (family, map, key as nft syntax) and, where known, a digest of
+    each chain's rules (a chain whose rules do not change is left alone)."""
+
+    chains: Set[Tuple[str, str]]
+    elements: Set[Tuple[str, str, str]]
+    digests: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    sets: Set[Tuple[str, str]] = field(default_factory=set)
+
+
+def digest(rules: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(rules).encode()).hexdigest()[:16]
+
+
+LiveState = Mapping[str, PortLive]
+
+
+@functools.lru_cache(maxsize=65536)
+def chain_name(portdev: str, *parts: str) -> str:
+    """``p/<portdev>/<part>...``: nft identifiers allow ``/``, which interface
+    names and libvirt chain names lack (a chain name's ``:`` becomes ``/``)."""
+    return "/".join(("p", portdev) + tuple(part.replace(":", "/") for part in parts))
+
+
+def map_target(portdev: str, vmap: str) -> str:
+    return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
+
+
+def portdev_of(chain: str) -> Optional[str]:
+    parts = chain.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "p" else None
