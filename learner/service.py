@@ -4,6 +4,7 @@ port that is learning, with a kernel-side filter so only ARP and IPv4 frames
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -119,9 +120,9 @@ class Learner:
         self.watches: Dict[str, Watch] = {}
         self.signature: tuple = ()
         self.layer3_warning: Optional[str] = None
-        self.links = _link_events()
-        if self.links is not None:
-            self.selector.register(self.links, selectors.EVENT_READ, None)
+        self.links = None
+        self.links_fd = -1
+        self._listen_links()
         self.next_full = 0.0  # when the next full rescan is due (kept across calls of run)
         self.rechecks: Dict[str, Tuple[float, int]] = {}  # port: (when, tries left) to read its lock again
         self.store_events = _store_events(host)
@@ -141,11 +142,17 @@ class Learner:
             self.links.get()
         except OSError as exc:
             LOG.debug("link events: %s; listening again", exc)
-            self.selector.unregister(self.links)
-            self.links.close()
-            self.links = _link_events()
-            if self.links is not None:
-                self.selector.register(self.links, selectors.EVENT_READ, None)
+            # by its number: pyroute2's socket raises the same error for anything asked of it now
+            self.selector.unregister(self.links_fd)
+            with contextlib.suppress(OSError):
+                self.links.close()
+            self._listen_links()
+
+    def _listen_links(self) -> None:
+        self.links = _link_events()
+        if self.links is not None:
+            self.links_fd = self.links.fileno()
+            self.selector.register(self.links_fd, selectors.EVENT_READ, None)
 
     def _store_signature(self) -> tuple:
         # every store change replaces or removes a file, which touches its directory
