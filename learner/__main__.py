@@ -7,6 +7,7 @@ import fcntl
 import os
 import logging
 import shlex
+import signal
 import sys
 from typing import IO
 
@@ -90,20 +91,25 @@ def main(argv=None) -> int:
         log.info("restored %d networks", len(networks.networks))
         return 1 if result.skipped else 0
     lock = only_learner(settings["root"])  # held until the process ends
-    try:  # the repair thread gets a Host (and libnftables context) of its own
-        Repairer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
-    except OSError as exc:
-        log.error("cannot watch nftables' changes (%s): our rules are repaired only by the next module run", exc)
-    try:  # the libvirt hook's fast path, with a Host of its own too
-        HookServer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
-    except OSError as exc:
-        log.warning("cannot serve the libvirt hook (%s): it does its changes in its own process", exc)
-    learner = Learner(host, Leases(settings["leases"]))
+    # SIGTERM (systemd's stop) ends the service like ^C, so that the finally below runs
+    signal.signal(signal.SIGTERM, lambda _number, _frame: sys.exit(0))
+    hook_server = None
     try:
-        learner.run(float(settings["rescan"]))
+        try:  # the repair thread gets a Host (and libnftables context) of its own
+            Repairer(Host(settings["root"], shlex.split(settings["nft"]) or None)).start()
+        except OSError as exc:
+            log.error("cannot watch nftables' changes (%s): our rules are repaired only by the next module run", exc)
+        try:  # the libvirt hook's fast path, with a Host of its own too
+            hook_server = HookServer(Host(settings["root"], shlex.split(settings["nft"]) or None))
+            hook_server.start()
+        except OSError as exc:
+            log.warning("cannot serve the libvirt hook (%s): it does its changes in its own process", exc)
+        Learner(host, Leases(settings["leases"])).run(float(settings["rescan"]))
     except KeyboardInterrupt:
         return 0
     finally:
+        if hook_server is not None:
+            hook_server.close()
         lock.close()
     return 0
 

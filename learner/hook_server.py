@@ -6,11 +6,13 @@ answer, so that its hook does the change itself."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from typing import Optional
 
 from engine.errors import NwfilterError
@@ -39,12 +41,21 @@ class HookServer(threading.Thread):
             os.umask(old)
         self.sock.listen(16)
 
+    def close(self) -> None:
+        """Stop listening and remove the socket (a hook then does its changes itself)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self.sock.close()
+
     def run(self) -> None:
         while True:
             try:
                 conn, _address = self.sock.accept()
             except OSError as exc:
+                if self.sock.fileno() < 0:
+                    return  # closed: the service is stopping
                 LOG.warning("libvirt hook: cannot accept (%s)", exc)
+                time.sleep(0.1)  # out of file descriptors, say: not a busy loop
                 continue
             with conn:
                 try:

@@ -12,6 +12,7 @@ from engine.libvirt_domain import NAMESPACE
 from engine.model import Binding, FilterRef
 from lab.probes import run_probes, standard_probes
 from lab.service import Service
+from libvirt_hook.handoff import socket_path
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 UUIDS = {"vm": "11111111-2222-4333-8444-000000000001", "peer": "11111111-2222-4333-8444-000000000002"}
@@ -102,3 +103,11 @@ def test_with_the_service_running_the_service_does_the_change(lab, tmp_path):
         assert done.returncode == 0 and "(by the service)" in done.stderr and host.bindings() == {}
     done = hook(lab, root, "vm", "start", xml, debug=True)  # no service: done here
     assert done.returncode == 0 and "by the service" not in done.stderr and set(host.bindings()) == {vm.port}
+
+
+def test_the_service_removes_its_socket_when_it_stops(lab, tmp_path):
+    """systemd stops the service with SIGTERM: the hook's socket goes with it."""
+    root = str(tmp_path / "store")
+    with Service(lab, root):
+        assert os.path.exists(socket_path(root))
+    assert not os.path.exists(socket_path(root))
