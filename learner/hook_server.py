@@ -18,7 +18,7 @@ from typing import Optional
 from engine.errors import NwfilterError
 from engine.host import Host
 from libvirt_hook import BIND, UNBIND
-from libvirt_hook.handoff import SOCKET_DIR, normpath, socket_path
+from libvirt_hook.handoff import SOCKET_DIR, normpath, read_all, socket_path
 from libvirt_hook.phases import run
 
 LOG = logging.getLogger("vmguard-learner")
@@ -86,13 +86,7 @@ class HookServer(threading.Thread):
 
 
 def _request(conn: socket.socket) -> dict:
-    data = b""
-    while len(data) <= MAX_REQUEST:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    request = json.loads(data)
+    request = json.loads(read_all(conn, MAX_REQUEST))
     if not isinstance(request, dict):
         raise ValueError("not a request")
     return request

@@ -27,6 +27,17 @@ def socket_path(root: str) -> str:
     return os.path.join(SOCKET_DIR, f"hook-{zlib.crc32(normpath(root).encode()):08x}.sock")
 
 
+def read_all(sock: socket.socket, limit: int) -> bytes:
+    """What the other end sends until it shuts its side (at most a little over ``limit`` bytes)."""
+    data = b""
+    while len(data) <= limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def ask_service(root: str, domain: str, operation: str, xml: str) -> Optional[dict]:
     """The service's answer, {"done": [ports]} or {"error": "one line"}, or
     None when no service of this store answered."""
@@ -36,12 +47,7 @@ def ask_service(root: str, domain: str, operation: str, xml: str) -> Optional[di
         sock.connect(socket_path(root))
         sock.sendall(json.dumps({"root": root, "domain": domain, "operation": operation, "xml": xml}).encode())
         sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while len(data) <= MAX_REPLY:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_all(sock, MAX_REPLY)
     except OSError:
         return None
     finally:

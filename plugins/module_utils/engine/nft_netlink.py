@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -80,6 +80,22 @@ def _attributes(data: bytes, offset: int, end: int, wanted: FrozenSet[int]) -> A
     return found
 
 
+def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int]]:
+    """(offset, length, type, sequence) of each netlink message in ``data``."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
+            return
+        yield offset, length, kind, seq
+        offset += (length + 3) & ~3
+
+
+def _error(data: bytes, offset: int) -> int:
+    """The errno of the NLMSG_ERROR message at ``offset`` (0: an acknowledgement)."""
+    return -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+
+
 class Netlink:
     """One NETLINK_NETFILTER socket of a network namespace (None: ours)."""
 
@@ -118,23 +134,18 @@ class Netlink:
             replies: List[Attributes] = []
             while True:
                 data = sock.recv(1 << 20)
-                offset = 0
-                while offset + _HEADER.size <= len(data):
-                    length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-                    if length < _HEADER.size:
-                        break
+                for offset, length, kind, seq in _messages(data):
                     if seq == self._seq:
                         if kind == NLMSG_DONE:
                             return replies
                         if kind == NLMSG_ERROR:
-                            error = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                            error = _error(data, offset)
                             if error:
                                 raise OSError(error, f"nftables netlink: {os.strerror(error)}")
                             return replies
                         replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
                         if not dump:
                             return replies
-                    offset += (length + 3) & ~3
 
     def batch(self, messages: Sequence[Tuple[int, str, bytes]], generation: Optional[int] = None) -> None:
         """Send ``messages`` (NFT_MSG_* type, family, attributes) as one
@@ -157,15 +168,10 @@ class Netlink:
             waiting, error = set(range(first + 1, last)), 0
             while waiting:
                 data = sock.recv(1 << 16)
-                offset = 0
-                while offset + _HEADER.size <= len(data):
-                    length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-                    if length < _HEADER.size:
-                        break
+                for offset, _length, kind, seq in _messages(data):
                     if kind == NLMSG_ERROR and (seq in waiting or seq == first):  # first: a stale generation
                         waiting.discard(seq)
-                        error = error or -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
-                    offset += (length + 3) & ~3
+                        error = error or _error(data, offset)
                 if error:  # the kernel aborted the batch at its first error
                     break
             if error:
