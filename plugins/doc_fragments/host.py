@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What every module shares in its documentation: the store option, what a
 managed host needs, and the attributes (each module states its own support
-for check and diff mode)."""
+for check and diff mode, or takes one of the fragments below)."""
 
 from __future__ import annotations
 
@@ -34,4 +34,24 @@ attributes:
     description: Part of an action group, for setting options such as O(root) through C(module_defaults).
     support: full
     membership: [vmguard.nwfilter.all]
+"""
+
+    # the _info modules: read-only
+    INFO_MODULE = r"""
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+"""
+
+    # the modules that compile bindings (nwfilter, nwfilter_binding): check mode and filters not defined yet
+    COMPILES_BINDINGS = r"""
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
+        is reported with a warning, its rules not compiled.
 """

@@ -19,12 +19,7 @@ options:
     type: str
 extends_documentation_fragment:
   - vmguard.nwfilter.host
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
+  - vmguard.nwfilter.host.info_module
 """
 
 EXAMPLES = r"""

@@ -47,12 +47,8 @@ options:
     elements: dict
 extends_documentation_fragment:
   - vmguard.nwfilter.host
+  - vmguard.nwfilter.host.compiles_bindings
 attributes:
-  check_mode:
-    support: full
-    details:
-      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
-        is reported with a warning, its rules not compiled.
   diff_mode:
     support: full
     details: The canonical XML before and after.

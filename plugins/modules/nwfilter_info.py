@@ -30,12 +30,7 @@ options:
     default: false
 extends_documentation_fragment:
   - vmguard.nwfilter.host
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
+  - vmguard.nwfilter.host.info_module
 notes:
   - Warns for every binding whose rules the kernel does not hold as stored (for example after C(nft flush ruleset)).
   - Warns when bindings have layer-3/4 rules and C(net.bridge.bridge-nf-call-iptables) or C(-ip6tables) is not 1 (those rules then see no bridged traffic).
