@@ -74,7 +74,7 @@ def test_idempotent_check_and_diff(lab, collections, tmp_path):
     assert [t["changed"] for t in predicted] == [False, True] and lab.nft_list() == ruleset
     info = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": root, "portdev": "vnet0"}}])
     binding = info[0]["bindings"]["vnet0"]
-    assert "chain p/vnet0/o/mac" in binding["nft"] and "tcp sport 22" in binding["nft"] and not binding["learning"]
+    assert "chain p/vnet0/o/ipv4-ip" in binding["nft"] and "tcp sport 22" in binding["nft"] and not binding["learning"]
     assert info[0]["filters"]["web"]["builtin"] is False
 
 

@@ -30,6 +30,35 @@ CUSTOM = {
   <rule action='drop' direction='inout'><mac srcmacaddr='52:54:00:00:00:02' match='no' protocolid='ipv6'/></rule>
   <rule action='drop' direction='out' priority='100'><udp dstportstart='5000' dstportend='5001'/></rule>
 </filter>""",
+    # sub-chains that the compiler writes into root (nft_compile._folded), and one it keeps
+    "folds": """<filter name='folds'>
+  <filterref filter='fold-mac'/>
+  <filterref filter='fold-arp'/>
+  <filterref filter='fold-ipv4'/>
+  <filterref filter='fold-kept'/>
+  <rule action='drop' direction='inout' priority='900'><ip/></rule>
+</filter>""",
+}
+# defined in both labs for "folds", not bound on their own
+FOLD_PARTS = {
+    "fold-mac": """<filter name='fold-mac' chain='mac-fold'>
+  <rule action='return' direction='inout'><mac protocolid='ipv6' match='no'/></rule>
+  <rule action='drop' direction='inout'><mac/></rule>
+</filter>""",
+    "fold-arp": """<filter name='fold-arp' chain='arp-fold'>
+  <rule action='continue' direction='inout'><arp opcode='Reply'/></rule>
+  <rule action='accept' direction='inout'><arp arpsrcipaddr='$IP'/></rule>
+  <rule action='drop' direction='inout'><arp opcode='Request'/></rule>
+</filter>""",
+    "fold-ipv4": """<filter name='fold-ipv4' chain='ipv4-fold' priority='-650'>
+  <rule action='return' direction='inout'><ip srcipaddr='$IP' match='no'/></rule>
+  <rule action='accept' direction='inout'><ip/></rule>
+</filter>""",
+    "fold-kept": """<filter name='fold-kept' chain='ipv4-kept' priority='-600'>
+  <rule action='return' direction='inout'><ip protocol='udp'/></rule>
+  <rule action='return' direction='inout'><ip protocol='tcp'/></rule>
+  <rule action='drop' direction='inout'><ip/></rule>
+</filter>""",
 }
 
 
@@ -48,16 +77,16 @@ def labs(tmp_path_factory):
             lab.add_vm("vm", *VM)
             lab.add_vm("peer", *PEER)
         with Oracle(theirs) as oracle:
-            for name, xml in CUSTOM.items():
+            for name, xml in {**FOLD_PARTS, **CUSTOM}.items():
                 oracle.define_filter(name, xml)
             host = Host(str(tmp_path_factory.mktemp("store")), netns=ours.host)
-            for xml in CUSTOM.values():
+            for xml in {**FOLD_PARTS, **CUSTOM}.values():
                 host.define_filter(filter_from_xml(xml))
             yield ours, theirs, host, oracle
 
 
 def _params(name):
-    filters = {**LIBVIRT_FILTERS, **{n: filter_from_xml(x) for n, x in CUSTOM.items()}}
+    filters = {**LIBVIRT_FILTERS, **{n: filter_from_xml(x) for n, x in {**FOLD_PARTS, **CUSTOM}.items()}}
     needed = missing_variables(filters, Binding("vnet0", VM[0], FilterRef(name)))
     params = {k: v for k, v in PARAMS.items() if k in needed}
     if "DHCPSERVER" in needed and "v6" in name:

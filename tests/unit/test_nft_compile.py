@@ -163,3 +163,51 @@ def test_transaction_replaces_only_what_changes():
 def test_stp_inout_source_mac_is_refused():
     with pytest.raises(NwfilterError, match="stp in direction inout with srcmacaddr"):
         _program([_rule("stp", {"srcmacaddr": "52:54:00:00:00:02"})])
+
+
+def _chains(program):
+    return {name.split("/", 2)[2]: rules for family, name, rules in program.chains if family == "bridge"}
+
+
+def test_clean_traffic_sub_chains_that_are_one_test_are_folded_into_root():
+    binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic", {"IP": ("192.0.2.10",)}))
+    chains = _chains(compile_port(binding, resolve(BUILTIN_FILTERS, binding), 1))
+    assert sorted(chains) == ["i", "o", "o/ipv4-ip"]  # ipv4-ip has two returns: kept
+    assert "ether saddr & ff:ff:ff:ff:ff:ff != 52:54:00:00:00:01 drop" in chains["o"]
+    assert "ether type 0x0806 @nh,112,32 & 0xffffffff != 0xc000020a drop" in chains["o"]
+    assert "ether type 0x0800 jump p/vnet0/o/ipv4-ip" in chains["o"]
+    assert chains["i"][0] == "ether type 0x0800 accept"  # a sub-chain of one "accept"
+
+
+def _sub(rules, chain="mac-x"):
+    filters = {"x": Filter("x", chain=chain, entries=tuple(rules))}
+    binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("x"))
+    return _chains(compile_port(binding, resolve(filters, binding), 1))
+
+
+@pytest.mark.parametrize("rules, kept", [
+    # two returns, a return with two comparisons, a return not followed by the chain's end
+    ([_rule("ip", {"srcipaddr": "192.0.2.1"}, action="return"), _rule("ip", {"protocol": "udp"}, action="return")],
+     True),
+    ([_rule("ip", {"srcipaddr": "192.0.2.1", "protocol": "udp"}, action="return"), _rule("ip", {})], True),
+    ([_rule("ip", {"srcipaddr": "192.0.2.1"}, action="return"), _rule("ip", {"protocol": "udp"}),
+      _rule("ip", {})], True),
+    # a masked comparison is two attributes: kept; a negated one folds to the positive one
+    ([_rule("mac", {"srcmacaddr": "52:54:00:00:00:00", "srcmacmask": "ff:ff:ff:00:00:00"}, action="return"),
+      _rule("mac", {})], True),
+    ([_rule("ip", {"srcipaddr": "192.0.2.1"}, negate=True, action="return"), _rule("ip", {}, action="accept")],
+     False),
+    ([_rule("ip", {"srcipaddr": "192.0.2.1"}, action="accept"), _rule("ip", {"protocol": "udp"}, action="continue")],
+     False),
+])
+def test_only_what_gives_every_frame_the_same_verdict_is_folded(rules, kept):
+    chains = _sub(rules, "ipv4-x" if rules[0].protocol == "ip" else "mac-x")
+    assert (len(chains) > 2) == kept, chains
+
+
+def test_a_folded_return_is_negated_behind_the_jump_guard():
+    chains = _sub([_rule("ip", {"srcipaddr": "192.0.2.1"}, negate=True, action="return"),
+                   _rule("ip", {}, action="accept")], "ipv4-x")
+    # libvirt writes an inout rule for frames to the VM: swapped in the other direction
+    assert "ether type 0x0800 ip saddr 192.0.2.1 accept" in chains["i"]
+    assert "ether type 0x0800 ip daddr 192.0.2.1 accept" in chains["o"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
@@ -17,7 +17,7 @@ from .model import Binding
 from .nft_layout import (BASE, FROM_MASK, MAP_KEYS, MAX_PORT_ID, OTHERS_MASK, TABLE, TO_SHIFT, LiveState, PortLive,
                          chain_name, digest, map_target)
 from .nft_matches import bridge_matches, ct_states, ip_matches
-from .ruleset import Jump, ResolvedRule, Ruleset
+from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
 BRIDGE_VERDICT = {"accept": "accept", "drop": "drop", "reject": "drop", "return": "return", "continue": ""}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -85,16 +85,91 @@ def _bridge_direction(builder: _Builder, ruleset: Ruleset, direction: str, vmap:
     side = "o" if direction == "out" else "i"
     builder.element("bridge", vmap, key, side)
     reverse = direction == "out"  # an inout rule is written for frames to the VM (libvirt)
-    for chain in ruleset.for_direction(direction):
-        rules = builder.chain("bridge", side) if chain.name == "root" else builder.chain("bridge", side, chain.name)
-        for entry in chain.entries:
-            if isinstance(entry, Jump):
-                sub = f"jump {chain_name(builder.binding.portdev, side, entry.chain)}"
-                rules.append(f"ether type 0x{entry.ethertype:04x} {sub}" if entry.ethertype else sub)
-                continue
-            rules.append(_bridge_rule(entry, reverse and entry.direction == "inout"))
-        if chain.name != "root":
-            rules.append("accept")  # libvirt's sub-chains end without a policy: ebtables accepts
+    chains = ruleset.for_direction(direction)
+    guards = {entry.chain: f"ether type 0x{entry.ethertype:04x}" if entry.ethertype else ""
+              for entry in chains[0].entries if isinstance(entry, Jump)}
+    subs = {chain.name: _sub_chain(chain, reverse, guards[chain.name]) for chain in chains[1:]}
+    root = builder.chain("bridge", side)
+    for entry in chains[0].entries:
+        if not isinstance(entry, Jump):
+            root.append(_bridge_rule(entry, reverse and entry.direction == "inout"))
+            continue
+        guard = guards[entry.chain]
+        folded = _folded(guard, subs[entry.chain])
+        if folded is not None:
+            root += folded
+            continue
+        target = chain_name(builder.binding.portdev, side, entry.chain)
+        root.append(f"{guard} jump {target}" if guard else f"jump {target}")
+        builder.chain("bridge", side, entry.chain)[:] = [text for text, _rule, _swap in subs[entry.chain]]
+
+
+# A sub-chain's rules as (text, rule, swap), up to the first that ends it for
+# every frame; libvirt's sub-chains end without a policy: ebtables accepts.
+SubChain = List[Tuple[str, Optional[ResolvedRule], bool]]
+
+
+def _final(text: str, guard: str) -> Optional[str]:
+    """The verdict of a rule that ends a chain entered behind ``guard`` for
+    every frame (no match, or only the guard's), else None."""
+    for verdict in ("accept", "drop"):
+        if text in (verdict, f"{guard} {verdict}"):
+            return verdict
+    return None
+
+
+def _sub_chain(chain: Chain, reverse: bool, guard: str) -> SubChain:
+    entries: SubChain = []
+    for rule in chain.entries:
+        swap = reverse and rule.direction == "inout"
+        entries.append((_bridge_rule(rule, swap), rule, swap))
+        if _final(entries[-1][0], guard):
+            return entries
+    return entries + [("accept", None, False)]
+
+
+# Attributes whose one comparison _is renders negated when asked (a masked
+# or two-part match is not one comparison)
+NEGATABLE = frozenset({"srcmacaddr", "dstmacaddr", "protocolid", "srcipaddr", "dstipaddr", "hwtype", "protocoltype",
+                       "opcode", "arpsrcmacaddr", "arpsrcipaddr", "arpdstmacaddr", "arpdstipaddr"})
+
+
+def _folded(guard: str, entries: SubChain) -> Optional[List[str]]:
+    """A sub-chain's rules written into the chain that jumps to it (behind
+    the jump's ethertype ``guard``), where that gives every frame the same
+    verdict: a chain without ``return`` rules, or one whose only ``return``
+    is a single comparison followed by its last rule (anti-spoofing's "M
+    return; drop" becomes "not M drop"). Each fold spares the kernel a
+    chain, a jump and a rule per port, on every change and every frame."""
+    returns = [index for index, (_text, rule, _swap) in enumerate(entries) if rule and rule.action == "return"]
+    texts = [text for text, _rule, _swap in entries]
+    if returns:
+        verdict = _final(texts[-1], guard)
+        if returns != [len(entries) - 2] or verdict is None:
+            return None
+        _text, rule, swap = entries[-2]
+        negated = _negated(guard, rule, swap, verdict)
+        if negated is None:
+            return None
+        texts[-2:] = [negated]
+    return [text if not guard or f" {guard} " in f" {text} " else f"{guard} {text}" for text in texts]
+
+
+@functools.lru_cache(maxsize=None)
+def _protocol_guard(protocol: Optional[str]) -> Tuple[str, ...]:
+    """What a rule of this protocol matches with no attribute (its ethertype)."""
+    return tuple(bridge_matches(ResolvedRule("drop", "inout", 0, protocol), False))
+
+
+def _negated(guard: str, rule: ResolvedRule, swap: bool, verdict: str) -> Optional[str]:
+    """``rule``'s one comparison negated, with ``verdict``; None unless the
+    rule is one comparison beside its protocol's ethertype, which the
+    jump's guard already holds."""
+    compared = [name for name, _value, _negate in rule.matches if name != "comment"]
+    if len(compared) != 1 or compared[0] not in NEGATABLE or _protocol_guard(rule.protocol) not in ((), (guard,)):
+        return None
+    matches = tuple((name, value, negate != (name == compared[0])) for name, value, negate in rule.matches)
+    return _bridge_rule(replace(rule, action=verdict, matches=matches), swap)
 
 
 # Rule texts are cached: most rules of a tree are the same for every port
