@@ -4,9 +4,9 @@ define a filter no binding uses. Engine time (wall and CPU of the call) and,
 apart, the engine's imports. Goal: under 30 ms, and no more at the largest
 N than at 1,000 beyond noise.
 
-    python -m bench.change [--bindings 1000 4000] [--runs 7]
+    python -m bench.change [--bindings 1000 10000] [--runs 7]
 
-N tops out at 4,095: a port's id is 12 bits of the packet mark (docs/performance.md).
+N tops out at 16,383: a port's id is 14 bits of the packet mark (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _cell(values: List[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bindings", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--bindings", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     print(f"# one change in a fresh process, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "

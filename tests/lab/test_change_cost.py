@@ -1,19 +1,22 @@
 """A change costs what it changes, in the real kernel: a removal goes over
 netlink and takes exactly the port's objects (nothing of it when someone
-committed since the kernel was checked), and a store of the previous format
-is converted on its first change with every port still in force."""
+committed since the kernel was checked), and stores of the previous formats
+are converted on their first change with every port in force (version 2's
+ports reinstalled in the wider mark layout of version 3)."""
 
 import json
 import os
 
 import pytest
+from scapy.all import IP, TCP, Ether  # pylint: disable=no-name-in-module
 
 from engine import host as host_module
+from engine import nft_layout
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
 from engine.xml_form import filter_from_xml
-from lab.probes import run_probes, standard_probes
+from lab.probes import Probe, run_probes, standard_probes, tagged
 
 
 def _clean(vm, portdev=None):
@@ -90,14 +93,56 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     fresh = Host(str(root), netns=lab.host)  # as the next module run
     assert fresh.report()[vm.port]["in_force"] and (root / "ports.json").exists()  # read as it is
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
-    assert result.rebuilt == ["vnet9"] and not result.repaired  # the converted records match the kernel
-    assert (root / "version").read_text() == "2\n" and not (root / "ports.json").exists()
+    assert result.rebuilt == ["vnet9"] and result.repaired == [CONVERTED.format(version=1)]
+    assert (root / "version").read_text() == "3\n" and not (root / "ports.json").exists()
     index = json.loads((root / "index.json").read_text())
     assert {port: entry[0] for port, entry in index.items() if port in records} == \
         {port: record["id"] for port, record in records.items()}
     assert index[vm.port][3] == "clean-traffic" and index[peer.port][3] == "no-mac-spoofing"
     assert not _spoofed_passes(lab)
     assert all(report["in_force"] for report in fresh.report().values())
+
+
+CONVERTED = ("the store was converted from format {version} to 3: every port's rules are reinstalled "
+             "(port ids of 14 bits in the packet mark)")
+WEB = """<filter name='web'><filterref filter='clean-traffic'/>
+<rule action='accept' direction='in'><tcp dstportstart='22'/></rule>
+<rule action='drop' direction='in'><tcp/></rule></filter>"""
+
+
+def _tcp_in(lab):
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    probes = [Probe(f"tcp {port}", "peer", "vm", tagged(Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
+                                                           / TCP(sport=40000 + port, dport=port, flags="S")))
+              for port in (22, 23)]
+    return run_probes(lab, probes)
+
+
+def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tmp_path, monkeypatch):
+    """The previous release tagged port ids in 12 bits of the mark: its ports
+    (layer-3 rules included) are in force before and after the conversion,
+    which reinstalls all of them, our base chains included, in one change."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    with monkeypatch.context() as previous:
+        for name, value in {"MAX_PORT_ID": 0xFFF, "FROM_MASK": 0xFFF, "TO_SHIFT": 12,
+                            "OTHERS_MASK": 0xFF000000}.items():
+            previous.setattr(nft_layout, name, value)
+        previous.setattr(nft_layout, "BASE", nft_layout.base_script(0xFFF, 12))
+        host.define_filter(filter_from_xml(WEB))
+        host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
+        host.bind(_clean(peer))
+    root = tmp_path / "store"
+    (root / "version").write_text("2\n")
+    assert "meta mark & 0x00000fff vmap @fi" in lab.nft_list() and "0x00001000 : jump" in lab.nft_list()
+    assert _tcp_in(lab) == {"tcp 22": True, "tcp 23": False} and not _spoofed_passes(lab)
+    fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
+    result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
+    assert result.repaired == [CONVERTED.format(version=2)] and (root / "version").read_text() == "3\n"
+    listing = lab.nft_list()
+    assert "meta mark & 0x00003fff vmap @fi" in listing and "meta mark & 0x0fffc000 vmap @fo" in listing
+    assert "0x00004000 : jump" in listing and "0x00001000 : jump" not in listing
+    assert _tcp_in(lab) == {"tcp 22": True, "tcp 23": False} and not _spoofed_passes(lab)
+    assert not fresh.converge().changed and all(report["in_force"] for report in fresh.report().values())
 
 
 def test_the_layer3_warning_names_only_ports_with_layer3_rules(lab, host):

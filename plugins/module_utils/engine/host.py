@@ -19,14 +19,14 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import Findings, Kernel, compare
+from .integrity import NO_RECORD, Findings, Kernel, compare
 from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
 from .nft_generation import Generation
 from .nft_run import Nft
 from .lazy_map import LazyMap
 from .overlaps import binding_addresses
-from .store import DEFAULT_ROOT, Store, binding_digest, index_entry
+from .store import DEFAULT_ROOT, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
 if TYPE_CHECKING:
@@ -476,12 +476,21 @@ class Host:
             notes.append("an interrupted change was undone" + (f" ({', '.join(interrupted)})" if interrupted else ""))
             if not check:
                 self.store.undo()
+        converted = self.store.converted_from  # under this call's lock
         state = self._load()
         checked = self._check_kernel(state, interrupted)
+        if check and state.bindings and self.store.check_version() < STORE_VERSION:
+            notes.append(f"the store would be converted from format {self.store.check_version()} to "
+                         f"{STORE_VERSION}: every port's rules would be reinstalled")
         if checked is None:
             return state, notes
         found, kernel = checked
         notes += found.problems
+        if converted is not None and state.bindings:
+            # every port is reinstalled because of the conversion: one note, not one per port
+            notes = [note for note in notes if not note.endswith(f": {NO_RECORD}")]
+            notes.append(f"the store was converted from format {converted} to {STORE_VERSION}: every port's "
+                         "rules are reinstalled (port ids of 14 bits in the packet mark)")
         damaged = found.damaged | (set(interrupted or ()) & set(state.bindings))
         if check:
             return state, notes

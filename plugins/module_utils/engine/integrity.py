@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 from .nft_layout import BASE, TABLE, PortLive, map_target, portdev_of
 
 Chain = Tuple[str, str]  # (family, name)
+NO_RECORD = "the store has no record of what it installed"
 Element = Tuple[str, str, str]  # (family, map, key as nft syntax)
 
 
@@ -118,7 +119,7 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel) -> Findings:
 
 def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: PortLive) -> Optional[str]:
     if record is None:
-        return "the store has no record of what it installed"
+        return NO_RECORD
     for chain in record["chains"]:
         family, name = chain[0], chain[1]
         if (family, name) not in kernel.rules:

@@ -14,8 +14,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .model import Binding
-from .nft_layout import (BASE, FROM_MASK, MAP_KEYS, MAX_PORT_ID, OTHERS_MASK, TABLE, TO_SHIFT, LiveState, PortLive,
-                         chain_name, digest, map_target)
+from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
+from .nft_layout import MAP_KEYS, TABLE, LiveState, PortLive, chain_name, digest, map_target
 from .nft_matches import bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -53,8 +53,8 @@ def _rule_text(matches: Sequence[str], verdict: str) -> str:
 
 class _Builder:
     def __init__(self, binding: Binding, port_id: int) -> None:
-        if not 1 <= port_id <= MAX_PORT_ID:
-            raise NwfilterError(f"port id {port_id} out of range 1-{MAX_PORT_ID}", f"binding {binding.portdev!r}")
+        if not 1 <= port_id <= layout.MAX_PORT_ID:
+            raise NwfilterError(f"port id {port_id} out of range 1-{layout.MAX_PORT_ID}", f"binding {binding.portdev!r}")
         self.binding = binding
         self.port_id = port_id
         self.chains: Dict[Tuple[str, str], List[str]] = {}
@@ -233,14 +233,14 @@ def _ip_layer(builder: _Builder, ruleset: Ruleset) -> None:
         return
     pid = builder.port_id
     builder.element("inet", "fi", f"0x{pid:x}", "fi")
-    builder.element("inet", "fo", f"0x{pid << TO_SHIFT:x}", "fo")
+    builder.element("inet", "fo", f"0x{pid << layout.TO_SHIFT:x}", "fo")
     builder.element("inet", "hi", f"0x{pid:x}", "hi")
     builder.element("bridge", "mark_to", f'"{builder.binding.portdev}"', "mark")
     builder.chain("bridge", "mark").append(
-        f"meta mark set meta mark & 0x{(OTHERS_MASK | FROM_MASK):08x} | 0x{pid << TO_SHIFT:08x}")
+        f"meta mark set meta mark & 0x{(layout.OTHERS_MASK | layout.FROM_MASK):08x} | 0x{pid << layout.TO_SHIFT:08x}")
     # tag frames from the VM before any of its bridge rules can end the chain
     builder.chain("bridge", "o").insert(
-        0, f"meta mark set meta mark & 0x{(OTHERS_MASK | FROM_MASK << TO_SHIFT):08x} | 0x{pid:08x}")
+        0, f"meta mark set meta mark & 0x{(layout.OTHERS_MASK | layout.FROM_MASK << layout.TO_SHIFT):08x} | 0x{pid:08x}")
     for rule in ruleset.ip_rules:
         default_state = rule.get("state") is None or not rule.statematch
         for side, swap, state, accept, may_skip in _halves(rule):
@@ -373,7 +373,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     transaction. Every chain filled is flushed first, even one ``live`` says
     is new: a chain the store does not know of (an interrupted change, someone
     else's) is replaced, never appended to."""
-    lines = [BASE.rstrip("\n")] if base else []
+    lines = [layout.BASE.rstrip("\n")] if base else []
     adding: List[str] = []
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
     programs = {p.portdev: p for p in install}

@@ -15,7 +15,7 @@ nothing does not import the compiler (docs/architecture.md).
 - ``table inet vmguard``: layer-3/4 rules with connection tracking, which the
   bridge family lacks here. Bridged IP packets reach it through br_netfilter
   with the bridge as their interface, so the bridge table tags them: the low
-  12 bits of the packet mark carry the sending port's id, bits 12-23 the
+  14 bits of the packet mark carry the sending port's id, bits 14-27 the
   receiving port's; verdict maps on those bits lead to the port's ``fi`` (from the
   VM), ``fo`` (to the VM) and ``hi`` (from the VM to the host).
 Per-port chain names are ``p/<port>/<part>`` (see chain_name).
@@ -29,10 +29,17 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Set, Tuple
 
 TABLE = "vmguard"
-MAX_PORT_ID = 0xFFF
-FROM_MASK, TO_SHIFT, OTHERS_MASK = 0xFFF, 12, 0xFF000000
+# A port id is 14 bits: 16,383 ports (store format 3; format 2 had 12 bits,
+# bits 24-31 left to others). Bits 28-31 of the mark are never changed.
+PORT_ID_BITS = 14
+MAX_PORT_ID = (1 << PORT_ID_BITS) - 1
+FROM_MASK, TO_SHIFT = MAX_PORT_ID, PORT_ID_BITS
+OTHERS_MASK = 0xFFFFFFFF & ~(FROM_MASK | FROM_MASK << TO_SHIFT)
 
-BASE = f"""add table bridge {TABLE}
+
+def base_script(from_mask: int, to_shift: int) -> str:
+    """Our tables, verdict maps and base chains, for a mark layout."""
+    return f"""add table bridge {TABLE}
 add map bridge {TABLE} from_vm {{ type ifname : verdict; }}
 add map bridge {TABLE} to_vm {{ type ifname : verdict; }}
 add map bridge {TABLE} mark_to {{ type ifname : verdict; }}
@@ -53,10 +60,13 @@ add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy ac
 add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
 flush chain inet {TABLE} forward
 flush chain inet {TABLE} input
-add rule inet {TABLE} forward meta mark & 0x{FROM_MASK:x} vmap @fi
-add rule inet {TABLE} forward meta mark & 0x{FROM_MASK << TO_SHIFT:x} vmap @fo
-add rule inet {TABLE} input meta mark & 0x{FROM_MASK:x} vmap @hi
+add rule inet {TABLE} forward meta mark & 0x{from_mask:x} vmap @fi
+add rule inet {TABLE} forward meta mark & 0x{from_mask << to_shift:x} vmap @fo
+add rule inet {TABLE} input meta mark & 0x{from_mask:x} vmap @hi
 """
+
+
+BASE = base_script(FROM_MASK, TO_SHIFT)
 
 # the key type of each verdict map (BASE declares them)
 MAP_KEYS = {("bridge", "from_vm"): "ifname", ("bridge", "to_vm"): "ifname", ("bridge", "mark_to"): "ifname",

@@ -40,7 +40,11 @@ DEFAULT_ROOT = "/etc/vmguard"
 # (the format before the file existed); a format change adds its conversion in
 # Store.check_version.
 # Version 2 split version 1's ports.json into index.json and ports/<port>.json.
-STORE_VERSION = 2
+# Version 3 widened port ids from 12 to 14 bits of the packet mark
+# (nft_layout): the files are the same, but every port's rules in the kernel
+# use the old layout, so converting forgets the port records, and the next
+# kernel check reinstalls every port and our base chains in one transaction.
+STORE_VERSION = 3
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -271,6 +275,7 @@ class Store:
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned", "networks")}
         self.records_dir = os.path.join(root, "ports")  # what each port has in the kernel
         self.index_path = os.path.join(root, "index.json")
+        self.converted_from: Optional[int] = None  # the version the current lock's holder converted from
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator[None]:
@@ -289,6 +294,7 @@ class Store:
             raise NwfilterError(f"cannot use the store {self.root}: {exc.strerror}") from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            self.converted_from = None
             self.check_version(stamp=create)
             yield
 
@@ -307,19 +313,33 @@ class Store:
                                 f"({STORE_VERSION}): upgrade the collection and the learner role first "
                                 "(docs/upgrading.md)", f"store {self.root}")
         if stamp and version < STORE_VERSION:
-            self._convert_from_v1()
+            if version == 1:
+                self._convert_from_v1()
+            self._forget_records()
             atomic_write(path, f"{STORE_VERSION}\n")
             _remove(os.path.join(self.root, "ports.json"))
+            self.converted_from = version
             return STORE_VERSION
         return version
 
+    def _forget_records(self) -> None:
+        """Version 3: the kernel holds every port in the old mark layout. With
+        no record and no generation marker, the next kernel check finds every
+        port to reinstall, base chains included (Host._verified), all in one
+        transaction; an interrupted conversion forgets them again."""
+        self.set_marker(None)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.records_dir):
+                _remove(entry.path)
+
     def _convert_from_v1(self) -> None:
-        """Version 1 kept every port's record in ports.json: each goes to its own
-        file, and the index is built (reading every binding once for its root
-        filter). ports.json is removed only after the version is stamped, so an
-        interrupted conversion is done again. An unreadable ports.json converts
-        to no records: the next change's kernel check adopts the ids the kernel
-        holds and reinstalls those ports, as for a lost record."""
+        """Version 1 kept every port's record in ports.json: the index is built
+        from it (reading every binding once for its root filter); the records
+        themselves are forgotten, as in any conversion to version 3. ports.json
+        is removed only after the version is stamped, so an interrupted
+        conversion is done again. An unreadable ports.json converts to no
+        index: the next change's kernel check adopts the ids the kernel holds
+        and reinstalls those ports, as for a lost record."""
         if self.journal() is not None:  # the old files back now, while the journal still names ports.json
             ports = self.journal()
             self.undo()
@@ -330,10 +350,6 @@ class Store:
             records = {}
         bindings = self.bindings({})
         index = {port: index_entry(record["id"], record, bindings.get(port)) for port, record in records.items()}
-        writes = [(os.path.join(self.records_dir, f"{port}.json"),
-                   _record_text({key: value for key, value in record.items() if key != "id"}))
-                  for port, record in sorted(records.items())]
-        write_rebuildable(writes)
         atomic_write(self.index_path, _index_text(index))
 
     def _v1_records(self) -> Dict[str, dict]:
