@@ -8,7 +8,6 @@ import pytest
 
 from engine.errors import NwfilterError
 from engine.model import Binding, FilterRef
-from engine import store as store_module
 from engine.store import Store
 from engine.xml_form import MAX_DOCUMENT, binding_to_xml, filter_from_xml
 
@@ -107,25 +106,3 @@ def test_an_interrupted_change_is_undone(store):
     assert dict(store.records(["vnet0"])) == {"vnet0": None}
     with open(os.path.join(store.root, "index.json"), encoding="utf-8") as handle:
         assert json.load(handle) == old[4]
-
-
-@pytest.mark.parametrize("count", [3, store_module.SYNCFS_FROM])
-def test_many_files_are_synced_once_per_filesystem(tmp_path, monkeypatch, count):
-    """A bulk write syncs its filesystem once instead of fsyncing each file; a small one fsyncs each."""
-    synced = []
-    monkeypatch.setattr(store_module.os, "fsync", lambda fd: synced.append("fsync"))
-    real = store_module._syncfs()  # pylint: disable=protected-access
-    assert real is not None  # glibc has it
-
-    def counting():
-        def syncfs(fd):
-            synced.append("syncfs")
-            return real(fd)
-        return syncfs
-    monkeypatch.setattr(store_module, "_syncfs", counting)
-    files = [(str(tmp_path / f"f{n}"), f"text {n}\n") for n in range(count)]
-    store_module.atomic_write_many(files)
-    assert all(open(path, encoding="utf-8").read() == text for path, text in files)
-    files_synced = synced[:-1]  # the directory's own fsync comes last
-    assert files_synced == (["syncfs"] if count >= store_module.SYNCFS_FROM else ["fsync"] * count)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
