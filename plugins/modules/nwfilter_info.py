@@ -125,7 +125,7 @@ bindings:
     nft:
       description: The nftables rules in force for this binding, as C(nft list) prints them.
       type: str
-      sample: "table bridge vmguard {\n\tchain p/vnet0/o {\n\t\tether saddr != 52:54:00:aa:00:01 drop\n\t\tether type ip jump p/vnet0/o/ipv4-ip\n\t\tdrop\n\t}\n}\n"
+      sample: "table bridge vmguard {\n\tchain p/vnet0/o {\n\t\tether type ip jump p/vnet0/o/ipv4-ip\n\t\tdrop\n\t}\n}\n"
     port_id:
       description: The binding's port number in the nftables rules (packet mark bits).
       type: int

@@ -112,10 +112,9 @@ WEB = """<filter name='web'><filterref filter='clean-traffic'/>
 
 def _tcp_in(lab):
     vm, peer = lab.guests["vm"], lab.guests["peer"]
-    probes = [Probe(f"tcp {port}", "peer", "vm", tagged(Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
-                                                           / TCP(sport=40000 + port, dport=port, flags="S")))
-              for port in (22, 23)]
-    return run_probes(lab, probes)
+    frames = {port: Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
+              / TCP(sport=40000 + port, dport=port, flags="S") for port in (22, 23)}
+    return run_probes(lab, [Probe(f"tcp {port}", "peer", "vm", tagged(frame)) for port, frame in frames.items()])
 
 
 def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tmp_path, monkeypatch):
