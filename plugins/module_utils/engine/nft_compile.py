@@ -76,7 +76,7 @@ class _Builder:
 def _reachable(rules: List[str]) -> Tuple[str, ...]:
     """The rules up to the first that ends the chain for every packet."""
     for index, rule in enumerate(rules):
-        if rule in ("accept", "drop"):
+        if _final(rule, ""):
             return tuple(rules[:index + 1])
     return tuple(rules)
 
@@ -110,10 +110,10 @@ SubChain = List[Tuple[str, Optional[ResolvedRule], bool]]
 
 
 def _final(text: str, guard: str) -> Optional[str]:
-    """The verdict of a rule that ends a chain entered behind ``guard`` for
-    every frame (no match, or only the guard's), else None."""
+    """The verdict of a rule that ends a chain entered behind ``guard`` (""
+    for none) for every frame: no match, or only the guard's; else None."""
     for verdict in ("accept", "drop"):
-        if text in (verdict, f"{guard} {verdict}"):
+        if text == verdict or (guard and text == f"{guard} {verdict}"):
             return verdict
     return None
 
