@@ -479,9 +479,10 @@ class Host:
         converted = self.store.converted_from  # under this call's lock
         state = self._load()
         checked = self._check_kernel(state, interrupted)
-        if check and state.bindings and self.store.check_version() < STORE_VERSION:
-            notes.append(f"the store would be converted from format {self.store.check_version()} to "
-                         f"{STORE_VERSION}: every port's rules would be reinstalled")
+        version = self.store.check_version() if check and state.bindings else STORE_VERSION
+        if version < STORE_VERSION:
+            notes.append(f"the store would be converted from format {version} to {STORE_VERSION}: "
+                         "every port's rules would be reinstalled")
         if checked is None:
             return state, notes
         found, kernel = checked
