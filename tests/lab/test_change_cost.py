@@ -135,6 +135,9 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
     assert "meta mark & 0x00000fff vmap @fi" in lab.nft_list() and "0x00001000 : jump" in lab.nft_list()
     assert _tcp_in(lab) == {"tcp 22": True, "tcp 23": False} and not _spoofed_passes(lab)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
+    predicted = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")), check=True)
+    assert predicted.repaired == ["the store would be converted from format 2 to 3: every port's rules would be "
+                                  "reinstalled"] and (root / "version").read_text() == "2\n"
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
     assert result.repaired == [CONVERTED.format(version=2)] and (root / "version").read_text() == "3\n"
     listing = lab.nft_list()
