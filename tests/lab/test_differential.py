@@ -38,6 +38,14 @@ CUSTOM = {
   <filterref filter='fold-kept'/>
   <rule action='drop' direction='inout' priority='900'><ip/></rule>
 </filter>""",
+    # a list in a match: one rule instance per value (docs/dev/shared-chains.md: why a negated one is no set lookup)
+    "list-negated": """<filter name='list-negated'>
+  <rule action='drop' direction='out'><ip srcipaddr='$IP' match='no'/></rule>
+</filter>""",
+    "list-positive": """<filter name='list-positive'>
+  <rule action='accept' direction='out'><ip srcipaddr='$IP'/></rule>
+  <rule action='drop' direction='out'><ip/></rule>
+</filter>""",
 }
 # defined in both labs for "folds", not bound on their own
 FOLD_PARTS = {
@@ -111,6 +119,26 @@ def test_same_verdicts_as_libvirt(labs, name):
     differing = {probe: ("vmguard passes" if mine[probe] else "vmguard drops") for probe in mine
                  if mine[probe] != libvirt[probe]}
     assert not differing
+
+
+@pytest.mark.parametrize("name, vm_ipv4_passes", [("list-negated", False), ("list-positive", True)])
+def test_a_list_in_a_match_is_one_rule_per_value_as_in_libvirt(labs, name, vm_ipv4_passes):
+    """$IP with two values, the VM's own second: a negated match drops unless
+    the source equals every value (so the VM's own packets are dropped too),
+    a plain one passes it if it equals any."""
+    ours, theirs, host, oracle = labs
+    params = {"IP": ("192.0.2.98", VM[1])}
+    port = ours.guests["vm"].port
+    host.bind(Binding(port, VM[0], FilterRef(name, params)))
+    oracle.bind(port, VM[0], name, params)
+    try:
+        probes = [p for p in _probes(ours) if p.name in ("ipv4 udp", "spoofed ipv4")]
+        mine = run_probes(ours, probes, wait=0.2)
+        libvirt = run_probes(theirs, [Probe(p.name, p.sender, p.observer, p.frame) for p in probes], wait=0.2)
+    finally:
+        oracle.unbind(port)
+        host.unbind(port)
+    assert mine == libvirt == {"ipv4 udp": vm_ipv4_passes, "spoofed ipv4": False}
 
 
 def test_same_verdicts_as_libvirt_after_learning(labs, tmp_path):
