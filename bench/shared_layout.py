@@ -6,16 +6,18 @@ verdict maps), and hand-written as shared chains that look each port's
 values up in sets keyed by its interface name. For each: nft's time to
 install the N ports in one transaction and to add one port to N (what a
 bind costs in the kernel), the verdicts of the standard probes sent from a
-VM (real frames: they must be equal), and the UDP round trip through the
-bridge.
+VM (real frames: they must be equal), and, in rounds interleaved between
+the two, the UDP round trip through the bridge and the CPU time per frame
+sent (steadier than round trips on a shared VM).
 
-    python -m bench.shared_layout [--ports 1000 10000] [--runs 5]
+    python -m bench.shared_layout [--ports 1000 10000] [--runs 5] [--rounds 3] [--ids halves|bits]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -27,96 +29,137 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "mod
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
 from engine.libnftables import LibNftables  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
+from engine import nft_layout as layout  # noqa: E402  pylint: disable=wrong-import-position
 from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
 
 from bench.run import FILTER, PEER, VM, _ports, round_trips  # noqa: E402  pylint: disable=wrong-import-position
-from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab, inside  # noqa: E402  pylint: disable=wrong-import-position
 from lab.probes import run_probes, standard_probes  # noqa: E402  pylint: disable=wrong-import-position
 
 Port = Tuple[str, str, str, int]  # name, MAC, IPv4 address, port id
 
 # Shared chains for the bench filter. Where a rule of clean-traffic names
-# $MAC or $IP, the port's value is found in a set by the port's name. The
-# port ids go into the mark bit by bit (nft cannot OR a looked-up value into
-# the mark): set ``id_bit<k>`` holds the ports whose id has bit k, so no
-# chain and no verdict is per port, and adding a port validates nothing.
+# $MAC or $IP, the port's value is found in a set by the port's name. nft
+# cannot OR a looked-up value into the mark, so the port ids go in one of two
+# ways (--ids): "bits", set ``id_bit<k>`` holds the ports whose id has bit k
+# and one shared rule per bit sets it (no verdict per port: adding a port
+# validates nothing, but every frame makes 28 lookups); "halves", verdict
+# maps jump to one of 128 shared chains per 7-bit half of the id (4 lookups
+# and 4 one-rule chains a frame; the maps' elements are validated).
 ID_BITS = 14
-BITS = "".join(f"add set bridge vmguard id_bit{k} {{ type ifname; }}\n" for k in range(ID_BITS))
-FROM_ID = "".join(f"add rule bridge vmguard o iifname @id_bit{k} meta mark set meta mark | 0x{1 << k:x}\n"
-                  for k in range(ID_BITS))
-TO_ID = "".join(f"add rule bridge vmguard mark_to oifname @id_bit{k} meta mark set meta mark | 0x{1 << k + ID_BITS:x}\n"
-                for k in range(ID_BITS))
-SHARED_BASE = """add table bridge vmguard
-add set bridge vmguard vm_ports { type ifname; }
-add set bridge vmguard macs { type ifname . ether_addr; }
-add set bridge vmguard ips { type ifname . ipv4_addr; }
-add set bridge vmguard rarp { typeof iifname . @nh,64,48 . @nh,144,48; }
-""" + BITS + """add chain bridge vmguard mark_to
-add chain bridge vmguard o
-add chain bridge vmguard o_ip
-add chain bridge vmguard i
-add chain bridge vmguard prerouting { type filter hook prerouting priority -300; policy accept; }
-add chain bridge vmguard forward { type filter hook forward priority -200; policy accept; }
-add chain bridge vmguard postrouting { type filter hook postrouting priority 300; policy accept; }
-add rule bridge vmguard prerouting iifname @vm_ports jump o
-add rule bridge vmguard forward oifname @vm_ports jump mark_to
-add rule bridge vmguard postrouting oifname @vm_ports jump i
-add rule bridge vmguard o meta mark set meta mark & 0xffffc000
-""" + FROM_ID + """add rule bridge vmguard mark_to meta mark set meta mark & 0xf0003fff
-""" + TO_ID + """add rule bridge vmguard o iifname . ether saddr != @macs drop
-add rule bridge vmguard o ether type ip jump o_ip
-add rule bridge vmguard o ether type ip accept
-add rule bridge vmguard o iifname . arp saddr ether != @macs drop
-add rule bridge vmguard o iifname . arp saddr ip != @ips drop
-add rule bridge vmguard o ether type arp accept
-add rule bridge vmguard o ether daddr ff:ff:ff:ff:ff:ff iifname . ether saddr @macs ether type 0x8035 @nh,48,16 3 \
+HALF = 7
+SHARED = "vmshared"  # beside the engine's tables: the two layouts are switched by emptying base chains
+ID_MAPS = {"from_lo": ("o", "iifname", 0), "from_hi": ("o", "iifname", HALF),
+           "to_lo": ("mark_to", "oifname", ID_BITS), "to_hi": ("mark_to", "oifname", ID_BITS + HALF)}
+
+
+def _id_rules(ids: str, chain: str) -> str:
+    """What a layout's ``chain`` (o: the sending port's id, mark_to: the receiving port's) does with ids."""
+    if ids == "bits":
+        key, shift = ("iifname", 0) if chain == "o" else ("oifname", ID_BITS)
+        return "".join(f"add rule bridge vmshared {chain} {key} @id_bit{k} meta mark set meta mark | 0x{1 << k + shift:x}\n"
+                       for k in range(ID_BITS))
+    return "".join(f"add rule bridge vmshared {chain} {key} vmap @{name}\n"
+                   for name, (where, key, _shift) in ID_MAPS.items() if where == chain)
+
+
+def _id_objects(ids: str) -> str:
+    if ids == "bits":
+        return "".join(f"add set bridge vmshared id_bit{k} {{ type ifname; }}\n" for k in range(ID_BITS))
+    lines = []
+    for name, (_where, _key, shift) in ID_MAPS.items():
+        lines.append(f"add map bridge vmshared {name} {{ type ifname : verdict; }}")
+        keep = 0xFFFFFFFF & ~(((1 << HALF) - 1) << shift)
+        lines += [f"add chain bridge vmshared {name}/{k} {{ meta mark set meta mark & 0x{keep:08x} | 0x{k << shift:x}; }}"
+                  for k in range(1 << HALF)]
+    return "\n".join(lines) + "\n"
+
+
+def _id_elements(ids: str, ports: List[Port]) -> Dict[str, List[str]]:
+    """The id sets' or maps' elements of ``ports``, by set or map name."""
+    if ids == "bits":
+        return {f"id_bit{k}": [f'"{name}"' for name, _mac, _ip, pid in ports if pid >> k & 1] for k in range(ID_BITS)}
+    return {name: [f'"{port}" : jump {name}/{pid >> shift % ID_BITS & (1 << HALF) - 1}' for port, _mac, _ip, pid in ports]
+            for name, (_where, _key, shift) in ID_MAPS.items()}
+
+
+def _id_declared(ids: str, name: str) -> str:
+    return "type ifname" if ids == "bits" else "type ifname : verdict"
+
+
+SHARED_TEMPLATE = """add table bridge vmshared
+add set bridge vmshared vm_ports { type ifname; }
+add set bridge vmshared macs { type ifname . ether_addr; }
+add set bridge vmshared ips { type ifname . ipv4_addr; }
+add set bridge vmshared rarp { typeof iifname . @nh,64,48 . @nh,144,48; }
+@ID_OBJECTS@add chain bridge vmshared mark_to
+add chain bridge vmshared o
+add chain bridge vmshared o_ip
+add chain bridge vmshared i
+add chain bridge vmshared prerouting { type filter hook prerouting priority -300; policy accept; }
+add chain bridge vmshared forward { type filter hook forward priority -200; policy accept; }
+add chain bridge vmshared postrouting { type filter hook postrouting priority 300; policy accept; }
+add rule bridge vmshared prerouting iifname @vm_ports jump o
+add rule bridge vmshared forward oifname @vm_ports jump mark_to
+add rule bridge vmshared postrouting oifname @vm_ports jump i
+add rule bridge vmshared o meta mark set meta mark & 0xffffc000
+@FROM_ID@add rule bridge vmshared mark_to meta mark set meta mark & 0xf0003fff
+@TO_ID@add rule bridge vmshared o iifname . ether saddr != @macs drop
+add rule bridge vmshared o ether type ip jump o_ip
+add rule bridge vmshared o ether type ip accept
+add rule bridge vmshared o iifname . arp saddr ether != @macs drop
+add rule bridge vmshared o iifname . arp saddr ip != @ips drop
+add rule bridge vmshared o ether type arp accept
+add rule bridge vmshared o ether daddr ff:ff:ff:ff:ff:ff iifname . ether saddr @macs ether type 0x8035 @nh,48,16 3 \
 @nh,112,32 0 @nh,192,32 0 iifname . @nh,64,48 . @nh,144,48 @rarp accept
-add rule bridge vmguard o ether type 0x8035 drop
-add rule bridge vmguard o ether type 0x0835 accept
-add rule bridge vmguard o drop
-add rule bridge vmguard o_ip ip saddr 0.0.0.0 ip protocol udp return
-add rule bridge vmguard o_ip iifname . ip saddr @ips return
-add rule bridge vmguard o_ip drop
-add rule bridge vmguard i ether type ip accept
-add rule bridge vmguard i ether type arp accept
-add rule bridge vmguard i ether daddr ff:ff:ff:ff:ff:ff ether type 0x8035 @nh,48,16 3 @nh,112,32 0 @nh,192,32 0 \
+add rule bridge vmshared o ether type 0x8035 drop
+add rule bridge vmshared o ether type 0x0835 accept
+add rule bridge vmshared o drop
+add rule bridge vmshared o_ip ip saddr 0.0.0.0 ip protocol udp return
+add rule bridge vmshared o_ip iifname . ip saddr @ips return
+add rule bridge vmshared o_ip drop
+add rule bridge vmshared i ether type ip accept
+add rule bridge vmshared i ether type arp accept
+add rule bridge vmshared i ether daddr ff:ff:ff:ff:ff:ff ether type 0x8035 @nh,48,16 3 @nh,112,32 0 @nh,192,32 0 \
 oifname . @nh,64,48 . @nh,144,48 @rarp accept
-add rule bridge vmguard i ether type 0x8035 drop
-add rule bridge vmguard i drop
-add table inet vmguard
-add set inet vmguard l3_from { type mark; }
-add set inet vmguard l3_to { type mark; }
-add chain inet vmguard fi
-add chain inet vmguard fo
-add chain inet vmguard hi
-add chain inet vmguard forward { type filter hook forward priority 0; policy accept; }
-add chain inet vmguard input { type filter hook input priority 0; policy accept; }
-add rule inet vmguard forward meta mark & 0x3fff @l3_from jump fi
-add rule inet vmguard forward meta mark & 0xfffc000 @l3_to jump fo
-add rule inet vmguard input meta mark & 0x3fff @l3_from jump hi
-add rule inet vmguard fi meta nfproto ipv4 meta l4proto 6 th sport 22 ct state established ct direction reply return
-add rule inet vmguard fo meta nfproto ipv4 meta l4proto 6 th dport 22 ct state new,established ct direction original accept
-add rule inet vmguard hi meta nfproto ipv4 meta l4proto 6 th sport 22 ct state established ct direction reply return
+add rule bridge vmshared i ether type 0x8035 drop
+add rule bridge vmshared i drop
+add table inet vmshared
+add set inet vmshared l3_from { type mark; }
+add set inet vmshared l3_to { type mark; }
+add chain inet vmshared fi
+add chain inet vmshared fo
+add chain inet vmshared hi
+add chain inet vmshared forward { type filter hook forward priority 0; policy accept; }
+add chain inet vmshared input { type filter hook input priority 0; policy accept; }
+add rule inet vmshared forward meta mark & 0x3fff @l3_from jump fi
+add rule inet vmshared forward meta mark & 0xfffc000 @l3_to jump fo
+add rule inet vmshared input meta mark & 0x3fff @l3_from jump hi
+add rule inet vmshared fi meta nfproto ipv4 meta l4proto 6 th sport 22 ct state established ct direction reply return
+add rule inet vmshared fo meta nfproto ipv4 meta l4proto 6 th dport 22 ct state new,established ct direction original accept
+add rule inet vmshared hi meta nfproto ipv4 meta l4proto 6 th sport 22 ct state established ct direction reply return
 """
 
 
-def shared_ports(ports: List[Port]) -> str:
-    """What each port adds to the shared layout: set elements only."""
+def shared_base(ids: str) -> str:
+    return (SHARED_TEMPLATE.replace("@ID_OBJECTS@", _id_objects(ids)).replace("@FROM_ID@", _id_rules(ids, "o"))
+            .replace("@TO_ID@", _id_rules(ids, "mark_to")))
+
+
+def shared_ports(ports: List[Port], ids: str) -> str:
+    """What each port adds to the shared layout: set and map elements only."""
     def quoted(name: str) -> str:
         return f'"{name}"'
-    lines = []
-    for k in range(ID_BITS):
-        names = [quoted(name) for name, _mac, _ip, pid in ports if pid >> k & 1]
-        if names:
-            lines.append(f"add set bridge vmguard id_bit{k} {{ type ifname; elements = {{ {', '.join(names)} }}; }}")
+    lines = [f"add {'set' if ids == 'bits' else 'map'} bridge vmshared {name} {{ {_id_declared(ids, name)}; "
+             f"elements = {{ {', '.join(items)} }}; }}" for name, items in _id_elements(ids, ports).items() if items]
     for what, items in (
-            ("set bridge vmguard vm_ports", [quoted(name) for name, _mac, _ip, _pid in ports]),
-            ("set bridge vmguard macs", [f"{quoted(name)} . {mac}" for name, mac, _ip, _pid in ports]),
-            ("set bridge vmguard ips", [f"{quoted(name)} . {ip}" for name, _mac, ip, _pid in ports]),
-            ("set bridge vmguard rarp", [f"{quoted(name)} . 0x{mac.replace(':', '')} . 0x{mac.replace(':', '')}"
+            ("set bridge vmshared vm_ports", [quoted(name) for name, _mac, _ip, _pid in ports]),
+            ("set bridge vmshared macs", [f"{quoted(name)} . {mac}" for name, mac, _ip, _pid in ports]),
+            ("set bridge vmshared ips", [f"{quoted(name)} . {ip}" for name, _mac, ip, _pid in ports]),
+            ("set bridge vmshared rarp", [f"{quoted(name)} . 0x{mac.replace(':', '')} . 0x{mac.replace(':', '')}"
                                          for name, mac, _ip, _pid in ports]),
-            ("set inet vmguard l3_from", [f"0x{pid:x}" for _name, _mac, _ip, pid in ports]),
-            ("set inet vmguard l3_to", [f"0x{pid << 14:x}" for _name, _mac, _ip, pid in ports])):
+            ("set inet vmshared l3_from", [f"0x{pid:x}" for _name, _mac, _ip, pid in ports]),
+            ("set inet vmshared l3_to", [f"0x{pid << 14:x}" for _name, _mac, _ip, pid in ports])):
         kind, family, table, name = what.split()
         key = {"vm_ports": "type ifname", "macs": "type ifname . ether_addr", "ips": "type ifname . ipv4_addr",
                "rarp": "typeof iifname . @nh,64,48 . @nh,144,48", "l3_from": "type mark", "l3_to": "type mark"}[name]
@@ -156,51 +199,99 @@ def _applies(host: Host, call: Callable[[], object]) -> float:
     return sum(taken)
 
 
-def _checked(lab: Lab) -> Tuple[Dict[str, bool], float]:
-    verdicts = run_probes(lab, standard_probes(lab.guests["vm"], lab.guests["peer"]))
-    return verdicts, round_trips(lab, 2000)
+def _frame_cost(lab: Lab, frames: int) -> float:
+    """CPU time per UDP frame sent from the VM to the peer through the bridge
+    (the sending process's time: veth hands a frame on in the sender's
+    context, so the bridge, nftables and the peer's socket are in it), in µs."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    with inside(peer.name):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((peer.ip, 7778))
+    with inside(vm.name):
+        source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    payload, target = b"x" * 64, (peer.ip, 7778)
+    try:
+        for _warmup in range(1000):
+            source.sendto(payload, target)
+        start = time.process_time()
+        for _frame in range(frames):
+            source.sendto(payload, target)
+        return (time.process_time() - start) / frames * 1e6
+    finally:
+        source.close()
+        sink.close()
 
 
-def measure(count: int, runs: int) -> Dict[str, Dict[str, object]]:
+def _base_rules(script: str, table: str) -> Dict[Tuple[str, str], List[str]]:
+    """The rules of a layout's base chains, by (family, chain)."""
+    rules: Dict[Tuple[str, str], List[str]] = {}
+    for line in script.splitlines():
+        words = line.split()
+        if words[:1] == ["add"] and words[1] == "rule" and words[3] == table and words[4] in BASE_CHAINS[words[2]]:
+            rules.setdefault((words[2], words[4]), []).append(line)
+    return rules
+
+
+BASE_CHAINS = {"bridge": ("prerouting", "forward", "postrouting"), "inet": ("forward", "input")}
+
+
+def _switch(nft: Callable[[str], float], on: Dict[Tuple[str, str], List[str]], table_on: str,
+            off: Dict[Tuple[str, str], List[str]], table_off: str) -> None:
+    """One layout's base chains filled, the other's emptied (their policy is accept), in one transaction."""
+    nft("".join(f"flush chain {family} {table_off} {chain}\n" for family, chain in off) +
+        "".join(f"flush chain {family} {table_on} {chain}\n" + "\n".join(rules) + "\n"
+                for (family, chain), rules in on.items()))
+
+
+def measure(count: int, runs: int, rounds: int, ids: str) -> Dict[str, Dict[str, object]]:
     results: Dict[str, Dict[str, object]] = {}
     with Lab("sl") as lab, tempfile.TemporaryDirectory() as root:
         vm, peer = lab.add_vm("vm", *VM), lab.add_vm("peer", *PEER)
         mine = [(vm.port, vm.mac, vm.ip), (peer.port, peer.mac, peer.ip)]
         ports = mine + _ports(count - 2)
+        probes = standard_probes(vm, peer)
+        nft = _nft(lab.host)
+
+        numbered = [(p, mac, ip, pid) for pid, (p, mac, ip) in enumerate(ports, start=1)]
+        shared = {"load": nft(shared_base(ids) + shared_ports(numbered, ids))}
+        new = [("xnew", "52:54:00:99:00:01", "10.99.0.1", count + 1)]
+        one = []
+        for _run in range(runs):
+            one.append(nft(shared_ports(new, ids)))
+            nft("".join(f'delete element bridge vmshared {name} {{ "xnew" }}\n'
+                        for name, items in _id_elements(ids, new).items() if items) +
+                'delete element bridge vmshared vm_ports { "xnew" }\n'
+                'delete element bridge vmshared macs { "xnew" . 52:54:00:99:00:01 }\n'
+                'delete element bridge vmshared ips { "xnew" . 10.99.0.1 }\n'
+                'delete element bridge vmshared rarp { "xnew" . 0x525400990001 . 0x525400990001 }\n'
+                f'delete element inet vmshared l3_from {{ 0x{count + 1:x} }}\n'
+                f'delete element inet vmshared l3_to {{ 0x{(count + 1) << 14:x} }}\n')
+        shared.update(one=statistics.median(one), verdicts=run_probes(lab, probes), rtt=[])
+        base_rules = _base_rules(shared_base(ids), SHARED)
+        nft("".join(f"flush chain {family} {SHARED} {chain}\n" for family, chain in base_rules))
+
         host = Host(root, netns=lab.host)
         host.define_filter(filter_from_xml(FILTER.format(port=22)))
-        load = _applies(host, lambda: host.set_bindings(
-            [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in ports]))
+        per_port = {"load": _applies(host, lambda: host.set_bindings(
+            [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in ports]))}
         extra = Binding("xnew", "52:54:00:99:00:01", FilterRef("bench-vm", {"IP": ("10.99.0.1",)}))
         one = []
         for _run in range(runs):
             one.append(_applies(host, lambda: host.bind(extra)))
             host.unbind("xnew")
-        verdicts, rtt = _checked(lab)
-        results["chains per port (nft_compile)"] = {"load": load, "one": statistics.median(one),
-                                                    "verdicts": verdicts, "rtt": rtt}
+        per_port.update(one=statistics.median(one), verdicts=run_probes(lab, probes), rtt=[])
+        engine_base = _base_rules(layout.BASE, layout.TABLE)
 
-        nft = _nft(lab.host)
-        nft("delete table bridge vmguard\ndelete table inet vmguard\n")
-        numbered = [(p, mac, ip, pid) for pid, (p, mac, ip) in enumerate(ports, start=1)]
-        load = nft(SHARED_BASE + shared_ports(numbered))
-        new = [("xnew", "52:54:00:99:00:01", "10.99.0.1", count + 1)]
-        one = []
-        for _run in range(runs):
-            one.append(nft(shared_ports(new)))
-            nft("".join(f'delete element bridge vmguard id_bit{k} {{ "xnew" }}\n' for k in range(ID_BITS)
-                        if (count + 1) >> k & 1) +
-                'delete element bridge vmguard vm_ports { "xnew" }\n'
-                'delete element bridge vmguard macs { "xnew" . 52:54:00:99:00:01 }\n'
-                'delete element bridge vmguard ips { "xnew" . 10.99.0.1 }\n'
-                'delete element bridge vmguard rarp { "xnew" . 0x525400990001 . 0x525400990001 }\n'
-
-                f'delete element inet vmguard l3_from {{ 0x{count + 1:x} }}\n'
-                f'delete element inet vmguard l3_to {{ 0x{(count + 1) << 14:x} }}\n')
-        verdicts, rtt = _checked(lab)
-        results["shared chains, values in sets"] = {"load": load, "one": statistics.median(one),
-                                                    "verdicts": verdicts, "rtt": rtt}
-        nft("delete table bridge vmguard\ndelete table inet vmguard\n")
+        per_port["cpu"], shared["cpu"] = [], []
+        for _round in range(rounds):  # interleaved, so drift hits both alike
+            per_port["rtt"].append(round_trips(lab, 2000))
+            per_port["cpu"].append(_frame_cost(lab, 50000))
+            _switch(nft, base_rules, SHARED, engine_base, layout.TABLE)
+            shared["rtt"].append(round_trips(lab, 2000))
+            shared["cpu"].append(_frame_cost(lab, 50000))
+            _switch(nft, engine_base, layout.TABLE, base_rules, SHARED)
+        results["chains per port (nft_compile)"] = per_port
+        results[f"shared chains, values in sets (ids: {ids})"] = shared
     return results
 
 
@@ -208,19 +299,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ports", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved data-plane rounds per layout")
+    parser.add_argument("--ids", choices=("bits", "halves"), default="halves", help="how port ids reach the mark")
     args = parser.parse_args()
     print(f"# layouts of the bench filter, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; nft time through libnftables, one more port: median of {args.runs}")
-    print("\n| ports | layout | install all, one transaction | add one port | UDP round trip | probe verdicts |"
-          "\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| ports | layout | install all, one transaction | add one port | UDP round trip, median (rounds) "
+          "| CPU per frame sent VM -> peer, median (rounds) | probe verdicts |"
+          "\n| --- | --- | --- | --- | --- | --- | --- |")
     for count in args.ports:
-        results = measure(count, args.runs)
+        results = measure(count, args.runs, args.rounds, args.ids)
         reference = next(iter(results.values()))["verdicts"]
-        for layout, found in results.items():
+        for name, found in results.items():
             same = "equal" if found["verdicts"] == reference else "DIFFER: " + ", ".join(
                 sorted(name for name in reference if found["verdicts"].get(name) != reference[name]))
-            print(f"| {count} | {layout} | {found['load'] * 1000:.0f} ms | {found['one'] * 1000:.1f} ms "
-                  f"| {found['rtt']:.0f} µs | {same} |", flush=True)
+            print(f"| {count} | {name} | {found['load'] * 1000:.0f} ms | {found['one'] * 1000:.1f} ms "
+                  f"| {statistics.median(found['rtt']):.0f} µs ({' '.join(f'{r:.0f}' for r in found['rtt'])}) "
+                  f"| {statistics.median(found['cpu']):.2f} µs ({' '.join(f'{c:.2f}' for c in found['cpu'])}) | {same} |", flush=True)
     return 0
 
 
