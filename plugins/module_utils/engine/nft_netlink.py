@@ -154,28 +154,38 @@ class Netlink:
         with self._lock:
             sock = self._socket()
             first = self._seq + 1
+            last = first + len(messages) + 1
             begin = attribute(NFNL_BATCH_GENID, struct.pack(">I", generation)) if generation is not None else b""
             parts = [self._message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, socket.AF_UNSPEC,
                                    NFNL_SUBSYS_NFTABLES, begin)]
+            # Only the last message asks for an acknowledgement: the kernel queues
+            # them all before we read one, and a few hundred (a removal of 19
+            # ports) overflowed the socket's buffer, the rest lost. Errors come
+            # whatever the flags, in order, before that last acknowledgement.
             for number, (message, family, attributes) in enumerate(messages, first + 1):
-                parts.append(self._message(NFNL_SUBSYS_NFTABLES << 8 | message, NLM_F_REQUEST | NLM_F_ACK, number,
-                                           FAMILIES[family], 0, attributes))
-            last = first + len(messages) + 1
+                flags = NLM_F_REQUEST | (NLM_F_ACK if number == last - 1 else 0)
+                parts.append(self._message(NFNL_SUBSYS_NFTABLES << 8 | message, flags, number, FAMILIES[family], 0,
+                                           attributes))
             parts.append(self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, socket.AF_UNSPEC,
                                        NFNL_SUBSYS_NFTABLES, b""))
             self._seq = last
-            sock.send(b"".join(parts))
-            waiting, error = set(range(first + 1, last)), 0
-            while waiting:
-                data = sock.recv(1 << 16)
-                for offset, _length, kind, seq in _messages(data):
-                    if kind == NLMSG_ERROR and (seq in waiting or seq == first):  # first: a stale generation
-                        waiting.discard(seq)
-                        error = error or _error(data, offset)
-                if error:  # the kernel aborted the batch at its first error
-                    break
+            error = 0
+            try:
+                sock.send(b"".join(parts))
+                done = not messages
+                while not done:
+                    data = sock.recv(1 << 16)
+                    for offset, _length, kind, seq in _messages(data):
+                        if kind == NLMSG_ERROR and first <= seq < last:  # first: a stale generation
+                            error = error or _error(data, offset)
+                            done = done or seq == last - 1
+                    if error:  # the kernel aborted the batch at its first error
+                        break
+            except BaseException:
+                self.close()  # a reply still on its way must not meet the next request
+                raise
             if error:
-                self.close()  # replies still on their way must not meet the next request
+                self.close()
                 raise OSError(error, f"nftables netlink: {os.strerror(error)}")
 
     @staticmethod
