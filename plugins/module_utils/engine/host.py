@@ -538,10 +538,10 @@ class Host:
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
         marker = None
         if touched or live is not None:
+            now = self.generation.marker()
+            generation = now[2]
             try:
                 self.store.begin(plan)
-                now = self.generation.marker()
-                generation = now[2]
                 if new.port_ids:
                     # the kernel as checked (our last commit is its latest): a removal may go over netlink
                     checked = generation if self.store.marker() == list(now) else None
@@ -549,12 +549,16 @@ class Host:
                                 generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
-                marker = self.generation.marker()
             except OSError as exc:
-                raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
+                raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
+                                    "nothing changed") from None
             except NwfilterError:
                 self.store.end()
                 raise
+            try:
+                marker = self.generation.marker()
+            except NwfilterError:
+                marker = None  # committed all the same: the next call compares our tables with the store
         try:
             self.store.finish(plan)
         except OSError as exc:
@@ -564,7 +568,8 @@ class Host:
                            if old.port_ids else REMOVE_ALL)
             self.store.undo()
             self.store.end()
-            raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror}; nothing changed") from None
+            raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
+                                "nothing changed") from None
         if marker is not None:
             # our commit is the only one since ``generation``: the marker names the state we just stored
             self.store.set_marker(marker if marker[2] == generation + 1 else None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Optional, Tuple
 
+from .errors import NwfilterError
 from .nft_netlink import Netlink
 
 NFT_MSG_GETGEN = 16
@@ -38,7 +39,11 @@ class Generation:
 
     def current(self) -> int:
         """The generation now (one netlink request and its reply)."""
-        return struct.unpack(">I", self.netlink.request(NFT_MSG_GETGEN, [NFTA_GEN_ID])[0][NFTA_GEN_ID][:4])[0]
+        try:
+            reply = self.netlink.request(NFT_MSG_GETGEN, [NFTA_GEN_ID])
+        except OSError as exc:
+            raise NwfilterError(f"cannot read the nftables ruleset generation: {exc.strerror or exc}") from None
+        return struct.unpack(">I", reply[0][NFTA_GEN_ID][:4])[0]
 
     def marker(self) -> Marker:
         return (boot_id(), self.netlink.namespace(), self.current())
