@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,8 +31,8 @@ from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong
 from engine import nft_layout as layout  # noqa: E402  pylint: disable=wrong-import-position
 from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
 
-from bench.run import FILTER, PEER, VM, _ports, round_trips  # noqa: E402  pylint: disable=wrong-import-position
-from lab.netns import Lab, inside  # noqa: E402  pylint: disable=wrong-import-position
+from bench.run import FILTER, PEER, VM, _ports, frame_cost, round_trips  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
 from lab.probes import run_probes, standard_probes  # noqa: E402  pylint: disable=wrong-import-position
 
 Port = Tuple[str, str, str, int]  # name, MAC, IPv4 address, port id
@@ -199,29 +198,6 @@ def _applies(host: Host, call: Callable[[], object]) -> float:
     return sum(taken)
 
 
-def _frame_cost(lab: Lab, frames: int) -> float:
-    """CPU time per UDP frame sent from the VM to the peer through the bridge
-    (the sending process's time: veth hands a frame on in the sender's
-    context, so the bridge, nftables and the peer's socket are in it), in µs."""
-    vm, peer = lab.guests["vm"], lab.guests["peer"]
-    with inside(peer.name):
-        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind((peer.ip, 7778))
-    with inside(vm.name):
-        source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    payload, target = b"x" * 64, (peer.ip, 7778)
-    try:
-        for _warmup in range(1000):
-            source.sendto(payload, target)
-        start = time.process_time()
-        for _frame in range(frames):
-            source.sendto(payload, target)
-        return (time.process_time() - start) / frames * 1e6
-    finally:
-        source.close()
-        sink.close()
-
-
 def _base_rules(script: str, table: str) -> Dict[Tuple[str, str], List[str]]:
     """The rules of a layout's base chains, by (family, chain)."""
     rules: Dict[Tuple[str, str], List[str]] = {}
@@ -285,10 +261,10 @@ def measure(count: int, runs: int, rounds: int, ids: str) -> Dict[str, Dict[str,
         per_port["cpu"], shared["cpu"] = [], []
         for _round in range(rounds):  # interleaved, so drift hits both alike
             per_port["rtt"].append(round_trips(lab, 2000))
-            per_port["cpu"].append(_frame_cost(lab, 50000))
+            per_port["cpu"].append(frame_cost(lab, 50000))
             _switch(nft, base_rules, SHARED, engine_base, layout.TABLE)
             shared["rtt"].append(round_trips(lab, 2000))
-            shared["cpu"].append(_frame_cost(lab, 50000))
+            shared["cpu"].append(frame_cost(lab, 50000))
             _switch(nft, engine_base, layout.TABLE, base_rules, SHARED)
         results["chains per port (nft_compile)"] = per_port
         results[f"shared chains, values in sets (ids: {ids})"] = shared
