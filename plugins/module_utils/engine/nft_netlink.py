@@ -23,6 +23,7 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_BATCH_GENID = 0x10, 0x11, 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
+SO_SNDBUFFORCE = 32  # Python names SO_SNDBUF but not its root-only twin
 FAMILIES = {"inet": 1, "bridge": 7}
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _ATTRIBUTE = struct.Struct("=HH")
@@ -94,6 +95,20 @@ def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int]]:
 def _error(data: bytes, offset: int) -> int:
     """The errno of the NLMSG_ERROR message at ``offset`` (0: an acknowledgement)."""
     return -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+
+
+def _fit_send_buffer(sock: socket.socket, size: int) -> None:
+    """A netlink message must fit the socket's send buffer (else EMSGSIZE):
+    the removal of a thousand ports is about 1 MB. Root may pass the
+    system's limit (SO_SNDBUFFORCE), as nft does; else the limit holds."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= size + 4096:
+        return
+    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size + 4096)
+            return
+        except OSError:
+            continue
 
 
 class Netlink:
@@ -170,8 +185,10 @@ class Netlink:
                                        NFNL_SUBSYS_NFTABLES, b""))
             self._seq = last
             error = 0
+            batch = b"".join(parts)
             try:
-                sock.send(b"".join(parts))
+                _fit_send_buffer(sock, len(batch))
+                sock.send(batch)
                 done = not messages
                 while not done:
                     data = sock.recv(1 << 16)
