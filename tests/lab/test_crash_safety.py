@@ -1,7 +1,8 @@
 """kill -9 at any point of a bulk change: after the journal is written, after
 the kernel committed and before the store is written, during the store's
 renames, during the recovery of the change before, or at a random moment.
-The next call leaves kernel and store agreeing on one whole state, old or new."""
+The next call leaves kernel and store agreeing on one whole state, old or new;
+so does a removal that goes over netlink, killed after or while it commits."""
 
 import multiprocessing
 import os
@@ -101,3 +102,40 @@ def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
     host.converge()
     number = _agree(host, seen)
     assert not host.set_bindings(_generation(number), exclusive=True).changed  # nothing left to repair
+
+
+def _removal_child(root, netns, point, keep):
+    if point == "kernel committed":
+        store_module.Store.finish = lambda self, plan: os.kill(os.getpid(), signal.SIGKILL)
+    Host(root, netns=netns).set_bindings(keep, exclusive=True)
+    os._exit(0)  # pylint: disable=protected-access
+
+
+def test_kill_during_a_removal_over_netlink(lab, tmp_path):
+    """A change that only removes ports goes over netlink in one batch: killed
+    after the kernel committed it, or at any moment, the next call leaves the
+    kernel and the store at one whole state, all ports or the few kept."""
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    every = _generation(0) + [Binding(f"m{i}", f"52:54:00:21:00:{i:02x}", FilterRef("clean-traffic", {"IP": (f"10.21.0.{i}",)}))
+                              for i in range(1, 101)]
+    keep = every[:5]
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(5)
+    outcomes = set()
+    for number in range(10):
+        host.set_bindings(every, exclusive=True)
+        point = ("kernel committed", "anytime")[number % 2]
+        child = context.Process(target=_removal_child, args=(root, lab.host, point, keep))
+        child.start()
+        if point == "anytime":
+            time.sleep(rng.uniform(0, 0.1))
+            os.kill(child.pid, signal.SIGKILL)
+        child.join(60)
+        assert child.exitcode in (0, -signal.SIGKILL)
+        host.converge()
+        state = host._load()  # pylint: disable=protected-access
+        assert host.store.journal() is None and len(state.bindings) in (len(every), len(keep))
+        assert not compare({p: state.installed.get(p) for p in state.bindings}, host.nft.kernel()).problems
+        outcomes.add((child.exitcode, len(state.bindings)))
+    assert (-signal.SIGKILL, len(every)) in outcomes
