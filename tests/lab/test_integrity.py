@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from engine import nft_run
 from engine import store as store_module
 from engine.errors import NwfilterError
 from engine.host import Host
@@ -33,6 +34,7 @@ DAMAGE = {
                          "delete chain bridge vmguard p/vnet0/o/ipv4-ip",
     "flush port chain": "flush chain bridge vmguard p/vnet0/o",
     "delete map element": 'delete element bridge vmguard from_vm { "vnet0" }',
+    "rule put into port chain": "insert rule bridge vmguard p/vnet0/o accept",
 }
 
 
@@ -66,15 +68,19 @@ def _jump_handle(lab):
     return line.rsplit("handle ", 1)[1].strip()
 
 
+@pytest.mark.parametrize("dumps", ["per table", "per chain"])
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_the_next_call_repairs_what_was_damaged(lab, host, damage):
+def test_the_next_call_repairs_what_was_damaged(lab, host, damage, dumps, monkeypatch):
+    """Rules are counted from one dump of each table, or, in large tables, one dump per chain."""
+    monkeypatch.setattr(nft_run, "PER_CHAIN_DUMPS_FROM", 0 if dumps == "per chain" else nft_run.PER_CHAIN_DUMPS_FROM)
     lab.nft(FOREIGN)
     assert _bind(lab, host).changed
     assert not _spoofed_passes(lab)
     whole = _tables(lab)
     lab.nft(DAMAGE[damage].replace("{jump}", _jump_handle(lab)) if "{jump}" in DAMAGE[damage] else DAMAGE[damage])
-    if damage == "flush ruleset":
+    if damage in ("flush ruleset", "rule put into port chain"):
         assert _spoofed_passes(lab)
+    if damage == "flush ruleset":
         lab.nft(FOREIGN)
     predicted = host.converge(check=True)
     assert predicted.changed and predicted.repaired

@@ -69,7 +69,9 @@ def text(value: bytes) -> str:
 
 
 def _attributes(data: bytes, offset: int, end: int, wanted: FrozenSet[int]) -> Attributes:
-    found = {}
+    found: Attributes = {}
+    if not wanted:
+        return found  # only counted: a chain's rules
     unpack = _ATTRIBUTE.unpack_from
     while offset + 4 <= end:
         length, kind = unpack(data, offset)
