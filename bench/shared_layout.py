@@ -56,7 +56,7 @@ def _id_rules(ids: str, chain: str) -> str:
     """What a layout's ``chain`` (o: the sending port's id, mark_to: the receiving port's) does with ids."""
     if ids == "bits":
         key, shift = ("iifname", 0) if chain == "o" else ("oifname", ID_BITS)
-        return "".join(f"add rule bridge vmshared {chain} {key} @id_bit{k} meta mark set meta mark | 0x{1 << k + shift:x}\n"
+        return "".join(f"add rule bridge vmshared {chain} {key} @id_bit{k} meta mark set meta mark | 0x{1 << (k + shift):x}\n"
                        for k in range(ID_BITS))
     return "".join(f"add rule bridge vmshared {chain} {key} vmap @{name}\n"
                    for name, (where, key, _shift) in ID_MAPS.items() if where == chain)
@@ -78,12 +78,9 @@ def _id_elements(ids: str, ports: List[Port]) -> Dict[str, List[str]]:
     """The id sets' or maps' elements of ``ports``, by set or map name."""
     if ids == "bits":
         return {f"id_bit{k}": [f'"{name}"' for name, _mac, _ip, pid in ports if pid >> k & 1] for k in range(ID_BITS)}
-    return {name: [f'"{port}" : jump {name}/{pid >> shift % ID_BITS & (1 << HALF) - 1}' for port, _mac, _ip, pid in ports]
+    return {name: [f'"{port}" : jump {name}/{(pid >> (shift % ID_BITS)) & ((1 << HALF) - 1)}'
+                   for port, _mac, _ip, pid in ports]
             for name, (_where, _key, shift) in ID_MAPS.items()}
-
-
-def _id_declared(ids: str, name: str) -> str:
-    return "type ifname" if ids == "bits" else "type ifname : verdict"
 
 
 SHARED_TEMPLATE = """add table bridge vmshared
@@ -149,14 +146,15 @@ def shared_ports(ports: List[Port], ids: str) -> str:
     """What each port adds to the shared layout: set and map elements only."""
     def quoted(name: str) -> str:
         return f'"{name}"'
-    lines = [f"add {'set' if ids == 'bits' else 'map'} bridge vmshared {name} {{ {_id_declared(ids, name)}; "
-             f"elements = {{ {', '.join(items)} }}; }}" for name, items in _id_elements(ids, ports).items() if items]
+    id_kind, id_key = ("set", "type ifname") if ids == "bits" else ("map", "type ifname : verdict")
+    lines = [f"add {id_kind} bridge vmshared {name} {{ {id_key}; elements = {{ {', '.join(items)} }}; }}"
+             for name, items in _id_elements(ids, ports).items() if items]
+    rarp = [f"{quoted(name)} . 0x{mac.replace(':', '')} . 0x{mac.replace(':', '')}" for name, mac, _ip, _pid in ports]
     for what, items in (
             ("set bridge vmshared vm_ports", [quoted(name) for name, _mac, _ip, _pid in ports]),
             ("set bridge vmshared macs", [f"{quoted(name)} . {mac}" for name, mac, _ip, _pid in ports]),
             ("set bridge vmshared ips", [f"{quoted(name)} . {ip}" for name, _mac, ip, _pid in ports]),
-            ("set bridge vmshared rarp", [f"{quoted(name)} . 0x{mac.replace(':', '')} . 0x{mac.replace(':', '')}"
-                                         for name, mac, _ip, _pid in ports]),
+            ("set bridge vmshared rarp", rarp),
             ("set inet vmshared l3_from", [f"0x{pid:x}" for _name, _mac, _ip, pid in ports]),
             ("set inet vmshared l3_to", [f"0x{pid << 14:x}" for _name, _mac, _ip, pid in ports])):
         kind, family, table, name = what.split()
