@@ -14,7 +14,7 @@ import struct
 from typing import Iterable, List, Optional, Tuple
 
 from .nft_layout import TABLE, PortLive
-from .nft_netlink import Netlink, attribute
+from .nft_netlink import Netlink, attribute, cstring
 
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 8, 11, 14
 NLA_F_NESTED = 0x8000
@@ -23,10 +23,6 @@ IFNAMSIZ = 16
 NAME_ATTRIBUTES = {NFT_MSG_DELCHAIN: (1, 3), NFT_MSG_DELRULE: (1, 2), NFT_MSG_DELSET: (1, 2)}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE = 1, 1, 1
-
-
-def _name(value: str) -> bytes:
-    return value.encode() + b"\0"
 
 
 def _key(key: str) -> bytes:
@@ -38,7 +34,7 @@ def _key(key: str) -> bytes:
 
 def _named(message: int, family: str, name: str) -> Tuple[int, str, bytes]:
     table, named = NAME_ATTRIBUTES[message]
-    return message, family, attribute(table, _name(TABLE)) + attribute(named, _name(name))
+    return message, family, attribute(table, cstring(TABLE)) + attribute(named, cstring(name))
 
 
 def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
@@ -50,7 +46,7 @@ def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
             key_data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, _key(key)))
             element = attribute(NFTA_LIST_ELEM | NLA_F_NESTED, key_data)
             found.append((NFT_MSG_DELSETELEM, family,
-                          attribute(NFTA_SET_ELEM_LIST_TABLE, _name(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, _name(vmap))
+                          attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(vmap))
                           + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, element)))
     chains = sorted({chain for port in ports for chain in port.chains})
     found += [_named(NFT_MSG_DELRULE, family, name) for family, name in chains]

@@ -64,6 +64,11 @@ def attribute(kind: int, value: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
 
 
+def cstring(value: str) -> bytes:
+    """A name as a netlink string attribute holds it."""
+    return value.encode() + b"\0"
+
+
 def text(value: bytes) -> str:
     return value.split(b"\0", 1)[0].decode()
 
@@ -101,8 +106,8 @@ def _error(data: bytes, offset: int) -> int:
 
 def _fit_send_buffer(sock: socket.socket, size: int) -> None:
     """A netlink message must fit the socket's send buffer (else EMSGSIZE):
-    the removal of a thousand ports is about 1 MB. Root may pass the
-    system's limit (SO_SNDBUFFORCE), as nft does; else the limit holds."""
+    removing 700 clean-traffic ports is 0.32 MB. Root may pass the system's
+    limit (SO_SNDBUFFORCE), as nft does; else the limit holds."""
     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= size + 4096:
         return
     for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):

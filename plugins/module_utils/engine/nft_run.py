@@ -13,7 +13,7 @@ from .errors import NwfilterError
 from .integrity import BASE_MAPS, Kernel
 from .libnftables import LibNftables, library
 from .nft_layout import TABLE, PortLive
-from .nft_netlink import Netlink, attribute, text
+from .nft_netlink import Netlink, attribute, cstring, text
 
 FAMILIES = ("bridge", "inet")
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
@@ -22,10 +22,6 @@ NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._count_rules)
-
-
-def _name(value: str) -> bytes:
-    return value.encode() + b"\0"
 
 
 class Nft:
@@ -121,7 +117,7 @@ class Nft:
         chain. At 10,000 ports: 11.8 s against 2.3 s; at 1,000 the table's
         dump is the cheaper, 0.10 s against 0.18 s."""
         chains = [name for name in kernel.rules if name[0] == family]
-        table = attribute(NFTA_RULE_TABLE, _name(TABLE))
+        table = attribute(NFTA_RULE_TABLE, cstring(TABLE))
         if len(chains) < PER_CHAIN_DUMPS_FROM:
             for rule in self.netlink.request(NFT_MSG_GETRULE, [NFTA_RULE_CHAIN], family, table, dump=True):
                 name = (family, text(rule[NFTA_RULE_CHAIN]))
@@ -129,7 +125,7 @@ class Nft:
             return
         for name in chains:
             kernel.rules[name] = len(self.netlink.request(NFT_MSG_GETRULE, [], family,
-                                                          table + attribute(NFTA_RULE_CHAIN, _name(name[1])), dump=True))
+                                                          table + attribute(NFTA_RULE_CHAIN, cstring(name[1])), dump=True))
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""
