@@ -101,6 +101,27 @@ def test_nothing_damaged_means_no_change_and_no_listing(lab, host, monkeypatch):
     assert "table inet theirs" in lab.nft_list()
 
 
+def test_a_commit_while_our_tables_are_read_is_checked_by_the_next_call(lab, host, monkeypatch):
+    """Someone's commit lands while the kernel check reads our tables, too late
+    for the listing: finding nothing wrong, the check must not vouch for it, so
+    the next call reads our tables again and repairs what it did."""
+    _bind(lab, host)
+    lab.nft(FOREIGN)  # someone else's commit: the next call reads our tables
+    read = host.nft.kernel
+
+    def read_then_tamper():
+        kernel = read()
+        lab.nft("flush chain bridge vmguard p/vnet0/o")
+        return kernel
+    monkeypatch.setattr(host.nft, "kernel", read_then_tamper)
+    assert not host.converge().changed  # what it read was whole
+    monkeypatch.setattr(host.nft, "kernel", read)
+    assert _spoofed_passes(lab)
+    result = host.converge()
+    assert result.changed and result.repaired
+    assert not _spoofed_passes(lab) and not host.converge().changed
+
+
 def test_stale_chains_are_replaced_never_appended_to(lab, host, tmp_path):
     """A change killed after the kernel committed and before the store was
     written: the kernel holds chains the store does not know of."""

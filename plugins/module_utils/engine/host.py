@@ -22,7 +22,7 @@ from .model import Binding, Filter
 from .integrity import NO_RECORD, Findings, Kernel, compare
 from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
-from .nft_generation import Generation
+from .nft_generation import Generation, Marker
 from .nft_run import Nft
 from .lazy_map import LazyMap
 from .overlaps import binding_addresses
@@ -269,6 +269,7 @@ class Host:
         self.nft = Nft(nft_argv, netns)
         self._networks: Optional["Networks"] = None
         self.generation = Generation(netlink=self.nft.netlink)
+        self._checked: Optional[Marker] = None  # the ruleset generation our tables were last seen right at
 
     @property
     def networks(self) -> "Networks":
@@ -342,9 +343,13 @@ class Host:
     def _check_kernel(self, state: _State, interrupted: Optional[List[str]]) -> Optional[Tuple[Findings, Kernel]]:
         """None when the kernel's ruleset generation is the one after our last
         commit (nothing anyone did can have changed our rules) and the store
-        is whole; otherwise one listing of our tables compared with the store."""
+        is whole; otherwise one listing of our tables compared with the store.
+        The generation is read first and kept (``_checked``): a commit made
+        while our tables are read may be missed by the listing, so the store
+        never vouches for a later generation than that one."""
         unrecorded = set(state.bindings) - set(state.port_ids)
-        if interrupted is None and not unrecorded and self.store.marker() == list(self.generation.marker()):
+        self._checked = self.generation.marker()
+        if interrupted is None and not unrecorded and self.store.marker() == list(self._checked):
             return None
         kernel = self.nft.kernel()
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel), kernel
@@ -496,7 +501,7 @@ class Host:
         if check:
             return state, notes
         if not damaged and not found.stale and not found.base:
-            self.store.set_marker(self.generation.marker())
+            self.store.set_marker(self._checked)
             if interrupted is not None:
                 self.store.end()
             return state, notes
@@ -571,8 +576,12 @@ class Host:
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
         if marker is not None:
-            # our commit is the only one since ``generation``: the marker names the state we just stored
-            self.store.set_marker(marker if marker[2] == generation + 1 else None)
+            # our commit is the only one since the kernel was seen to hold the store's state: the
+            # marker names the state we just stored (else the next call compares our tables again)
+            checked = self._checked
+            vouched = checked is not None and marker[:2] == checked[:2] and marker[2] == checked[2] + 1
+            self._checked = marker if vouched else None
+            self.store.set_marker(self._checked)
         return [p.portdev for p in programs if p.learning]
 
     def _users(self, state: _State, name: str) -> List[str]:
@@ -709,6 +718,7 @@ class Host:
                 self.store.sweep()
             unreadable: Dict[str, str] = {}
             state = self._load(unreadable)
+            self._checked = self.generation.marker()  # before the listing: see _check_kernel
             kernel = self.nft.kernel()
             _adopt_port_ids(state, kernel, set(state.bindings))
             probe = state.copy()
