@@ -61,6 +61,17 @@ def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch)
     assert not _spoofed_passes(lab) and not host.converge().changed
 
 
+def test_netlink_sequence_numbers_start_again_before_32_bits_overflow(lab, host):
+    """A service running for months: its socket's sequence numbers reach 2**32."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    host.bind(_clean(peer))
+    host.nft.netlink._seq = 2 ** 32 - 3  # pylint: disable=protected-access
+    generation = host.generation.current()
+    remove_ports(host.nft.netlink, [host.nft.live()[peer.port]], generation)
+    assert f"p/{peer.port}" not in lab.nft_list() and host.generation.current() == generation + 1
+
+
 def test_a_removal_after_someone_elses_commit_is_refused_whole(lab, host):
     vm, peer = lab.guests["vm"], lab.guests["peer"]
     host.bind(_clean(vm))

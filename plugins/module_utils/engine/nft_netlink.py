@@ -149,7 +149,7 @@ class Netlink:
         keep = frozenset(wanted)
         with self._lock:
             sock = self._socket()
-            self._seq += 1
+            self._seq = self._next_seq(1)
             body = struct.pack("=BBH", FAMILIES.get(family, socket.AF_UNSPEC), 0, 0) + attributes
             sock.send(_HEADER.pack(_HEADER.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | message,
                                    NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), self._seq, 0) + body)
@@ -175,7 +175,7 @@ class Netlink:
         kernel refuses it if any other transaction came after that one."""
         with self._lock:
             sock = self._socket()
-            first = self._seq + 1
+            first = self._next_seq(len(messages) + 2)
             last = first + len(messages) + 1
             begin = attribute(NFNL_BATCH_GENID, struct.pack(">I", generation)) if generation is not None else b""
             parts = [self._message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, socket.AF_UNSPEC,
@@ -211,6 +211,11 @@ class Netlink:
             if error:
                 self.close()
                 raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+
+    def _next_seq(self, count: int) -> int:
+        """The first of ``count`` new sequence numbers: 32 bits in a message,
+        so a long-running service starts again from 1 before they overflow."""
+        return self._seq + 1 if self._seq + count <= 0xFFFFFFFF else 1
 
     @staticmethod
     def _message(kind: int, flags: int, seq: int, family: int, resource: int, attributes: bytes) -> bytes:
