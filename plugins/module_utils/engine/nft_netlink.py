@@ -151,23 +151,31 @@ class Netlink:
             sock = self._socket()
             self._seq = self._next_seq(1)
             body = struct.pack("=BBH", FAMILIES.get(family, socket.AF_UNSPEC), 0, 0) + attributes
-            sock.send(_HEADER.pack(_HEADER.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | message,
-                                   NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), self._seq, 0) + body)
-            replies: List[Attributes] = []
-            while True:
-                data = sock.recv(1 << 20)
-                for offset, length, kind, seq in _messages(data):
-                    if seq == self._seq:
-                        if kind == NLMSG_DONE:
-                            return replies
-                        if kind == NLMSG_ERROR:
-                            error = _error(data, offset)
-                            if error:
-                                raise OSError(error, f"nftables netlink: {os.strerror(error)}")
-                            return replies
-                        replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
-                        if not dump:
-                            return replies
+            try:
+                return self._replies(sock, _HEADER.pack(_HEADER.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | message,
+                                                        NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), self._seq, 0)
+                                     + body, keep, dump)
+            except BaseException:
+                self.close()  # the rest of a dump left unread would refuse the next one (EBUSY)
+                raise
+
+    def _replies(self, sock: socket.socket, request: bytes, keep: FrozenSet[int], dump: bool) -> List[Attributes]:
+        sock.send(request)
+        replies: List[Attributes] = []
+        while True:
+            data = sock.recv(1 << 20)
+            for offset, length, kind, seq in _messages(data):
+                if seq == self._seq:
+                    if kind == NLMSG_DONE:
+                        return replies
+                    if kind == NLMSG_ERROR:
+                        error = _error(data, offset)
+                        if error:
+                            raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+                        return replies
+                    replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
+                    if not dump:
+                        return replies
 
     def batch(self, messages: Sequence[Tuple[int, str, bytes]], generation: Optional[int] = None) -> None:
         """Send ``messages`` (NFT_MSG_* type, family, attributes) as one
