@@ -26,12 +26,13 @@ from typing import Callable, Dict, List, Tuple
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "module_utils"))
 
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
-from engine.libnftables import LibNftables  # noqa: E402  pylint: disable=wrong-import-position
+from engine.nft_run import Nft  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
 from engine import nft_layout as layout  # noqa: E402  pylint: disable=wrong-import-position
 from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong-import-position
 
-from bench.run import FILTER, PEER, VM, _ports, frame_cost, round_trips  # noqa: E402  pylint: disable=wrong-import-position
+from bench.bulk import _timing  # noqa: E402  pylint: disable=wrong-import-position
+from bench.run import FILTER, PEER, VM, _ports, _timed, frame_cost, round_trips  # noqa: E402  pylint: disable=wrong-import-position
 from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
 from lab.probes import run_probes, standard_probes  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -142,58 +143,46 @@ def shared_base(ids: str) -> str:
             .replace("@TO_ID@", _id_rules(ids, "mark_to")))
 
 
-def shared_ports(ports: List[Port], ids: str) -> str:
-    """What each port adds to the shared layout: set and map elements only."""
+def _port_elements(ports: List[Port], ids: str) -> List[Tuple[str, str, str, List[str]]]:
+    """What ``ports`` hold in the shared layout, set and map elements only:
+    (family, set or map, its declaration, elements)."""
     def quoted(name: str) -> str:
         return f'"{name}"'
-    id_kind, id_key = ("set", "type ifname") if ids == "bits" else ("map", "type ifname : verdict")
-    lines = [f"add {id_kind} bridge vmshared {name} {{ {id_key}; elements = {{ {', '.join(items)} }}; }}"
+    found = [("bridge", name, "type ifname" if ids == "bits" else "type ifname : verdict", items)
              for name, items in _id_elements(ids, ports).items() if items]
     rarp = [f"{quoted(name)} . 0x{mac.replace(':', '')} . 0x{mac.replace(':', '')}" for name, mac, _ip, _pid in ports]
-    for what, items in (
-            ("set bridge vmshared vm_ports", [quoted(name) for name, _mac, _ip, _pid in ports]),
-            ("set bridge vmshared macs", [f"{quoted(name)} . {mac}" for name, mac, _ip, _pid in ports]),
-            ("set bridge vmshared ips", [f"{quoted(name)} . {ip}" for name, _mac, ip, _pid in ports]),
-            ("set bridge vmshared rarp", rarp),
-            ("set inet vmshared l3_from", [f"0x{pid:x}" for _name, _mac, _ip, pid in ports]),
-            ("set inet vmshared l3_to", [f"0x{pid << 14:x}" for _name, _mac, _ip, pid in ports])):
-        kind, family, table, name = what.split()
-        key = {"vm_ports": "type ifname", "macs": "type ifname . ether_addr", "ips": "type ifname . ipv4_addr",
-               "rarp": "typeof iifname . @nh,64,48 . @nh,144,48", "l3_from": "type mark", "l3_to": "type mark"}[name]
-        lines.append(f"add {kind} {family} {table} {name} {{ {key}; elements = {{ {', '.join(items)} }}; }}")
-    return "\n".join(lines) + "\n"
+    return found + [
+        ("bridge", "vm_ports", "type ifname", [quoted(name) for name, _mac, _ip, _pid in ports]),
+        ("bridge", "macs", "type ifname . ether_addr", [f"{quoted(name)} . {mac}" for name, mac, _ip, _pid in ports]),
+        ("bridge", "ips", "type ifname . ipv4_addr", [f"{quoted(name)} . {ip}" for name, _mac, ip, _pid in ports]),
+        ("bridge", "rarp", "typeof iifname . @nh,64,48 . @nh,144,48", rarp),
+        ("inet", "l3_from", "type mark", [f"0x{pid:x}" for _name, _mac, _ip, pid in ports]),
+        ("inet", "l3_to", "type mark", [f"0x{pid << 14:x}" for _name, _mac, _ip, pid in ports])]
 
 
-def _nft(netns: str) -> Callable[[str], float]:
-    library = LibNftables(netns)
+def shared_ports(ports: List[Port], ids: str) -> str:
+    """The script adding ``ports`` to the shared layout."""
+    return "".join(f"add {'map' if ':' in declared else 'set'} {family} vmshared {name} "
+                   f"{{ {declared}; elements = {{ {', '.join(items)} }}; }}\n"
+                   for family, name, declared, items in _port_elements(ports, ids))
 
-    def run(script: str) -> float:
-        start = time.perf_counter()
-        code, _out, err = library.run(script)
-        took = time.perf_counter() - start
-        if code != 0:
-            raise SystemExit(err)
-        return took
-    return run
+
+def _without(ports: List[Port], ids: str) -> str:
+    """The script taking ``ports`` out of the shared layout again (a map element by its key)."""
+    return "".join(f"delete element {family} vmshared {name} {{ {', '.join(item.split(' : ')[0] for item in items)} }}\n"
+                   for family, name, _declared, items in _port_elements(ports, ids))
 
 
 def _applies(host: Host, call: Callable[[], object]) -> float:
     """The nft time of one engine call (its script's transaction)."""
-    taken: List[float] = []
+    parts: Dict[str, List[float]] = {"nft wall": [], "nft CPU": []}
     apply = host.nft.apply
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return apply(*args, **kwargs)
-        finally:
-            taken.append(time.perf_counter() - start)
-    host.nft.apply = timed
+    host.nft.apply = _timing(parts, "nft", apply)
     try:
         call()
     finally:
         host.nft.apply = apply
-    return sum(taken)
+    return sum(parts["nft wall"])
 
 
 def _base_rules(script: str, table: str) -> Dict[Tuple[str, str], List[str]]:
@@ -209,7 +198,7 @@ def _base_rules(script: str, table: str) -> Dict[Tuple[str, str], List[str]]:
 BASE_CHAINS = {"bridge": ("prerouting", "forward", "postrouting"), "inet": ("forward", "input")}
 
 
-def _switch(nft: Callable[[str], float], on: Dict[Tuple[str, str], List[str]], table_on: str,
+def _switch(nft: Callable[[str], object], on: Dict[Tuple[str, str], List[str]], table_on: str,
             off: Dict[Tuple[str, str], List[str]], table_off: str) -> None:
     """One layout's base chains filled, the other's emptied (their policy is accept), in one transaction."""
     nft("".join(f"flush chain {family} {table_off} {chain}\n" for family, chain in off) +
@@ -224,7 +213,10 @@ def measure(count: int, runs: int, rounds: int, ids: str) -> Dict[str, Dict[str,
         mine = [(vm.port, vm.mac, vm.ip), (peer.port, peer.mac, peer.ip)]
         ports = mine + _ports(count - 2)
         probes = standard_probes(vm, peer)
-        nft = _nft(lab.host)
+        engine_nft = Nft(netns=lab.host)
+
+        def nft(script: str) -> float:
+            return _timed(lambda: engine_nft.apply(script))
 
         numbered = [(p, mac, ip, pid) for pid, (p, mac, ip) in enumerate(ports, start=1)]
         shared = {"load": nft(shared_base(ids) + shared_ports(numbered, ids))}
@@ -232,14 +224,7 @@ def measure(count: int, runs: int, rounds: int, ids: str) -> Dict[str, Dict[str,
         one = []
         for _run in range(runs):
             one.append(nft(shared_ports(new, ids)))
-            nft("".join(f'delete element bridge vmshared {name} {{ "xnew" }}\n'
-                        for name, items in _id_elements(ids, new).items() if items) +
-                'delete element bridge vmshared vm_ports { "xnew" }\n'
-                'delete element bridge vmshared macs { "xnew" . 52:54:00:99:00:01 }\n'
-                'delete element bridge vmshared ips { "xnew" . 10.99.0.1 }\n'
-                'delete element bridge vmshared rarp { "xnew" . 0x525400990001 . 0x525400990001 }\n'
-                f'delete element inet vmshared l3_from {{ 0x{count + 1:x} }}\n'
-                f'delete element inet vmshared l3_to {{ 0x{(count + 1) << 14:x} }}\n')
+            nft(_without(new, ids))
         shared.update(one=statistics.median(one), verdicts=run_probes(lab, probes), rtt=[])
         base_rules = _base_rules(shared_base(ids), SHARED)
         nft("".join(f"flush chain {family} {SHARED} {chain}\n" for family, chain in base_rules))

@@ -106,3 +106,11 @@ def standard_probes(vm: Guest, peer: Guest, vm_name: str = "vm", peer_name: str 
     incoming = {"incoming ipv4", "incoming ipv6"}
     return [Probe(name, peer_name if name in incoming else vm_name, vm_name if name in incoming else peer_name,
                   tagged(frame)) for name, frame in frames.items()]
+
+
+def incoming_tcp(vm: Guest, peer: Guest, ports: Sequence[int], vm_name: str = "vm",
+                 peer_name: str = "peer") -> List[Probe]:
+    """TCP SYNs from the peer to the VM, one per port: "incoming tcp <port>"."""
+    return [Probe(f"incoming tcp {port}", peer_name, vm_name,
+                  tagged(Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
+                         / TCP(sport=40000, dport=port, flags="S"))) for port in ports]

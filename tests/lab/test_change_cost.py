@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-from scapy.all import IP, TCP, Ether  # pylint: disable=no-name-in-module
 
 from engine import host as host_module
 from engine import nft_layout
@@ -16,7 +15,7 @@ from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
 from engine.xml_form import filter_from_xml
-from lab.probes import Probe, run_probes, standard_probes, tagged
+from lab.probes import incoming_tcp, run_probes, standard_probes
 
 
 def _clean(vm, portdev=None):
@@ -139,10 +138,7 @@ WEB = """<filter name='web'><filterref filter='clean-traffic'/>
 
 
 def _tcp_in(lab):
-    vm, peer = lab.guests["vm"], lab.guests["peer"]
-    frames = {port: Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
-              / TCP(sport=40000 + port, dport=port, flags="S") for port in (22, 23)}
-    return run_probes(lab, [Probe(f"tcp {port}", "peer", "vm", tagged(frame)) for port, frame in frames.items()])
+    return run_probes(lab, incoming_tcp(lab.guests["vm"], lab.guests["peer"], (22, 23)))
 
 
 def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tmp_path, monkeypatch):
@@ -161,7 +157,7 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
     root = tmp_path / "store"
     (root / "version").write_text("2\n")
     assert "meta mark & 0x00000fff vmap @fi" in lab.nft_list() and "0x00001000 : jump" in lab.nft_list()
-    assert _tcp_in(lab) == {"tcp 22": True, "tcp 23": False} and not _spoofed_passes(lab)
+    assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
     predicted = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")), check=True)
     assert predicted.repaired == ["the store would be converted from format 2 to 3: every port's rules would be "
@@ -171,7 +167,7 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
     listing = lab.nft_list()
     assert "meta mark & 0x00003fff vmap @fi" in listing and "meta mark & 0x0fffc000 vmap @fo" in listing
     assert "0x00004000 : jump" in listing and "0x00001000 : jump" not in listing
-    assert _tcp_in(lab) == {"tcp 22": True, "tcp 23": False} and not _spoofed_passes(lab)
+    assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     assert not fresh.converge().changed and all(report["in_force"] for report in fresh.report().values())
 
 

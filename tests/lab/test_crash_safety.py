@@ -45,6 +45,19 @@ def _die_at(point, renames):
         store_module.os.replace = replace_then_die
 
 
+def _run_child(target, args, point, rng, longest):
+    """``target(*args)`` in a forked child, killed after up to ``longest``
+    seconds when ``point`` is "anytime" (else it kills itself there): its exit code."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    if point == "anytime":
+        time.sleep(rng.uniform(0, longest))
+        os.kill(child.pid, signal.SIGKILL)
+    child.join(60)
+    assert child.exitcode in (0, -signal.SIGKILL)
+    return child.exitcode
+
+
 def _child(root, netns, number, point, renames):
     random.seed(number)
     _die_at(point, renames)
@@ -78,20 +91,13 @@ def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
     host = Host(root, netns=lab.host)
     host.set_bindings(_generation(0))
     seen, kills, points = [0], 0, ["journal written", "kernel committed", "renaming", "anytime"]
-    context = multiprocessing.get_context("fork")
     rng = random.Random(9)
     number = 0
     while kills < KILLS and number < 3 * KILLS:
         number += 1
         point = points[number % len(points)]
-        child = context.Process(target=_child, args=(root, lab.host, number, point, rng.randint(1, PORTS + 10)))
-        child.start()
-        if point == "anytime":
-            time.sleep(rng.uniform(0, 0.25))
-            os.kill(child.pid, signal.SIGKILL)
-        child.join(60)
-        assert child.exitcode in (0, -signal.SIGKILL)
-        kills += child.exitcode == -signal.SIGKILL
+        exitcode = _run_child(_child, (root, lab.host, number, point, rng.randint(1, PORTS + 10)), point, rng, 0.25)
+        kills += exitcode == -signal.SIGKILL
         seen.append(number)
         # every other time the next child finds the mess (and may itself be killed recovering)
         if number % 2 == 0:
@@ -105,8 +111,7 @@ def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
 
 
 def _removal_child(root, netns, point, keep):
-    if point == "kernel committed":
-        store_module.Store.finish = lambda self, plan: os.kill(os.getpid(), signal.SIGKILL)
+    _die_at(point, 0)
     Host(root, netns=netns).set_bindings(keep, exclusive=True)
     os._exit(0)  # pylint: disable=protected-access
 
@@ -120,22 +125,15 @@ def test_kill_during_a_removal_over_netlink(lab, tmp_path):
     every = _generation(0) + [Binding(f"m{i}", f"52:54:00:21:00:{i:02x}", FilterRef("clean-traffic", {"IP": (f"10.21.0.{i}",)}))
                               for i in range(1, 101)]
     keep = every[:5]
-    context = multiprocessing.get_context("fork")
     rng = random.Random(5)
     outcomes = set()
     for number in range(10):
         host.set_bindings(every, exclusive=True)
         point = ("kernel committed", "anytime")[number % 2]
-        child = context.Process(target=_removal_child, args=(root, lab.host, point, keep))
-        child.start()
-        if point == "anytime":
-            time.sleep(rng.uniform(0, 0.1))
-            os.kill(child.pid, signal.SIGKILL)
-        child.join(60)
-        assert child.exitcode in (0, -signal.SIGKILL)
+        exitcode = _run_child(_removal_child, (root, lab.host, point, keep), point, rng, 0.1)
         host.converge()
         state = host._load()  # pylint: disable=protected-access
         assert host.store.journal() is None and len(state.bindings) in (len(every), len(keep))
         assert not compare({p: state.installed.get(p) for p in state.bindings}, host.nft.kernel()).problems
-        outcomes.add((child.exitcode, len(state.bindings)))
+        outcomes.add((exitcode, len(state.bindings)))
     assert (-signal.SIGKILL, len(every)) in outcomes

@@ -3,7 +3,7 @@ parameters, bound in two labs (ours through nftables, libvirt's real
 nwfilter driver through ebtables/iptables), judged by the same real frames."""
 
 import pytest
-from scapy.all import IP, TCP, Ether  # pylint: disable=no-name-in-module
+from scapy.all import IP, Ether  # pylint: disable=no-name-in-module
 
 from engine.builtin_filters import LIBVIRT_FILTERS
 from engine.host import Host
@@ -12,7 +12,7 @@ from engine.resolver import missing_variables
 from engine.xml_form import filter_from_xml
 from lab.libvirt_oracle import Oracle
 from lab.netns import PEER, VM, Lab
-from lab.probes import Probe, run_probes, standard_probes, tagged
+from lab.probes import Probe, incoming_tcp, run_probes, standard_probes, tagged
 
 pytestmark = pytest.mark.oracle
 
@@ -72,10 +72,9 @@ FOLD_PARTS = {
 
 def _probes(lab):
     vm, peer = lab.guests["vm"], lab.guests["peer"]
-    extra = {f"incoming tcp {port}": Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip)
-             / TCP(sport=40000, dport=port, flags="S") for port in (22, 23)}
-    extra["incoming icmp"] = Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip) / IP(proto=1)
-    return standard_probes(vm, peer) + [Probe(name, "peer", "vm", tagged(frame)) for name, frame in extra.items()]
+    icmp = Ether(src=peer.mac, dst=vm.mac) / IP(src=peer.ip, dst=vm.ip) / IP(proto=1)
+    return standard_probes(vm, peer) + incoming_tcp(vm, peer, (22, 23)) + [Probe("incoming icmp", "peer", "vm",
+                                                                                 tagged(icmp))]
 
 
 @pytest.fixture(scope="module")
@@ -102,20 +101,26 @@ def _params(name):
     return params
 
 
-@pytest.mark.parametrize("name", sorted(LIBVIRT_FILTERS) + sorted(CUSTOM))
-def test_same_verdicts_as_libvirt(labs, name):
+def _verdicts(labs, name, params, wanted=None):
+    """The VM's port bound to filter ``name`` in both labs: the verdicts of
+    the probes (those named in ``wanted``, or all), ours and libvirt's."""
     ours, theirs, host, oracle = labs
-    params = _params(name)
     port = ours.guests["vm"].port
     host.bind(Binding(port, VM[0], FilterRef(name, params)))
     oracle.bind(port, VM[0], name, params)
     try:
-        probes = _probes(ours)
+        probes = [p for p in _probes(ours) if wanted is None or p.name in wanted]
         mine = run_probes(ours, probes, wait=0.2)
         libvirt = run_probes(theirs, [Probe(p.name, p.sender, p.observer, p.frame) for p in probes], wait=0.2)
     finally:
         oracle.unbind(port)
         host.unbind(port)
+    return mine, libvirt
+
+
+@pytest.mark.parametrize("name", sorted(LIBVIRT_FILTERS) + sorted(CUSTOM))
+def test_same_verdicts_as_libvirt(labs, name):
+    mine, libvirt = _verdicts(labs, name, _params(name))
     differing = {probe: ("vmguard passes" if mine[probe] else "vmguard drops") for probe in mine
                  if mine[probe] != libvirt[probe]}
     assert not differing
@@ -126,18 +131,7 @@ def test_a_list_in_a_match_is_one_rule_per_value_as_in_libvirt(labs, name, vm_ip
     """$IP with two values, the VM's own second: a negated match drops unless
     the source equals every value (so the VM's own packets are dropped too),
     a plain one passes it if it equals any."""
-    ours, theirs, host, oracle = labs
-    params = {"IP": ("192.0.2.98", VM[1])}
-    port = ours.guests["vm"].port
-    host.bind(Binding(port, VM[0], FilterRef(name, params)))
-    oracle.bind(port, VM[0], name, params)
-    try:
-        probes = [p for p in _probes(ours) if p.name in ("ipv4 udp", "spoofed ipv4")]
-        mine = run_probes(ours, probes, wait=0.2)
-        libvirt = run_probes(theirs, [Probe(p.name, p.sender, p.observer, p.frame) for p in probes], wait=0.2)
-    finally:
-        oracle.unbind(port)
-        host.unbind(port)
+    mine, libvirt = _verdicts(labs, name, {"IP": ("192.0.2.98", VM[1])}, ("ipv4 udp", "spoofed ipv4"))
     assert mine == libvirt == {"ipv4 udp": vm_ipv4_passes, "spoofed ipv4": False}
 
 

@@ -543,13 +543,11 @@ class Host:
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
         marker = None
         if touched or live is not None:
-            now = self.generation.marker()
-            generation = now[2]
             try:
                 self.store.begin(plan)
                 if new.port_ids:
-                    # the kernel as checked (our last commit is its latest): a removal may go over netlink
-                    checked = generation if self.store.marker() == list(now) else None
+                    # a removal may go over netlink, refused by the kernel if anyone committed since the check
+                    checked = self._checked[2] if self._checked is not None else None
                     self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids,
                                 generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either

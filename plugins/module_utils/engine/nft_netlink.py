@@ -9,6 +9,7 @@ fraction of that)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -147,42 +148,32 @@ class Netlink:
         """Send one nftables request (``message``: NFT_MSG_GET*); the
         ``wanted`` top-level attributes of every reply (of all of them, for a dump)."""
         keep = frozenset(wanted)
-        with self._lock:
-            sock = self._socket()
+        with self._lock, self._closed_on_error():
             self._seq = self._next_seq(1)
-            body = struct.pack("=BBH", FAMILIES.get(family, socket.AF_UNSPEC), 0, 0) + attributes
-            try:
-                return self._replies(sock, _HEADER.pack(_HEADER.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | message,
-                                                        NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), self._seq, 0)
-                                     + body, keep, dump)
-            except BaseException:
-                self.close()  # the rest of a dump left unread would refuse the next one (EBUSY)
-                raise
-
-    def _replies(self, sock: socket.socket, request: bytes, keep: FrozenSet[int], dump: bool) -> List[Attributes]:
-        sock.send(request)
-        replies: List[Attributes] = []
-        while True:
-            data = sock.recv(1 << 20)
-            for offset, length, kind, seq in _messages(data):
-                if seq == self._seq:
-                    if kind == NLMSG_DONE:
-                        return replies
-                    if kind == NLMSG_ERROR:
-                        error = _error(data, offset)
-                        if error:
-                            raise OSError(error, f"nftables netlink: {os.strerror(error)}")
-                        return replies
-                    replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
-                    if not dump:
-                        return replies
+            sock = self._socket()
+            sock.send(self._message(NFNL_SUBSYS_NFTABLES << 8 | message, NLM_F_REQUEST | (NLM_F_DUMP if dump else 0),
+                                    self._seq, FAMILIES.get(family, socket.AF_UNSPEC), 0, attributes))
+            replies: List[Attributes] = []
+            while True:
+                data = sock.recv(1 << 20)
+                for offset, length, kind, seq in _messages(data):
+                    if seq == self._seq:
+                        if kind == NLMSG_DONE:
+                            return replies
+                        if kind == NLMSG_ERROR:
+                            error = _error(data, offset)
+                            if error:
+                                raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+                            return replies
+                        replies.append(_attributes(data, offset + _HEADER.size + 4, offset + length, keep))
+                        if not dump:
+                            return replies
 
     def batch(self, messages: Sequence[Tuple[int, str, bytes]], generation: Optional[int] = None) -> None:
         """Send ``messages`` (NFT_MSG_* type, family, attributes) as one
         transaction: all of it is committed or none. With ``generation``, the
         kernel refuses it if any other transaction came after that one."""
-        with self._lock:
-            sock = self._socket()
+        with self._lock, self._closed_on_error():
             first = self._next_seq(len(messages) + 2)
             last = first + len(messages) + 1
             begin = attribute(NFNL_BATCH_GENID, struct.pack(">I", generation)) if generation is not None else b""
@@ -199,26 +190,30 @@ class Netlink:
             parts.append(self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, socket.AF_UNSPEC,
                                        NFNL_SUBSYS_NFTABLES, b""))
             self._seq = last
-            error = 0
             batch = b"".join(parts)
-            try:
-                _fit_send_buffer(sock, len(batch))
-                sock.send(batch)
-                done = not messages
-                while not done:
-                    data = sock.recv(1 << 16)
-                    for offset, _length, kind, seq in _messages(data):
-                        if kind == NLMSG_ERROR and first <= seq < last:  # first: a stale generation
-                            error = error or _error(data, offset)
-                            done = done or seq == last - 1
-                    if error:  # the kernel aborted the batch at its first error
-                        break
-            except BaseException:
-                self.close()  # a reply still on its way must not meet the next request
-                raise
-            if error:
-                self.close()
-                raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+            sock = self._socket()
+            _fit_send_buffer(sock, len(batch))
+            sock.send(batch)
+            error, done = 0, not messages
+            while not done:
+                data = sock.recv(1 << 16)
+                for offset, _length, kind, seq in _messages(data):
+                    if kind == NLMSG_ERROR and first <= seq < last:  # first: a stale generation
+                        error = error or _error(data, offset)
+                        done = done or seq == last - 1
+                if error:  # the kernel aborted the batch at its first error
+                    raise OSError(error, f"nftables netlink: {os.strerror(error)}")
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """A request or batch that fails closes the socket: a reply still on its
+        way must not meet the next request, and the unread rest of a dump would
+        make the next dump fail (EBUSY)."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def _next_seq(self, count: int) -> int:
         """The first of ``count`` new sequence numbers: 32 bits in a message,
