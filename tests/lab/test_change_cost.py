@@ -120,8 +120,8 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     fresh = Host(str(root), netns=lab.host)  # as the next module run
     assert fresh.report()[vm.port]["in_force"] and (root / "ports.json").exists()  # read as it is
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
-    assert result.rebuilt == ["vnet9"] and result.repaired == [CONVERTED.format(version=1)]
-    assert (root / "version").read_text() == "3\n" and not (root / "ports.json").exists()
+    assert result.rebuilt == ["vnet9"] and result.repaired == [CONVERTED.format(version=1, reasons=f"{WIDER}; {READ_BACK}")]
+    assert (root / "version").read_text() == "4\n" and not (root / "ports.json").exists()
     index = json.loads((root / "index.json").read_text())
     assert {port: entry[0] for port, entry in index.items() if port in records} == \
         {port: record["id"] for port, record in records.items()}
@@ -130,8 +130,10 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert all(report["in_force"] for report in fresh.report().values())
 
 
-CONVERTED = ("the store was converted from format {version} to 3: every port's rules are reinstalled "
-             "(port ids of 14 bits in the packet mark)")
+CONVERTED = ("the store was converted from format {version} to 4: every port's rules are reinstalled "
+             "({reasons})")
+WIDER = "port ids of 14 bits in the packet mark"
+READ_BACK = "what the kernel holds of each chain is read back and recorded"
 WEB = """<filter name='web'><filterref filter='clean-traffic'/>
 <rule action='accept' direction='in'><tcp dstportstart='22'/></rule>
 <rule action='drop' direction='in'><tcp/></rule></filter>"""
@@ -160,10 +162,10 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
     assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
     predicted = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")), check=True)
-    assert predicted.repaired == ["the store would be converted from format 2 to 3: every port's rules would be "
+    assert predicted.repaired == ["the store would be converted from format 2 to 4: every port's rules would be "
                                   "reinstalled"] and (root / "version").read_text() == "2\n"
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
-    assert result.repaired == [CONVERTED.format(version=2)] and (root / "version").read_text() == "3\n"
+    assert result.repaired == [CONVERTED.format(version=2, reasons=f"{WIDER}; {READ_BACK}")] and (root / "version").read_text() == "4\n"
     listing = lab.nft_list()
     assert "meta mark & 0x00003fff vmap @fi" in listing and "meta mark & 0x0fffc000 vmap @fo" in listing
     assert "0x00004000 : jump" in listing and "0x00001000 : jump" not in listing

@@ -2,7 +2,9 @@
 the next Host call puts them back (one transaction, reported as changed),
 and never touches tables that are not ours."""
 
+import json
 import os
+import re
 
 import pytest
 
@@ -16,6 +18,7 @@ from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
 from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
+from test_repair import _handle
 
 FOREIGN = """table inet theirs {
 \tchain input {
@@ -30,12 +33,16 @@ DAMAGE = {
     "delete bridge table": "delete table bridge vmguard",
     "delete inet table": "delete table inet vmguard",
     "delete port chain": "flush chain bridge vmguard p/vnet0/o/ipv4-ip\n"
-                         "delete rule bridge vmguard p/vnet0/o handle {jump}\n"
+                         "delete rule bridge vmguard p/vnet0/o handle {p/vnet0/o:p/vnet0/o/ipv4-ip}\n"
                          "delete chain bridge vmguard p/vnet0/o/ipv4-ip",
     "flush port chain": "flush chain bridge vmguard p/vnet0/o",
     "delete map element": 'delete element bridge vmguard from_vm { "vnet0" }',
     "rule put into port chain": "insert rule bridge vmguard p/vnet0/o accept",
+    # the chains keep their rule counts and the rules their handles: only their content tells
+    "rule replaced in port chain": "replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {p/vnet0/o/ipv4-ip:drop} accept",
+    "rule replaced in base chain": "replace rule bridge vmguard prerouting handle {prerouting:@from_vm} accept",
 }
+UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain")
 
 
 def _bind(lab, host, ip=None):
@@ -61,11 +68,10 @@ def _nft(lab, *args):
     return run(["ip", "netns", "exec", lab.host, "nft", *args]).stdout
 
 
-def _jump_handle(lab):
-    """The handle of the rule of p/vnet0/o that jumps to its ipv4-ip chain."""
-    listing = _nft(lab, "-a", "list", "chain", "bridge", "vmguard", "p/vnet0/o")
-    line = next(line for line in listing.splitlines() if "p/vnet0/o/ipv4-ip" in line)
-    return line.rsplit("handle ", 1)[1].strip()
+def _with_handles(lab, script):
+    """``script`` with each ``{chain:text}`` replaced by the handle of the
+    rule of that bridge chain of ours that contains the text."""
+    return re.sub(r"\{([^{}:]+):([^{}]+)\}", lambda found: _handle(lab, found.group(1), found.group(2)), script)
 
 
 @pytest.mark.parametrize("dumps", ["per table", "per chain"])
@@ -77,8 +83,8 @@ def test_the_next_call_repairs_what_was_damaged(lab, host, damage, dumps, monkey
     assert _bind(lab, host).changed
     assert not _spoofed_passes(lab)
     whole = _tables(lab)
-    lab.nft(DAMAGE[damage].replace("{jump}", _jump_handle(lab)) if "{jump}" in DAMAGE[damage] else DAMAGE[damage])
-    if damage in ("flush ruleset", "rule put into port chain"):
+    lab.nft(_with_handles(lab, DAMAGE[damage]))
+    if damage in UNFILTERING:
         assert _spoofed_passes(lab)
     if damage == "flush ruleset":
         lab.nft(FOREIGN)
@@ -99,6 +105,19 @@ def test_nothing_damaged_means_no_change_and_no_listing(lab, host, monkeypatch):
     monkeypatch.setattr(host.nft, "kernel", lambda: pytest.fail("listed the ruleset"))
     assert not host.converge().changed and not _bind(lab, host).changed
     assert "table inet theirs" in lab.nft_list()
+
+
+def test_counters_that_count_are_no_damage(lab, host):
+    """A rule without matches or verdict is an nft counter: its figures change
+    with every frame, what the rule says does not."""
+    vm = lab.guests["vm"]
+    host.define_filter(filter_from_xml("<filter name='counted'><filterref filter='clean-traffic'/>"
+                                       "<rule action='continue' direction='inout'/></filter>"))
+    host.bind(Binding(vm.port, vm.mac, FilterRef("counted", {"IP": (vm.ip,)})))
+    assert not _spoofed_passes(lab)
+    assert re.search(r"counter packets [1-9]", lab.nft_list())
+    lab.nft(FOREIGN)  # someone else's commit: the next call reads our tables
+    assert not host.converge().changed
 
 
 def test_a_commit_while_our_tables_are_read_is_checked_by_the_next_call(lab, host, monkeypatch):
@@ -174,7 +193,7 @@ def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
     assert kernel.port_ids() == dict(ids, vnet2=3)
     state = host._load()  # pylint: disable=protected-access
     assert state.port_ids == kernel.port_ids()
-    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel).problems
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.base_contents()).problems
 
 
 def test_restore_restores_what_it_can_read(lab, host):
@@ -222,3 +241,25 @@ def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
     monkeypatch.undo()
     assert len(applied) == 2 and "p/vnet0/o" in applied[0]  # the kernel had taken it
     assert "vmguard" not in lab.nft_list() and host.bindings() == {} and host.store.journal() is None
+
+
+def test_a_version_3_store_is_reinstalled_and_its_rules_read_back(lab, host, tmp_path):
+    """The previous release recorded no content: its store is converted on
+    the first call, which reinstalls every port and reads back what the
+    kernel holds, so that a rule replaced in place is found from then on."""
+    _bind(lab, host)
+    root = tmp_path / "store"
+    for path in (root / "ports").iterdir():  # as version 3 wrote its records
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "chains": [chain[:4] for chain in record["chains"]]}))
+    (root / "base.json").unlink()
+    (root / "version").write_text("3\n")
+    fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
+    assert fresh.converge().repaired == ["the store was converted from format 3 to 4: every port's rules are "
+                                         "reinstalled (what the kernel holds of each chain is read back and recorded)"]
+    assert (root / "version").read_text() == "4\n" and not _spoofed_passes(lab)
+    assert all(len(chain) == 5 for chain in json.loads((root / "ports" / "vnet0.json").read_text())["chains"])
+    lab.nft(_with_handles(lab, DAMAGE["rule replaced in port chain"]))
+    assert _spoofed_passes(lab)
+    assert fresh.converge().repaired == ["vnet0: chain bridge p/vnet0/o/ipv4-ip has other rules than we put there"]
+    assert not _spoofed_passes(lab)

@@ -44,6 +44,11 @@ DAMAGES = {
         "delete chain bridge vmguard p/vnet0/o/ipv4-ip"),
     "flush a port chain": lambda lab: "flush chain bridge vmguard p/vnet0/o/ipv4-ip",
     "delete a map element": lambda lab: 'delete element bridge vmguard from_vm { "vnet0" }',
+    # same rule counts, same handles: only the rules' content tells
+    "replace a port rule": lambda lab: (
+        f"replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {_handle(lab, 'p/vnet0/o/ipv4-ip', 'drop')} accept"),
+    "replace a base rule": lambda lab: (
+        f"replace rule bridge vmguard prerouting handle {_handle(lab, 'prerouting', 'vmap @from_vm')} accept"),
 }
 
 

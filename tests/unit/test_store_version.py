@@ -36,11 +36,11 @@ def test_unversioned_store_is_version_1_and_stamped_on_change(unversioned):
     assert not (unversioned / "version").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "3\n"
+    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "4\n"
     assert list(store.bindings()) == ["vnet0"]
 
 
-@pytest.mark.parametrize("text,words", [("4\n", "format version 4 is newer than this copy of vmguard.nwfilter reads (3)"),
+@pytest.mark.parametrize("text,words", [("5\n", "format version 5 is newer than this copy of vmguard.nwfilter reads (4)"),
                                         ("two", "unreadable format version 'two'")])
 def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
     (unversioned / "version").write_text(text)
@@ -81,26 +81,31 @@ def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(un
     assert (unversioned / "version").read_text() == "1\n" and (unversioned / "ports.json").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "3\n" and not (unversioned / "ports.json").exists()
+    assert (unversioned / "version").read_text() == "4\n" and not (unversioned / "ports.json").exists()
     assert store.index()["vnet0"][:5] == [7, 4, True, "clean-traffic", binding_digest(BINDING)]  # from the binding
     # its rules are in the old mark layout: no record, so the next kernel check reinstalls the port
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.converted_from == 1
 
 
-def test_a_version_2_store_forgets_its_records_and_marker_on_the_first_change(unversioned):
-    """Version 3 widened the port ids in the packet mark: every port is reinstalled by the next kernel check."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_version_2_or_3_store_forgets_its_records_and_marker_on_the_first_change(unversioned, version):
+    """Version 3 widened the port ids in the packet mark, version 4 records
+    what the kernel holds of each chain: every port is reinstalled by the
+    next kernel check, our base chains included."""
     store = Store(str(unversioned))
     with store.locked():
         pass
-    (unversioned / "version").write_text("2\n")
+    (unversioned / "version").write_text(f"{version}\n")
     (unversioned / "ports" / "vnet0.json").write_text(json.dumps(RECORD))
     store.set_marker(["boot", 1, 5])
+    store.set_base_contents({"bridge prerouting": "0123456789abcdef"})
     with store.locked(create=False):  # check mode converts nothing
         assert dict(store.records(["vnet0"])) == {"vnet0": RECORD} and store.marker() == ["boot", 1, 5]
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "3\n" and store.converted_from == 2
+    assert (unversioned / "version").read_text() == "4\n" and store.converted_from == version
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.marker() is None
+    assert store.base_contents() is None
 
 
 def test_an_interrupted_version_1_change_is_undone_before_converting(unversioned):

@@ -19,14 +19,14 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import NO_RECORD, Findings, Kernel, compare
+from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Chain, Findings, Kernel, base_contents, compare
 from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
 from .nft_generation import Generation, Marker
 from .nft_run import Nft
 from .lazy_map import LazyMap
 from .overlaps import binding_addresses
-from .store import DEFAULT_ROOT, STORE_VERSION, Store, binding_digest, index_entry
+from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
 if TYPE_CHECKING:
@@ -315,7 +315,7 @@ class Host:
         return {portdev: state.addresses(portdev) for portdev in state.bindings}
 
     def _apply(self, programs: List["PortProgram"], remove: List[str], before: Mapping[str, PortLive],
-               base: bool, generation: Optional[int] = None) -> None:
+               base: bool, generation: Optional[int] = None) -> bool:
         """One transaction. Our base chains are rewritten only when our tables
         are missing (rewriting them makes the kernel re-validate every port):
         a script without them fails then, and the retry puts them back. Not
@@ -326,19 +326,21 @@ class Host:
         A change that only removes ports goes over netlink (``nft_delete``),
         bound to ``generation``: the kernel refuses it if anyone committed
         since the kernel was checked; then nft's script, which copes with
-        anything, does it."""
+        anything, does it. Returns whether our base chains were rewritten."""
         if not programs and not base and generation is not None:
             try:
                 remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
-                return
+                return False
             except OSError:
                 pass
         try:
             self.nft.apply(_compiler().transaction(programs, remove, before, base=base))
+            return base
         except NwfilterError:
             if base:
                 raise
             self.nft.apply(_compiler().transaction(programs, remove, before, base=True))
+            return True
 
     def _check_kernel(self, state: _State, interrupted: Optional[List[str]]) -> Optional[Tuple[Findings, Kernel]]:
         """None when the kernel's ruleset generation is the one after our last
@@ -352,7 +354,7 @@ class Host:
         if interrupted is None and not unrecorded and self.store.marker() == list(self._checked):
             return None
         kernel = self.nft.kernel()
-        return compare({p: state.installed.get(p) for p in state.bindings}, kernel), kernel
+        return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.base_contents()), kernel
 
     def _not_in_force(self, state: _State) -> Dict[str, Optional[str]]:
         """Per binding, None when the kernel holds its rules as stored, else
@@ -494,9 +496,10 @@ class Host:
         notes += found.problems
         if converted is not None and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
-            notes = [note for note in notes if not note.endswith(f": {NO_RECORD}")]
+            notes = [note for note in notes if not note.endswith((f": {NO_RECORD}", NOT_READ_BACK))]
+            reasons = "; ".join(reason for version, reason in sorted(REINSTALLED_FOR.items()) if version > converted)
             notes.append(f"the store was converted from format {converted} to {STORE_VERSION}: every port's "
-                         "rules are reinstalled (port ids of 14 bits in the packet mark)")
+                         f"rules are reinstalled ({reasons})")
         damaged = found.damaged | (set(interrupted or ()) & set(state.bindings))
         if check:
             return state, notes
@@ -541,15 +544,15 @@ class Host:
         for program in programs:
             new.installing(program)
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
-        marker = None
+        marker, base, contents = None, False, None
         if touched or live is not None:
             try:
                 self.store.begin(plan)
                 if new.port_ids:
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
-                    self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids,
-                                generation=checked)
+                    base = self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids,
+                                       generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
             except OSError as exc:
@@ -559,9 +562,18 @@ class Host:
                 self.store.end()
                 raise
             try:
+                contents = self._read_back(new, programs, base)
                 marker = self.generation.marker()
-            except NwfilterError:
+            except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
+        # our commit is the only one since the kernel was seen to hold the store's state: the
+        # marker names the state we are storing, and what we read back is what we installed
+        # (else the next call compares our tables again, and reinstalls what it could not read back)
+        checked = self._checked
+        vouched = marker is not None and checked is not None and marker[:2] == checked[:2] and \
+            marker[2] == checked[2] + 1
+        if vouched and contents is not None:
+            plan = self.store.with_records(plan, self._read_records(new, programs, contents))
         try:
             self.store.finish(plan)
         except OSError as exc:
@@ -573,14 +585,29 @@ class Host:
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
-        if marker is not None:
-            # our commit is the only one since the kernel was seen to hold the store's state: the
-            # marker names the state we just stored (else the next call compares our tables again)
-            checked = self._checked
-            vouched = checked is not None and marker[:2] == checked[:2] and marker[2] == checked[2] + 1
+        if base or not new.port_ids:
+            self.store.set_base_contents(base_contents(contents) if vouched and contents is not None else None)
+        if touched or live is not None:
             self._checked = marker if vouched else None
             self.store.set_marker(self._checked)
         return [p.portdev for p in programs if p.learning]
+
+    def _read_back(self, new: _State, programs: List["PortProgram"], base: bool) -> Dict[Chain, str]:
+        """What the kernel holds, right after our commit, in the chains it wrote."""
+        chains = [(family, name) for program in programs for family, name, _rules in program.chains]
+        if base:
+            chains += list(BASE_CHAINS)
+        return self.nft.contents(chains, sum(entry[0] for entry in new.summary.values()))
+
+    @staticmethod
+    def _read_records(new: _State, programs: List["PortProgram"], contents: Mapping[Chain, str]) -> Dict[str, dict]:
+        """The programs' port records with each chain's content as read back."""
+        records = {}
+        for program in programs:
+            record = dict(new.installed[program.portdev])
+            record["chains"] = [chain[:4] + [contents[(chain[0], chain[1])]] for chain in record["chains"]]
+            new.installed[program.portdev] = records[program.portdev] = record
+        return records
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()

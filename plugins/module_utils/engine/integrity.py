@@ -1,12 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Does the kernel hold what the store says we installed? One JSON listing
-of our two tables, compared with the store's port records: our tables, maps
-and base chains (with their rule counts), every port's chains (present, and
-with as many rules as we put there) and its verdict-map elements (present,
-leading to the port's own chain). Ports of ours the store does not know
-are stale. Pure logic: the listing is read by ``Nft``."""
+"""Does the kernel hold what the store says we installed? What our two
+tables hold, compared with the store's port records: our tables, maps and
+base chains, every port's chains and its verdict-map elements (present,
+leading to the port's own chain). A chain holds what we put there when its
+rules' content (``rule_content``) is the one read back after our commit.
+Ports of ours the store does not know are stale. Pure logic: the kernel is
+read by ``Nft``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .nft_layout import BASE, TABLE, PortLive, map_target, portdev_of
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
+NOT_READ_BACK = "was not read back after it was installed"
 Element = Tuple[str, str, str]  # (family, map, key as nft syntax)
 
 
@@ -39,6 +41,11 @@ def _base_layout() -> Tuple[Set[str], Set[Tuple[str, str]], Dict[Chain, int]]:
 BASE_TABLES, BASE_MAPS, BASE_CHAINS = _base_layout()
 
 
+def base_contents(contents: Mapping[Chain, str]) -> Dict[str, str]:
+    """Our base chains' content, as the store keeps it (keyed "family name")."""
+    return {f"{family} {name}": contents[(family, name)] for family, name in BASE_CHAINS if (family, name) in contents}
+
+
 @dataclass
 class Kernel:
     """What our tables hold now."""
@@ -47,6 +54,7 @@ class Kernel:
     maps: Set[Tuple[str, str]] = field(default_factory=set)
     hooked: Set[Chain] = field(default_factory=set)  # base chains with a hook
     rules: Dict[Chain, int] = field(default_factory=dict)  # every chain's rule count
+    contents: Dict[Chain, str] = field(default_factory=dict)  # every chain's rule_content.chain_digest
     elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
     sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
 
@@ -92,9 +100,10 @@ class Findings:
         return bool(self.problems)
 
 
-def compare(records: Mapping[str, Optional[dict]], kernel: Kernel) -> Findings:
+def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optional[Mapping[str, str]]) -> Findings:
     """``records``: per bound port, what the store says it installed (None:
-    no record, so it has to be (re)installed)."""
+    no record, so it has to be (re)installed); ``base``: our base chains'
+    content read back when they were installed (``base_contents``)."""
     found = Findings()
     for family in sorted(BASE_TABLES - kernel.tables) if records else ():  # no binding, no tables
         found.problems.append(f"table {family} {TABLE} is missing")
@@ -104,6 +113,10 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel) -> Findings:
         for chain, count in sorted(BASE_CHAINS.items()):
             if chain not in kernel.hooked or kernel.rules.get(chain) != count:
                 found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} is missing or altered")
+            elif base is None or base.get(" ".join(chain)) != kernel.contents.get(chain):
+                found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
+                                      if base else f"what base chain {chain[0]} {TABLE} {chain[1]} holds "
+                                      f"{NOT_READ_BACK}")
     found.base = bool(found.problems)
     live = kernel.live()
     for portdev in sorted(records):
@@ -126,6 +139,10 @@ def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: Por
             return f"chain {family} {name} is missing"
         if len(chain) > 3 and kernel.rules[(family, name)] != chain[3]:
             return f"chain {family} {name} has {kernel.rules[(family, name)]} rules, not {chain[3]}"
+        if len(chain) < 5:
+            return f"what chain {family} {name} holds {NOT_READ_BACK}"
+        if kernel.contents.get((family, name)) != chain[4]:
+            return f"chain {family} {name} has other rules than we put there"
     for family, vmap, key in record["elements"]:
         target = kernel.elements.get((family, vmap, key))
         if target is None:

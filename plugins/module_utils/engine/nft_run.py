@@ -7,21 +7,24 @@ reading back what of ours is in force."""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Collection, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
-from .integrity import BASE_MAPS, Kernel
+from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import LibNftables, library
 from .nft_layout import TABLE, PortLive
 from .nft_netlink import Netlink, attribute, cstring, text
+from .rule_content import chain_digest
 
 FAMILIES = ("bridge", "inet")
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
 NFTA_TABLE_NAME = 1
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
-PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._count_rules)
+PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
+# chains read back after a commit, and rules in our tables, for one dump per table (Nft.contents)
+TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
 
 
 class Nft:
@@ -81,8 +84,9 @@ class Nft:
             return None
 
     def kernel(self) -> Kernel:
-        """What our tables hold now: their chains and rule counts from netlink
-        dumps (listing a table makes nft decode every rule), their maps from nft."""
+        """What our tables hold now: their chains, rule counts and rules'
+        content from netlink dumps (listing a table makes nft decode every
+        rule), their maps from nft."""
         kernel = Kernel()
         for family in FAMILIES:
             tables = self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)
@@ -96,7 +100,7 @@ class Nft:
                     kernel.rules[name] = 0
                     if NFTA_CHAIN_HOOK in chain:
                         kernel.hooked.add(name)
-            self._count_rules(kernel, family)
+            self._read_rules(kernel, family)
             for found in self.netlink.request(NFT_MSG_GETSET, [NFTA_SET_TABLE, NFTA_SET_NAME], family, dump=True):
                 if text(found[NFTA_SET_TABLE]) == TABLE:
                     kernel.sets.add((family, text(found[NFTA_SET_NAME])))
@@ -110,22 +114,45 @@ class Nft:
                         kernel.add_map(item["map"])
         return kernel
 
-    def _count_rules(self, kernel: Kernel, family: str) -> None:
-        """Each listed chain's rules. A dump of the whole table resumes each
-        32 KB reply by skipping every rule sent before, so it costs about the
-        square of the table's rules; a dump per chain costs about 25 µs a
+    def _read_rules(self, kernel: Kernel, family: str) -> None:
+        """Each listed chain's rule count and content (``rule_content``)."""
+        chains = [name for name in kernel.rules if name[0] == family]
+        for name, rules in self._rules(family, chains, len(chains) < PER_CHAIN_DUMPS_FROM).items():
+            kernel.rules[name] = len(rules)
+            kernel.contents[name] = chain_digest(rules)
+
+    def contents(self, chains: Collection[Chain], rules_of_ours: int) -> Dict[Chain, str]:
+        """The content of these chains of ours (what ``kernel`` reads of them),
+        right after our commit: one dump per chain, or one of each table
+        when they are many and our tables (``rules_of_ours``, about) not huge."""
+        found: Dict[Chain, str] = {}
+        for family in FAMILIES:
+            wanted = [chain for chain in chains if chain[0] == family]
+            if wanted:
+                whole = len(wanted) >= TABLE_DUMP_FROM and rules_of_ours <= TABLE_DUMP_RULES
+                rules = self._rules(family, wanted, whole)
+                found.update((name, chain_digest(rules.get(name, []))) for name in wanted)
+        return found
+
+    def _rules(self, family: str, chains: Sequence[Chain], whole: bool) -> Dict[Chain, List[bytes]]:
+        """Per chain, its rules' expressions: from one dump of the table
+        (``whole``) or one dump per chain. A dump of the whole table resumes
+        each 32 KB reply by skipping every rule sent before, so it costs about
+        the square of the table's rules; a dump per chain costs about 25 µs a
         chain. At 10,000 ports: 11.8 s against 2.3 s; at 1,000 the table's
         dump is the cheaper, 0.10 s against 0.18 s."""
-        chains = [name for name in kernel.rules if name[0] == family]
         table = attribute(NFTA_RULE_TABLE, cstring(TABLE))
-        if len(chains) < PER_CHAIN_DUMPS_FROM:
-            for rule in self.netlink.request(NFT_MSG_GETRULE, [NFTA_RULE_CHAIN], family, table, dump=True):
-                name = (family, text(rule[NFTA_RULE_CHAIN]))
-                kernel.rules[name] = kernel.rules.get(name, 0) + 1
-            return
+        found: Dict[Chain, List[bytes]] = {name: [] for name in chains}
+        if whole:
+            for rule in self.netlink.request(NFT_MSG_GETRULE, [NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS], family, table,
+                                             dump=True):
+                found.setdefault((family, text(rule[NFTA_RULE_CHAIN])), []).append(rule.get(NFTA_RULE_EXPRESSIONS, b""))
+            return found
         for name in chains:
-            kernel.rules[name] = len(self.netlink.request(NFT_MSG_GETRULE, [], family,
-                                                          table + attribute(NFTA_RULE_CHAIN, cstring(name[1])), dump=True))
+            found[name] = [rule.get(NFTA_RULE_EXPRESSIONS, b"") for rule in self.netlink.request(
+                NFT_MSG_GETRULE, [NFTA_RULE_EXPRESSIONS], family, table + attribute(NFTA_RULE_CHAIN, cstring(name[1])),
+                dump=True)]
+        return found
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""

@@ -44,7 +44,13 @@ DEFAULT_ROOT = "/etc/vmguard"
 # (nft_layout): the files are the same, but every port's rules in the kernel
 # use the old layout, so converting forgets the port records, and the next
 # kernel check reinstalls every port and our base chains in one transaction.
-STORE_VERSION = 3
+# Version 4 records what the kernel holds of each chain of ours (its rules'
+# content, read back after our commit: integrity, rule_content) in the port
+# records and base.json; converting forgets the records, as for version 3.
+STORE_VERSION = 4
+# why a conversion to each version reinstalls every port (Host._verified says it)
+REINSTALLED_FOR = {3: "port ids of 14 bits in the packet mark",
+                   4: "what the kernel holds of each chain is read back and recorded"}
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -288,11 +294,12 @@ class Store:
         return version
 
     def _forget_records(self) -> None:
-        """Version 3: the kernel holds every port in the old mark layout. With
-        no record and no generation marker, the next kernel check finds every
-        port to reinstall, base chains included (Host._verified), all in one
+        """Versions 3 and 4 (``REINSTALLED_FOR``). With no record and no
+        generation marker, the next kernel check finds every port to
+        reinstall, base chains included (Host._verified), all in one
         transaction; an interrupted conversion forgets them again."""
         self.set_marker(None)
+        self.set_base_contents(None)
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.records_dir):
                 _remove(entry.path)
@@ -300,7 +307,7 @@ class Store:
     def _convert_from_v1(self) -> None:
         """Version 1 kept every port's record in ports.json: the index is built
         from it (reading every binding once for its root filter); the records
-        themselves are forgotten, as in any conversion to version 3. ports.json
+        themselves are forgotten, as in any conversion since version 3. ports.json
         is removed only after the version is stamped, so an interrupted
         conversion is done again. An unreadable ports.json converts to no
         index: the next change's kernel check adopts the ids the kernel holds
@@ -474,6 +481,14 @@ class Store:
             writes.append((self.index_path, _index_text(new[4])))
         return writes, ports
 
+    def with_records(self, plan: Plan, records: Dict[str, dict]) -> Plan:
+        """``plan`` writing these port records instead of those it has: what
+        the kernel holds is read back after it changed, and ``begin``
+        journals no port record."""
+        texts = {os.path.join(self.records_dir, f"{port}.json"): _record_text(record) for port, record in records.items()}
+        writes = [(path, texts.pop(path) if path in texts else text) for path, text in plan[0]]
+        return list(texts.items()) + writes, plan[1]
+
     # The journal makes a change all or nothing across the kernel and the
     # files: before the kernel changes, it records the old text of every
     # file the change writes; it is removed once every file is in place. A
@@ -533,6 +548,28 @@ class Store:
         atomic_write_many([(path, text) for path, text in undo.items() if text is not None])
         for directory in sorted({os.path.dirname(path) for path in undo}):
             fsync_dir(directory)
+
+    @property
+    def _base_path(self) -> str:
+        return os.path.join(self.root, "base.json")
+
+    def base_contents(self) -> Optional[Dict[str, str]]:
+        """Our base chains' content as read back when they were last installed
+        (``integrity.base_contents``); None when not known (a lost or torn file:
+        the next kernel check puts our base chains back and reads them again)."""
+        try:  # not _text_of: rewritten in place, a file's identity may not change
+            with open(self._base_path, encoding="utf-8") as handle:
+                found = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and all(isinstance(v, str) for v in found.values()) else None
+
+    def set_base_contents(self, contents: Optional[Dict[str, str]]) -> None:
+        """Rebuildable, as the port records are."""
+        if contents is None:
+            _remove(self._base_path)
+        else:
+            write_rebuildable([(self._base_path, json.dumps(contents, sort_keys=True) + "\n")])
 
     # The kernel's ruleset generation after our last commit (nft_generation):
     # a hint that spares listing the ruleset, so it is written without fsync.
