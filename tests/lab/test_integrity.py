@@ -263,3 +263,22 @@ def test_a_version_3_store_is_reinstalled_and_its_rules_read_back(lab, host, tmp
     assert _spoofed_passes(lab)
     assert fresh.converge().repaired == ["vnet0: chain bridge p/vnet0/o/ipv4-ip has other rules than we put there"]
     assert not _spoofed_passes(lab)
+
+
+def test_a_change_reads_back_only_the_chains_it_wrote(lab, host, monkeypatch):
+    """A redefine that changes one rule rewrites the port's layer-3 chains
+    only, and reads back only those: the others keep what their records
+    said, which the kernel check still holds them to."""
+    vm = lab.guests["vm"]
+    host.define_filter(filter_from_xml(WEB))
+    host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
+    read = host.nft.contents
+    asked = []
+    monkeypatch.setattr(host.nft, "contents", lambda chains, rules: asked.extend(chains) or read(chains, rules))
+    assert host.define_filter(filter_from_xml(WEB.replace("'22'", "'23'"))).rebuilt == [vm.port]
+    assert asked == [("inet", "p/vnet0/fi"), ("inet", "p/vnet0/fo"), ("inet", "p/vnet0/hi")]  # tcp 23 each way
+    lab.nft(FOREIGN)  # someone else's commit: the next call compares every chain's content
+    assert not host.converge().changed
+    lab.nft(_with_handles(lab, DAMAGE["rule replaced in port chain"]))  # in a chain the redefine left alone
+    assert host.converge().repaired == ["vnet0: chain bridge p/vnet0/o/ipv4-ip has other rules than we put there"]
+    assert not _spoofed_passes(lab)

@@ -19,7 +19,7 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Chain, Findings, Kernel, base_contents, compare
+from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
 from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
 from .nft_generation import Generation, Marker
@@ -91,7 +91,8 @@ class _State:
         return {p: PortLive({(c[0], c[1]) for c in record["chains"]},
                             {tuple(e) for e in record["elements"]},
                             {(c[0], c[1]): c[2] for c in record["chains"] if len(c) > 2},
-                            {(s[0], s[1]) for s in record.get("sets", [])})
+                            {(s[0], s[1]) for s in record.get("sets", [])},
+                            {(c[0], c[1]): c[4] for c in record["chains"] if len(c) > 4})
                 for p, record in records.items() if record is not None}
 
     def index(self) -> Dict[str, list]:
@@ -544,7 +545,7 @@ class Host:
         for program in programs:
             new.installing(program)
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
-        marker, base, contents = None, False, None
+        marker, base, records, base_read = None, False, None, None
         if touched or live is not None:
             try:
                 self.store.begin(plan)
@@ -562,7 +563,7 @@ class Host:
                 self.store.end()
                 raise
             try:
-                contents = self._read_back(new, programs, base)
+                records, base_read = self._read_back(new, programs, before, base)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
@@ -572,8 +573,9 @@ class Host:
         checked = self._checked
         vouched = marker is not None and checked is not None and marker[:2] == checked[:2] and \
             marker[2] == checked[2] + 1
-        if vouched and contents is not None:
-            plan = self.store.with_records(plan, self._read_records(new, programs, contents))
+        if vouched and records is not None:
+            new.installed.update(records)
+            plan = self.store.with_records(plan, records)
         try:
             self.store.finish(plan)
         except OSError as exc:
@@ -586,28 +588,36 @@ class Host:
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
         if base or not new.port_ids:
-            self.store.set_base_contents(base_contents(contents) if vouched and contents is not None else None)
+            self.store.set_base_contents(base_read if vouched else None)
         if touched or live is not None:
             self._checked = marker if vouched else None
             self.store.set_marker(self._checked)
         return [p.portdev for p in programs if p.learning]
 
-    def _read_back(self, new: _State, programs: List["PortProgram"], base: bool) -> Dict[Chain, str]:
-        """What the kernel holds, right after our commit, in the chains it wrote."""
-        chains = [(family, name) for program in programs for family, name, _rules in program.chains]
-        if base:
-            chains += list(BASE_CHAINS)
-        return self.nft.contents(chains, sum(entry[0] for entry in new.summary.values()))
-
-    @staticmethod
-    def _read_records(new: _State, programs: List["PortProgram"], contents: Mapping[Chain, str]) -> Dict[str, dict]:
-        """The programs' port records with each chain's content as read back."""
-        records = {}
+    def _read_back(self, new: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
+                   base: bool) -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
+        """The programs' port records with what the kernel holds in each chain,
+        and our base chains' content when they were rewritten: read back right
+        after our commit where it wrote a chain; a chain the transaction left
+        alone (``before`` has its rules) keeps what its record said."""
+        records, unread = {}, []
         for program in programs:
-            record = dict(new.installed[program.portdev])
-            record["chains"] = [chain[:4] + [contents[(chain[0], chain[1])]] for chain in record["chains"]]
-            new.installed[program.portdev] = records[program.portdev] = record
-        return records
+            records[program.portdev] = record = dict(new.installed[program.portdev])
+            now = before.get(program.portdev, PortLive(set(), set()))
+            record["chains"] = [chain[:4] for chain in record["chains"]]
+            for chain in record["chains"]:
+                name = (chain[0], chain[1])
+                if now.digests.get(name) == chain[2] and name in now.contents:
+                    chain.append(now.contents[name])
+                else:
+                    unread.append(name)
+        contents = self.nft.contents(unread + (list(BASE_CHAINS) if base else []),
+                                     sum(entry[0] for entry in new.summary.values()))
+        for record in records.values():
+            for chain in record["chains"]:
+                if len(chain) == 4:
+                    chain.append(contents[(chain[0], chain[1])])
+        return records, base_contents(contents) if base else None
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()

@@ -80,12 +80,14 @@ REMOVE_ALL = "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}
 class PortLive:
     """What of one port is in our tables now: chains (family, name), map
     elements (family, map, key as nft syntax) and, where known, a digest of
-    each chain's rules (a chain whose rules do not change is left alone)."""
+    each chain's rules (a chain whose rules do not change is left alone) and
+    of what the kernel holds in it (``rule_content``, read back after our commit)."""
 
     chains: Set[Tuple[str, str]]
     elements: Set[Tuple[str, str, str]]
     digests: Dict[Tuple[str, str], str] = field(default_factory=dict)
     sets: Set[Tuple[str, str]] = field(default_factory=set)
+    contents: Dict[Tuple[str, str], str] = field(default_factory=dict)
 
 
 def digest(rules: Sequence[str]) -> str:

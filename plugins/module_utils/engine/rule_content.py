@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Iterable, Iterator, Tuple
+from typing import Iterator, Sequence, Tuple
 
-NFTA_LIST_ELEM, NFTA_EXPR_NAME = 1, 1
+NFTA_LIST_ELEM, NFTA_EXPR_NAME, NLA_F_NESTED = 1, 1, 0x8000
 # expressions whose dumped data changes with traffic or time
 STATEFUL = (b"counter\0", b"quota\0", b"last\0")
 _ATTRIBUTE = struct.Struct("=HH")
+SEPARATOR = b"\0\0\0\0"
 
 
 def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
@@ -34,23 +35,28 @@ def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
         offset += (length + 3) & ~3
 
 
+def _attribute(kind: int, value: bytes) -> bytes:
+    return _ATTRIBUTE.pack(4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
 def stateless(expressions: bytes) -> bytes:
-    """A rule's expressions with the data of stateful ones left out."""
-    if not any(name in expressions for name in STATEFUL):
-        return expressions  # nearly every rule: no parsing
+    """A rule's expressions with the data of stateful ones left out (their
+    name kept), still a well-formed attribute list."""
     kept = []
     for kind, element in _attributes(expressions):
         if kind == NFTA_LIST_ELEM:
             name = next((value for kind, value in _attributes(element) if kind == NFTA_EXPR_NAME), b"")
-            part = name if name.rstrip(b"\0") + b"\0" in STATEFUL else element
-            kept.append(struct.pack("=I", len(part)) + part)
+            stateful = name.rstrip(b"\0") + b"\0" in STATEFUL
+            kept.append(_attribute(NFTA_LIST_ELEM | NLA_F_NESTED, _attribute(NFTA_EXPR_NAME, name)) if stateful
+                        else _attribute(kind | NLA_F_NESTED, element))
     return b"".join(kept)
 
 
-def chain_digest(rules: Iterable[bytes]) -> str:
-    """One chain's rules (each rule's ``NFTA_RULE_EXPRESSIONS``), in order."""
-    digest = hashlib.sha1()
-    for expressions in rules:
-        content = stateless(expressions)
-        digest.update(struct.pack("=I", len(content)) + content)
-    return digest.hexdigest()[:16]
+def chain_digest(rules: Sequence[bytes]) -> str:
+    """One chain's rules (each rule's ``NFTA_RULE_EXPRESSIONS``), in order.
+    An attribute list is self-delimiting, and a header of length 0 never
+    starts an attribute, so it separates the rules unambiguously."""
+    blob = SEPARATOR.join(rules)
+    if any(name in blob for name in STATEFUL):
+        blob = SEPARATOR.join(stateless(rule) if any(name in rule for name in STATEFUL) else rule for rule in rules)
+    return hashlib.sha1(blob).hexdigest()[:16]
