@@ -36,7 +36,8 @@ networks:
   description:
     - Network name to its definition (C(name), C(bridge), C(forward), C(ipv4), C(ipv6), C(nat)), C(xml) (canonical
       libvirt XML), C(nft) (its rules in the C(inet vmguard-net) table, one per line) and C(enforced) (true when
-      the kernel holds all of its chains, each with as many rules as we put there).
+      the kernel holds all of its chains and the table's base chains with the rules we put there, read back
+      after our last change, and its map elements).
   returned: always
   type: dict
 """

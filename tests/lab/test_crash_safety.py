@@ -78,7 +78,7 @@ def _agree(host, seen):
     ids = list(state.port_ids.values())
     assert len(ids) == len(set(ids)) and set(state.port_ids) == set(state.bindings)
     kernel = host.nft.kernel()
-    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.base_contents()).problems
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.kernel_contents("base")).problems
     listing = host.nft._run(["list", "table", "bridge", "vmguard"])  # pylint: disable=protected-access
     in_force = dict(re.findall(r"chain p/(\S+)/o/ipv4-ip \{\n\t\tip saddr 0\.0\.0\.0 ip protocol udp return\n"
                                r"\t\tip saddr (\S+) return", listing))
@@ -135,6 +135,6 @@ def test_kill_during_a_removal_over_netlink(lab, tmp_path):
         state = host._load()  # pylint: disable=protected-access
         assert host.store.journal() is None and len(state.bindings) in (len(every), len(keep))
         assert not compare({p: state.installed.get(p) for p in state.bindings}, host.nft.kernel(),
-                           host.store.base_contents()).problems
+                           host.store.kernel_contents("base")).problems
         outcomes.add((exitcode, len(state.bindings)))
     assert (-signal.SIGKILL, len(every)) in outcomes

@@ -193,7 +193,7 @@ def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
     assert kernel.port_ids() == dict(ids, vnet2=3)
     state = host._load()  # pylint: disable=protected-access
     assert state.port_ids == kernel.port_ids()
-    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.base_contents()).problems
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.kernel_contents("base")).problems
 
 
 def test_restore_restores_what_it_can_read(lab, host):

@@ -98,14 +98,14 @@ def test_a_version_2_or_3_store_forgets_its_records_and_marker_on_the_first_chan
     (unversioned / "version").write_text(f"{version}\n")
     (unversioned / "ports" / "vnet0.json").write_text(json.dumps(RECORD))
     store.set_marker(["boot", 1, 5])
-    store.set_base_contents({"bridge prerouting": "0123456789abcdef"})
+    store.set_kernel_contents("base", {"bridge prerouting": "0123456789abcdef"})
     with store.locked(create=False):  # check mode converts nothing
         assert dict(store.records(["vnet0"])) == {"vnet0": RECORD} and store.marker() == ["boot", 1, 5]
     with store.locked():
         pass
     assert (unversioned / "version").read_text() == "4\n" and store.converted_from == version
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.marker() is None
-    assert store.base_contents() is None
+    assert store.kernel_contents("base") is None
 
 
 def test_an_interrupted_version_1_change_is_undone_before_converting(unversioned):

@@ -355,7 +355,7 @@ class Host:
         if interrupted is None and not unrecorded and self.store.marker() == list(self._checked):
             return None
         kernel = self.nft.kernel()
-        return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.base_contents()), kernel
+        return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.kernel_contents("base")), kernel
 
     def _not_in_force(self, state: _State) -> Dict[str, Optional[str]]:
         """Per binding, None when the kernel holds its rules as stored, else
@@ -588,7 +588,7 @@ class Host:
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
         if base or not new.port_ids:
-            self.store.set_base_contents(base_read if vouched else None)
+            self.store.set_kernel_contents("base", base_read if vouched else None)
         if touched or live is not None:
             self._checked = marker if vouched else None
             self.store.set_marker(self._checked)

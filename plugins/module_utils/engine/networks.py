@@ -9,6 +9,7 @@ if the store cannot be written, the old table is put back."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,7 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .errors import NwfilterError
 from .network_forms import network_to_xml, networks_xml
 from .network_model import Network, check_networks
-from .nft_network import NET_TABLE, NetworkProgram, compile_network, expected_table, table_script
+from .nft_network import BASE_CHAINS, MAP_TYPES, NET_TABLE, NetworkProgram, compile_network, expected_table, table_script
+from .integrity import NOT_READ_BACK
+from .nft_generation import Generation, Marker
 from .nft_run import Nft
 from .store import Store
 
@@ -40,11 +43,26 @@ def _forwarding(networks: Sequence[Network]) -> List[str]:
     return wanted
 
 
+def _key(vmap: str, key: object) -> str:
+    """A map element's key from nft's JSON, as ``expected_table`` writes it:
+    an interface name quoted, an address as the network it is (nft lists a
+    one-address prefix as the address)."""
+    if MAP_TYPES.get(vmap, "").startswith("ifname"):
+        return f'"{key}"'
+    if isinstance(key, dict) and "prefix" in key:
+        key = f"{key['prefix']['addr']}/{key['prefix']['len']}"
+    try:
+        return str(ipaddress.ip_network(str(key)))
+    except ValueError:
+        return str(key)  # never ours: it differs from what we put there
+
+
 class Networks:
     def __init__(self, store: Store, nft: Nft, netns: Optional[str] = None) -> None:
         self.store = store
         self.nft = nft
         self.netns = netns
+        self.generation = Generation(netlink=nft.netlink)
 
     def all(self) -> Dict[str, Network]:
         return self.store.networks()
@@ -80,8 +98,10 @@ class Networks:
 
     def drift(self, networks: Dict[str, Network]) -> List[str]:
         """What of these networks' table the kernel lacks or holds otherwise:
-        chains present with as many rules as we put there, map elements, no
-        chains of ours it should not have (one listing of our network table)."""
+        chains present with the rules we put there (their count, then their
+        content as read back after our commit), map elements, no chains of
+        ours it should not have (one listing of our network table, then one
+        rule dump per chain)."""
         expected = expected_table(list(self.programs(networks).values()))
         held = self._held()
         if expected is None or held is None:
@@ -93,25 +113,46 @@ class Networks:
                     for name, wanted in sorted(expected["chains"].items()) if rules.get(name) != len(wanted)]
         problems += [f"chain inet {NET_TABLE} {name} was not installed by us"
                      for name in sorted(set(rules) - set(expected["chains"]))]
-        problems += [f"map inet {NET_TABLE} {name} has {maps.get(name, 0)} elements, not {len(elements)}"
-                     for name, elements in sorted(expected["elements"].items()) if maps.get(name) != len(elements)]
-        return problems
+        problems += [f"map inet {NET_TABLE} {name} has {len(maps.get(name, []))} elements, not {len(elements)}"
+                     if len(maps.get(name, [])) != len(elements) else
+                     f"map inet {NET_TABLE} {name} has other elements than we put there"
+                     for name, elements in sorted(expected["elements"].items()) if maps.get(name, []) != elements]
+        if problems:
+            return problems
+        recorded, now = self._contents(expected)
+        if recorded is None:
+            return [f"what table inet {NET_TABLE} holds {NOT_READ_BACK}"]
+        return [f"chain inet {NET_TABLE} {name} has other rules than we put there"
+                for name in sorted(expected["chains"]) if now.get(name) != recorded.get(name)]
 
-    def _held(self) -> Optional[Tuple[Dict[str, int], Dict[str, int]]]:
+    def _contents(self, expected: Dict[str, object]) -> Tuple[Optional[Dict[str, str]], Dict[str, str]]:
+        """Per chain of our network table, what we read back when we installed
+        it (None: not known) and what it holds now (``rule_content``)."""
+        chains = [("inet", name) for name in expected["chains"]]
+        try:
+            now = {name: digest for (_family, name), digest in self.nft.contents(chains, 0, NET_TABLE).items()}
+        except OSError:
+            now = {}  # a chain gone meanwhile: nothing is as recorded
+        return self.store.kernel_contents("networks"), now
+
+    def _held(self) -> Optional[Tuple[Dict[str, int], Dict[str, List[str]]]]:
         """What our network table holds: each chain's number of rules and each
-        map's number of elements (one listing); None when there is no table."""
+        map's elements as ``expected_table`` writes them (one listing); None
+        when there is no table."""
         items = self.nft.table("inet", NET_TABLE)
         if items is None:
             return None
         rules: Dict[str, int] = {}
-        maps: Dict[str, int] = {}
+        maps: Dict[str, List[str]] = {}
         for item in items:
             if "chain" in item:
                 rules.setdefault(item["chain"]["name"], 0)
             elif "rule" in item:
                 rules[item["rule"]["chain"]] = rules.get(item["rule"]["chain"], 0) + 1
             elif "map" in item:
-                maps[item["map"]["name"]] = len(item["map"].get("elem", []))
+                vmap = item["map"]["name"]
+                maps[vmap] = sorted(f"{_key(vmap, key)} : jump {verdict.get('jump', {}).get('target')}"
+                                    for key, verdict in item["map"].get("elem", []))
         return rules, maps
 
     def restore(self) -> NetworkChange:
@@ -131,13 +172,14 @@ class Networks:
             return NetworkChange(False)
         try:
             check_networks(new.values())
-            script = table_script(list(self.programs(new).values()))
+            programs = list(self.programs(new).values())
+            script = table_script(programs)
         except NwfilterError as exc:
             raise exc.within("no network changed") from None
         if not check:
             # as libvirt when it (re)starts a network: a changed network is a restarted one
             self._enable_forwarding([new[name] for name in changed if name in new])
-            self.nft.apply(script)
+            self._install(programs, script)
             try:
                 self.store.save_networks(old, new)
             except OSError as exc:
@@ -148,7 +190,30 @@ class Networks:
                              networks_xml({n: new[n] for n in changed if n in new}) or None, repaired)
 
     def _apply(self, networks: Dict[str, Network]) -> None:
-        self.nft.apply(table_script(list(self.programs(networks).values())))
+        programs = list(self.programs(networks).values())
+        self._install(programs, table_script(programs))
+
+    def _install(self, programs: List[NetworkProgram], script: str) -> None:
+        """Our network table as ``programs`` (``script``), one transaction, and
+        what the kernel holds in it then, read back and recorded when that
+        transaction was the only one (else the next check rebuilds the table
+        rather than trust what someone may have changed in between)."""
+        try:
+            before: Optional[Marker] = self.generation.marker()
+        except NwfilterError:
+            before = None
+        self.nft.apply(script)
+        expected = expected_table(programs)
+        recorded = None
+        if expected is not None and before is not None:
+            try:
+                read = self.nft.contents([("inet", name) for name in expected["chains"]], 0, NET_TABLE)
+                after = self.generation.marker()
+                if after[:2] == before[:2] and after[2] == before[2] + 1:
+                    recorded = {name: digest for (_family, name), digest in read.items()}
+            except (NwfilterError, OSError):
+                pass
+        self.store.set_kernel_contents("networks", recorded)
 
     def _enable_forwarding(self, networks: Sequence[Network]) -> None:
         """As libvirt does when it starts a nat, route or open network: without
@@ -172,11 +237,21 @@ class Networks:
 
     def status(self) -> Dict[str, Dict[str, object]]:
         """Per network: its canonical XML, its nft rules and whether the kernel
-        holds all of its chains with as many rules as we put there."""
+        holds all of its chains, and our base chains, with the rules we put
+        there, and its map elements."""
         networks = self.all()
-        rules = (self._held() or ({}, {}))[0]
-        result = {}
-        for name, program in self.programs(networks).items():
-            result[name] = {"xml": network_to_xml(networks[name]), "nft": program.text,
-                            "enforced": all(rules.get(chain) == len(chain_rules) for chain, chain_rules in program.chains)}
-        return result
+        programs = self.programs(networks)
+        expected = expected_table(list(programs.values()))
+        held = self._held() if expected is not None else None
+        rules, maps = held if held else ({}, {})
+        recorded, now = self._contents(expected) if held else (None, {})
+        base = [name for name, _spec, _rules in BASE_CHAINS]
+
+        def holds(program: NetworkProgram) -> bool:
+            chains = [chain for chain, _rules in program.chains] + base
+            return held is not None and recorded is not None and \
+                all(rules.get(c) == len(expected["chains"][c]) and now.get(c) == recorded.get(c) for c in chains) and \
+                all(f"{key} : jump {chain}" in maps.get(vmap, []) for vmap, key, chain in program.elements)
+
+        return {name: {"xml": network_to_xml(networks[name]), "nft": program.text, "enforced": holds(program)}
+                for name, program in programs.items()}

@@ -32,13 +32,14 @@ NET_TABLE = "vmguard-net"
 _MAPS = (("into", "ifname : verdict;"), ("outof", "ifname : verdict;"), ("host_in", "ifname : verdict;"),
          ("host_out", "ifname : verdict;"), ("nat4", "ipv4_addr : verdict; flags interval;"),
          ("nat6", "ipv6_addr : verdict; flags interval;"))
-_BASE_CHAINS = (
+BASE_CHAINS = (
     ("forward", "type filter hook forward priority 0; policy accept;", ("oifname vmap @into", "iifname vmap @outof")),
     ("input", "type filter hook input priority 0; policy accept;", ("iifname vmap @host_in",)),
     ("output", "type filter hook output priority 0; policy accept;", ("oifname vmap @host_out",)),
     ("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
      ("ip saddr vmap @nat4", "ip6 saddr vmap @nat6")),
 )
+MAP_TYPES = dict(_MAPS)
 # the destinations libvirt never translates for: local multicast and broadcast
 _NO_NAT_V4 = ("224.0.0.0/24", "255.255.255.255")
 
@@ -164,7 +165,7 @@ def table_script(programs: Sequence[NetworkProgram]) -> str:
         found = sorted(f"{key} : jump {chain}" for program in programs for m, key, chain in program.elements if m == vmap)
         elements = f" elements = {{ {', '.join(found)} }};" if found else ""
         lines.append(f"add map inet {NET_TABLE} {vmap} {{ type {key_type}{elements} }}")
-    for name, spec, rules in _BASE_CHAINS:
+    for name, spec, rules in BASE_CHAINS:
         lines.append(f"add chain inet {NET_TABLE} {name} {{ {spec} }}")
         lines += [f"add rule inet {NET_TABLE} {name} {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
@@ -177,7 +178,7 @@ def expected_table(programs: Sequence[NetworkProgram]) -> Optional[Dict[str, obj
     if not any(program.chains for program in programs):
         return None
     chains = {name: list(rules) for p in programs for name, rules in p.chains}
-    chains.update((name, list(rules)) for name, _spec, rules in _BASE_CHAINS)
+    chains.update((name, list(rules)) for name, _spec, rules in BASE_CHAINS)
     return {"chains": chains,
             "elements": {vmap: sorted(f"{key} : jump {chain}" for p in programs for m, key, chain in p.elements
                                       if m == vmap) for vmap, _type in _MAPS}}

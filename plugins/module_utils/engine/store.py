@@ -46,11 +46,13 @@ DEFAULT_ROOT = "/etc/vmguard"
 # kernel check reinstalls every port and our base chains in one transaction.
 # Version 4 records what the kernel holds of each chain of ours (its rules'
 # content, read back after our commit: integrity, rule_content) in the port
-# records and base.json; converting forgets the records, as for version 3.
+# records, base.json and network-table.json; converting forgets them, as for version 3.
 STORE_VERSION = 4
 # why a conversion to each version reinstalls every port (Host._verified says it)
 REINSTALLED_FOR = {3: "port ids of 14 bits in the packet mark",
                    4: "what the kernel holds of each chain is read back and recorded"}
+# what the kernel held in our base chains and our network table (Store.kernel_contents)
+CONTENTS_FILES = {"base": "base.json", "networks": "network-table.json"}
 # parsed objects by file text: a change reads every file, parsing only what changed
 _PARSED: Dict[str, object] = {}
 
@@ -299,7 +301,8 @@ class Store:
         reinstall, base chains included (Host._verified), all in one
         transaction; an interrupted conversion forgets them again."""
         self.set_marker(None)
-        self.set_base_contents(None)
+        for of in CONTENTS_FILES:
+            self.set_kernel_contents(of, None)
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.records_dir):
                 _remove(entry.path)
@@ -549,27 +552,25 @@ class Store:
         for directory in sorted({os.path.dirname(path) for path in undo}):
             fsync_dir(directory)
 
-    @property
-    def _base_path(self) -> str:
-        return os.path.join(self.root, "base.json")
-
-    def base_contents(self) -> Optional[Dict[str, str]]:
-        """Our base chains' content as read back when they were last installed
-        (``integrity.base_contents``); None when not known (a lost or torn file:
-        the next kernel check puts our base chains back and reads them again)."""
+    def kernel_contents(self, of: str) -> Optional[Dict[str, str]]:
+        """What the kernel held, read back when we last installed them, in our
+        base chains (``of`` "base": ``integrity.base_contents``) or our network
+        table (``of`` "networks": per chain); None when not known (a lost or
+        torn file: the next kernel check puts them back and reads them again)."""
         try:  # not _text_of: rewritten in place, a file's identity may not change
-            with open(self._base_path, encoding="utf-8") as handle:
+            with open(os.path.join(self.root, CONTENTS_FILES[of]), encoding="utf-8") as handle:
                 found = json.load(handle)
         except (OSError, ValueError):
             return None
         return found if isinstance(found, dict) and all(isinstance(v, str) for v in found.values()) else None
 
-    def set_base_contents(self, contents: Optional[Dict[str, str]]) -> None:
+    def set_kernel_contents(self, of: str, contents: Optional[Dict[str, str]]) -> None:
         """Rebuildable, as the port records are."""
+        path = os.path.join(self.root, CONTENTS_FILES[of])
         if contents is None:
-            _remove(self._base_path)
+            _remove(path)
         else:
-            write_rebuildable([(self._base_path, json.dumps(contents, sort_keys=True) + "\n")])
+            write_rebuildable([(path, json.dumps(contents, sort_keys=True) + "\n")])
 
     # The kernel's ruleset generation after our last commit (nft_generation):
     # a hint that spares listing the ruleset, so it is written without fsync.
