@@ -41,8 +41,12 @@ DAMAGE = {
     # the chains keep their rule counts and the rules their handles: only their content tells
     "rule replaced in port chain": "replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {p/vnet0/o/ipv4-ip:drop} accept",
     "rule replaced in base chain": "replace rule bridge vmguard prerouting handle {prerouting:@from_vm} accept",
+    # every chain and rule still there, none of them hooked
+    "bridge table made dormant": "add table bridge vmguard { flags dormant; }",
+    "inet table made dormant": "add table inet vmguard { flags dormant; }",
 }
-UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain")
+UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain",
+               "bridge table made dormant")
 
 
 def _bind(lab, host, ip=None):

@@ -224,7 +224,8 @@ def test_every_change_repairs_a_damaged_table_first(netlab, host):
              "chain inet vmguard-net postrouting has other rules than we put there"),
             (lambda: "delete element inet vmguard-net nat4 { 192.0.2.0/24 }\n"
                      "add element inet vmguard-net nat4 { 192.0.2.0/24 : accept }",
-             "map inet vmguard-net nat4 has other elements than we put there")):
+             "map inet vmguard-net nat4 has other elements than we put there"),
+            (lambda: "add table inet vmguard-net { flags dormant; }", "table inet vmguard-net is dormant")):
         netlab.nft(damage())
         assert not host.networks.status()["lab"]["enforced"]
         assert udp(vm_ns(netlab), out, OUTSIDE[0]) == VM[1]        # no longer NATed

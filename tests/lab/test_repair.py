@@ -49,6 +49,7 @@ DAMAGES = {
         f"replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {_handle(lab, 'p/vnet0/o/ipv4-ip', 'drop')} accept"),
     "replace a base rule": lambda lab: (
         f"replace rule bridge vmguard prerouting handle {_handle(lab, 'prerouting', 'vmap @from_vm')} accept"),
+    "make a table dormant": lambda lab: "add table bridge vmguard { flags dormant; }",
 }
 
 
@@ -86,6 +87,8 @@ def ruleset(lab):
             table = line
         elif line.startswith(("\tchain ", "\tmap ")):
             block = found.setdefault((table, line), [])
+        elif line.startswith("\tflags "):  # a dormant table
+            found[(table, line)] = []
         elif line.startswith("\t\t"):
             block.append(line)
     return found

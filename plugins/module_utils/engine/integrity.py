@@ -57,6 +57,7 @@ class Kernel:
     contents: Dict[Chain, str] = field(default_factory=dict)  # every chain's rule_content.chain_digest
     elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
     sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
+    dormant: Set[str] = field(default_factory=set)  # families whose table is dormant: its hooks see nothing
 
     def add_map(self, vmap: Dict[str, Any]) -> None:
         """A map as nft lists it in JSON, with its elements."""
@@ -108,6 +109,8 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
     for family in sorted(BASE_TABLES - kernel.tables) if records else ():  # no binding, no tables
         found.problems.append(f"table {family} {TABLE} is missing")
     if records and BASE_TABLES <= kernel.tables:
+        for family in sorted(kernel.dormant):
+            found.problems.append(f"table {family} {TABLE} is dormant: none of its chains sees a packet")
         for family, name in sorted(BASE_MAPS - kernel.maps):
             found.problems.append(f"map {family} {TABLE} {name} is missing")
         for chain, count in sorted(BASE_CHAINS.items()):

@@ -103,6 +103,8 @@ class Networks:
         ours it should not have (one listing of our network table, then one
         rule dump per chain)."""
         expected = expected_table(list(self.programs(networks).values()))
+        if self.nft.dormant("inet", NET_TABLE):
+            return [f"table inet {NET_TABLE} is dormant: none of its chains sees a packet"]
         held = self._held()
         if expected is None or held is None:
             return [] if expected is None and held is None else \
@@ -242,7 +244,7 @@ class Networks:
         networks = self.all()
         programs = self.programs(networks)
         expected = expected_table(list(programs.values()))
-        held = self._held() if expected is not None else None
+        held = self._held() if expected is not None and not self.nft.dormant("inet", NET_TABLE) else None
         rules, maps = held if held else ({}, {})
         recorded, now = self._contents(expected) if held else (None, {})
         base = [name for name, _spec, _rules in BASE_CHAINS]

@@ -7,6 +7,7 @@ reading back what of ours is in force."""
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any, Collection, Dict, List, Optional, Sequence
 
 from .errors import NwfilterError
@@ -18,7 +19,7 @@ from .rule_content import chain_digest
 
 FAMILIES = ("bridge", "inet")
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
-NFTA_TABLE_NAME = 1
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFT_TABLE_F_DORMANT = 1, 2, 0x1
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
@@ -89,10 +90,12 @@ class Nft:
         rule), their maps from nft."""
         kernel = Kernel()
         for family in FAMILIES:
-            tables = self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME], family, dump=True)
-            if not any(text(table[NFTA_TABLE_NAME]) == TABLE for table in tables):
+            dormant = self.dormant(family, TABLE)
+            if dormant is None:
                 continue
             kernel.tables.add(family)
+            if dormant:
+                kernel.dormant.add(family)
             wanted = [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK]
             for chain in self.netlink.request(NFT_MSG_GETCHAIN, wanted, family, dump=True):
                 if text(chain[NFTA_CHAIN_TABLE]) == TABLE:
@@ -113,6 +116,15 @@ class Nft:
                     if "map" in item:
                         kernel.add_map(item["map"])
         return kernel
+
+    def dormant(self, family: str, table: str) -> Optional[bool]:
+        """Whether that table of ours is dormant (its base chains unhooked: it
+        sees no packet); None when it does not exist. From netlink: nft 1.0.6
+        lists a table's flags in JSON as garbage."""
+        for found in self.netlink.request(NFT_MSG_GETTABLE, [NFTA_TABLE_NAME, NFTA_TABLE_FLAGS], family, dump=True):
+            if text(found[NFTA_TABLE_NAME]) == table:
+                return bool(struct.unpack(">I", found.get(NFTA_TABLE_FLAGS, bytes(4))[:4])[0] & NFT_TABLE_F_DORMANT)
+        return None
 
     def _read_rules(self, kernel: Kernel, family: str) -> None:
         """Each listed chain's rule count and content (``rule_content``)."""
