@@ -44,6 +44,7 @@ DAMAGE = {
     # every chain and rule still there, none of them hooked
     "bridge table made dormant": "add table bridge vmguard { flags dormant; }",
     "inet table made dormant": "add table inet vmguard { flags dormant; }",
+    "base chain policy drop": "chain bridge vmguard postrouting { policy drop; }",
 }
 UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain",
                "bridge table made dormant")

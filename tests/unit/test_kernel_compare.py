@@ -101,3 +101,13 @@ def test_a_counter_s_figures_are_not_content():
     plain = rule(b"\0" * 8)
     assert chain_digest([plain]) != chain_digest([rule(b"\0" * 8, b"\4")])
     assert chain_digest([plain, plain]) != chain_digest([plain]) != chain_digest([])
+
+
+def test_a_table_made_dormant_or_a_base_chain_that_drops():
+    kernel = _kernel()
+    kernel.dormant.add("bridge")
+    kernel.dropping.add(("inet", "input"))
+    found = compare({"vnet0": RECORD}, kernel, BASE)
+    assert found.base and not found.damaged
+    assert found.problems == ["table bridge vmguard is dormant: none of its chains sees a packet",
+                              "base chain inet vmguard input drops what no rule of ours does (its policy is not accept)"]

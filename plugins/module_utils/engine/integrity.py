@@ -58,6 +58,7 @@ class Kernel:
     elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
     sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
     dormant: Set[str] = field(default_factory=set)  # families whose table is dormant: its hooks see nothing
+    dropping: Set[Chain] = field(default_factory=set)  # base chains whose policy is not accept (ours all accept)
 
     def add_map(self, vmap: Dict[str, Any]) -> None:
         """A map as nft lists it in JSON, with its elements."""
@@ -116,6 +117,9 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
         for chain, count in sorted(BASE_CHAINS.items()):
             if chain not in kernel.hooked or kernel.rules.get(chain) != count:
                 found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} is missing or altered")
+            elif chain in kernel.dropping:
+                found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} drops what no rule of ours does "
+                                      "(its policy is not accept)")
             elif base is None or base.get(" ".join(chain)) != kernel.contents.get(chain):
                 found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
                                       if base else f"what base chain {chain[0]} {TABLE} {chain[1]} holds "

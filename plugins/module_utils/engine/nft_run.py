@@ -20,7 +20,7 @@ from .rule_content import chain_digest
 FAMILIES = ("bridge", "inet")
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFT_TABLE_F_DORMANT = 1, 2, 0x1
-NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NF_ACCEPT = 1, 3, 4, 5, 1
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
@@ -96,13 +96,15 @@ class Nft:
             kernel.tables.add(family)
             if dormant:
                 kernel.dormant.add(family)
-            wanted = [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK]
+            wanted = [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY]
             for chain in self.netlink.request(NFT_MSG_GETCHAIN, wanted, family, dump=True):
                 if text(chain[NFTA_CHAIN_TABLE]) == TABLE:
                     name = (family, text(chain[NFTA_CHAIN_NAME]))
                     kernel.rules[name] = 0
                     if NFTA_CHAIN_HOOK in chain:
                         kernel.hooked.add(name)
+                        if struct.unpack(">I", chain.get(NFTA_CHAIN_POLICY, bytes(4))[:4])[0] != NF_ACCEPT:
+                            kernel.dropping.add(name)
             self._read_rules(kernel, family)
             for found in self.netlink.request(NFT_MSG_GETSET, [NFTA_SET_TABLE, NFTA_SET_NAME], family, dump=True):
                 if text(found[NFTA_SET_TABLE]) == TABLE:
