@@ -575,7 +575,7 @@ class Host:
             marker[2] == checked[2] + 1
         if vouched and records is not None:
             new.installed.update(records)
-            plan = self.store.with_records(plan, records)
+            plan = self.store.with_records(plan, records, old.installed)
         try:
             self.store.finish(plan)
         except OSError as exc:

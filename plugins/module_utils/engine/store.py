@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .lazy_map import LazyMap
@@ -484,13 +484,13 @@ class Store:
             writes.append((self.index_path, _index_text(new[4])))
         return writes, ports
 
-    def with_records(self, plan: Plan, records: Dict[str, dict]) -> Plan:
-        """``plan`` writing these port records instead of those it has: what
-        the kernel holds is read back after it changed, and ``begin``
-        journals no port record."""
-        texts = {os.path.join(self.records_dir, f"{port}.json"): _record_text(record) for port, record in records.items()}
-        writes = [(path, texts.pop(path) if path in texts else text) for path, text in plan[0]]
-        return list(texts.items()) + writes, plan[1]
+    def with_records(self, plan: Plan, records: Dict[str, dict], before: Mapping[str, Optional[dict]]) -> Plan:
+        """``plan`` writing these port records instead of those it has, except
+        those the same as ``before`` (what the store holds): what the kernel
+        holds is read back after it changed, and ``begin`` journals no port record."""
+        paths = {os.path.join(self.records_dir, f"{port}.json"): port for port in records}
+        changed = [(path, _record_text(records[port])) for path, port in paths.items() if before.get(port) != records[port]]
+        return changed + [(path, text) for path, text in plan[0] if path not in paths], plan[1]
 
     # The journal makes a change all or nothing across the kernel and the
     # files: before the kernel changes, it records the old text of every
