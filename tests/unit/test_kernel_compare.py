@@ -1,8 +1,7 @@
 """Comparing what the kernel holds with what the store says (pure logic)."""
 
-import struct
-
 from engine.integrity import BASE_CHAINS, BASE_MAPS, BASE_TABLES, Kernel, base_contents, compare
+from engine.nft_netlink import attribute
 from engine.rule_content import chain_digest
 
 RECORD = {"chains": [["bridge", "p/vnet0/o", "d1", 2, "c1"], ["bridge", "p/vnet0/i", "d2", 1, "c2"]],
@@ -89,8 +88,6 @@ def test_base_chains_content():
 
 
 def _expression(name, data):
-    def attribute(kind, value):
-        return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
     return attribute(0x8001, attribute(1, name + b"\0") + attribute(0x8002, data))
 
 

@@ -18,6 +18,8 @@ import hashlib
 import struct
 from typing import Iterator, Sequence, Tuple
 
+from .nft_netlink import attribute
+
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NLA_F_NESTED = 1, 1, 0x8000
 # expressions whose dumped data changes with traffic or time
 STATEFUL = (b"counter\0", b"quota\0", b"last\0")
@@ -26,6 +28,7 @@ SEPARATOR = b"\0\0\0\0"
 
 
 def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
+    """Each attribute of a list, in order (nft_netlink's reader keeps only wanted ones, by kind)."""
     offset = 0
     while offset + 4 <= len(data):
         length, kind = _ATTRIBUTE.unpack_from(data, offset)
@@ -33,10 +36,6 @@ def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
             return
         yield kind & 0x3FFF, data[offset + 4:offset + length]
         offset += (length + 3) & ~3
-
-
-def _attribute(kind: int, value: bytes) -> bytes:
-    return _ATTRIBUTE.pack(4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
 
 
 def stateless(expressions: bytes) -> bytes:
@@ -47,8 +46,8 @@ def stateless(expressions: bytes) -> bytes:
         if kind == NFTA_LIST_ELEM:
             name = next((value for kind, value in _attributes(element) if kind == NFTA_EXPR_NAME), b"")
             stateful = name.rstrip(b"\0") + b"\0" in STATEFUL
-            kept.append(_attribute(NFTA_LIST_ELEM | NLA_F_NESTED, _attribute(NFTA_EXPR_NAME, name)) if stateful
-                        else _attribute(kind | NLA_F_NESTED, element))
+            kept.append(attribute(NFTA_LIST_ELEM | NLA_F_NESTED, attribute(NFTA_EXPR_NAME, name)) if stateful
+                        else attribute(kind | NLA_F_NESTED, element))
     return b"".join(kept)
 
 
