@@ -1,7 +1,8 @@
 """`make demo`: a lab (bridge, two VMs, an attacker VM, an "outside" network
 behind the forward device ext0), playbooks/demo.yml applied by
 ansible-playbook inside it (port filters and a NAT network), then real frames
-and what happened to them. Everything lives in network namespaces removed at the end."""
+and what happened to them, and what happens when someone edits our rules in
+place. Everything lives in network namespaces removed at the end."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def main() -> int:
             print(f"  {probe.name:22} {'passes' if legit else 'dropped':9} {'passed' if arrived else 'DROPPED':7}"
                   f"{'' if arrived == legit else '   <-- unexpected'}")
         ok &= _nat_network(lab, outside)
+        ok &= _tampered(lab, env, extra)
         print("\nall as expected" if ok else "\nSOME PROBES DID NOT BEHAVE AS EXPECTED")
         return 0 if ok else 1
 
@@ -78,6 +80,44 @@ def _nat_network(lab: Lab, outside: str) -> bool:
         ok &= seen == expected
         print(f"  {name:42} {want:18} {got:18}{'' if seen == expected else '   <-- unexpected'}")
     return ok
+
+
+def _ad_hoc(lab: Lab, env: dict, module: str, arguments: dict) -> dict:
+    """One module run as an ad hoc ``ansible`` command: its result."""
+    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
+    done = subprocess.run(["ip", "netns", "exec", lab.host, ansible, "localhost", "-i", "localhost,", "-c", "local",
+                           "-o", "-m", module, "-a", json.dumps(arguments)], env=env, capture_output=True, text=True,
+                          check=False)
+    return json.loads(done.stdout.split(" => ", 1)[1]) if " => " in done.stdout else {"failed": done.stdout}
+
+
+def _tampered(lab: Lab, env: dict, extra: dict) -> bool:
+    """Someone replaces our drop rule in the attacker's anti-spoofing chain
+    in place (same rule count, same handle): spoofed frames pass, the report
+    says so, and the fleet's next run of the same task puts our rule back."""
+    port = lab.guests["attacker"].port
+    chain = f"p/{port}/o/ipv4-ip"
+    listing = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard", chain],
+                             capture_output=True, text=True, check=True).stdout
+    handle = next(line for line in listing.splitlines() if "drop" in line).rsplit("handle ", 1)[1].strip()
+    lab.nft(f"replace rule bridge vmguard {chain} handle {handle} accept\n")
+    spoofed = [p for p in standard_probes(lab.guests["attacker"], lab.guests["vm1"], "attacker", "vm1")
+               if p.name == "spoofed ipv4"]
+    print(f"\nsomeone replaces the drop rule of {chain} with accept (nft replace rule: same rule count, same handle):")
+    passed = run_probes(lab, spoofed)["spoofed ipv4"]
+    print(f"  {'spoofed ipv4, attacker -> vm1':42} {'passed' if passed else 'dropped'}")
+    report = _ad_hoc(lab, env, "vmguard.nwfilter.nwfilter_info", {"root": extra["vmguard_root"], "portdev": port})
+    status = report.get("bindings", {}).get(port, {})
+    print(f"  {'nwfilter_info portdev=' + port:42} in_force={status.get('in_force')} "
+          f"({status.get('not_in_force_because', '')})")
+    bindings = [dict(vm, filter="demo-vm") for vm in extra["vms"]]
+    rerun = _ad_hoc(lab, env, "vmguard.nwfilter.nwfilter_binding",
+                    {"root": extra["vmguard_root"], "exclusive": True, "bindings": bindings})
+    print(f"  {'the same binding task, run again':42} changed={rerun.get('changed')}, "
+          f"repaired: {'; '.join(rerun.get('repaired', [])) or rerun.get('failed', '-')}")
+    again = run_probes(lab, spoofed)["spoofed ipv4"]
+    print(f"  {'spoofed ipv4, attacker -> vm1':42} {'passed   <-- unexpected' if again else 'dropped'}")
+    return passed and status.get("in_force") is False and bool(rerun.get("changed")) and not again
 
 
 if __name__ == "__main__":
