@@ -247,17 +247,26 @@ def _adopt_port_ids(state: _State, kernel: Kernel, ports: Set[str]) -> None:
             used.add(port_id)
 
 
-def _program(state: _State, portdev: str) -> "PortProgram":
+def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optional["PortProgram"]]:
+    """The port's resolved rules, or, while its address is being learned,
+    the program that learns it (a report needs no more than this)."""
     binding = state.bindings[portdev]
-    resolver, compiler = _resolver(), _compiler()
+    resolver = _resolver()
     try:
-        ruleset = resolver.resolve(state.all_filters(), binding, _extra(state, binding))
+        return resolver.resolve(state.all_filters(), binding, _extra(state, binding)), None
     except resolver.MissingVariables as exc:
-        mode = _learning_mode(binding)
-        if exc.learnable and mode != "none":
-            return compiler.compile_learning(binding, binding.parameters, state.port_ids[portdev], "IPV6" in exc.names)
+        if exc.learnable and _learning_mode(binding) != "none":
+            return None, _compiler().compile_learning(binding, binding.parameters, state.port_ids[portdev],
+                                                       "IPV6" in exc.names)
         raise
-    return compiler.compile_port(binding, ruleset, state.port_ids[portdev])
+
+
+def _program(state: _State, portdev: str) -> "PortProgram":
+    ruleset, learning = _resolved(state, portdev)
+    if ruleset is not None:
+        return _compiler().compile_port(state.bindings[portdev], ruleset, state.port_ids[portdev])
+    assert learning is not None  # _resolved gives one of the two
+    return learning
 
 
 class Host:
@@ -391,13 +400,12 @@ class Host:
         found: Dict[str, Dict[str, object]] = {}
         for portdev in ports:
             binding = state.bindings[portdev]
-            program = _program(state, portdev)
-            rules: List[str] = []
-            if not program.learning:
-                rules = describe(_resolver().resolve(filters, binding, _extra(state, binding)))
-            found[portdev] = {"learning": program.learning, "learned": state.learned.get(portdev, {}),
-                              "locked": self._locked(program), "resolved_rules": rules, "nft": in_force[portdev],
-                              "port_id": program.port_id, "tree": sorted(_tree(filters, binding.filterref.filter)),
+            ruleset, learning = _resolved(state, portdev)  # nothing compiled: a report shows what nft holds
+            found[portdev] = {"learning": learning is not None, "learned": state.learned.get(portdev, {}),
+                              "locked": self._locked(learning) if learning else {},
+                              "resolved_rules": describe(ruleset) if ruleset is not None else [],
+                              "nft": in_force[portdev], "port_id": state.port_ids[portdev],
+                              "tree": sorted(_tree(filters, binding.filterref.filter)),
                               "in_force": not_in_force[portdev] is None}
             if not_in_force[portdev]:
                 found[portdev]["not_in_force_because"] = not_in_force[portdev]
@@ -444,7 +452,7 @@ class Host:
         """Bindings (of ``ports``, or all) whose IP address is being learned."""
         state = self._load()
         wanted = state.bindings if ports is None else [p for p in ports if p in state.bindings]
-        return {p: state.bindings[p] for p in wanted if _program(state, p).learning}
+        return {p: state.bindings[p] for p in wanted if _resolved(state, p)[1] is not None}
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
