@@ -25,10 +25,10 @@ from lab.netns import Lab, run  # noqa: E402  pylint: disable=wrong-import-posit
 from lab.service import Service  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def _handle(lab: Lab, port: str) -> str:
-    listing = run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard",
-                   f"p/{port}/o"]).stdout
-    line = next(line for line in listing.splitlines() if f"jump p/{port}/o/ipv4-ip" in line)
+def _handle(lab: Lab, chain: str, rule: str) -> str:
+    """The handle of the rule of that bridge chain of ours that contains ``rule``."""
+    listing = run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard", chain]).stdout
+    line = next(line for line in listing.splitlines() if rule in line)
     return line.rsplit(" ", 1)[1]
 
 
@@ -37,10 +37,14 @@ DAMAGES: Dict[str, Callable[[Lab, str], str]] = {
     "flush ruleset": lambda lab, port: "flush ruleset",
     "delete table bridge vmguard": lambda lab, port: "delete table bridge vmguard",
     "delete table inet vmguard": lambda lab, port: "delete table inet vmguard",
-    "delete a port chain": lambda lab, port: (f"delete rule bridge vmguard p/{port}/o handle {_handle(lab, port)}\n"
-                                              f"delete chain bridge vmguard p/{port}/o/ipv4-ip"),
+    "delete a port chain": lambda lab, port: (
+        f"delete rule bridge vmguard p/{port}/o handle {_handle(lab, f'p/{port}/o', f'jump p/{port}/o/ipv4-ip')}\n"
+        f"delete chain bridge vmguard p/{port}/o/ipv4-ip"),
     "flush a port chain": lambda lab, port: f"flush chain bridge vmguard p/{port}/o/ipv4-ip",
     "delete a map element": lambda lab, port: f'delete element bridge vmguard from_vm {{ "{port}" }}',
+    "replace a port rule": lambda lab, port: (
+        f"replace rule bridge vmguard p/{port}/o/ipv4-ip handle {_handle(lab, f'p/{port}/o/ipv4-ip', 'drop')} accept"),
+    "make a table dormant": lambda lab, port: "add table bridge vmguard { flags dormant; }",
 }
 
 
