@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
@@ -256,17 +256,16 @@ def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optiona
         return resolver.resolve(state.all_filters(), binding, _extra(state, binding)), None
     except resolver.MissingVariables as exc:
         if exc.learnable and _learning_mode(binding) != "none":
-            return None, _compiler().compile_learning(binding, binding.parameters, state.port_ids[portdev],
-                                                       "IPV6" in exc.names)
+            port_id = state.port_ids[portdev]
+            return None, _compiler().compile_learning(binding, binding.parameters, port_id, "IPV6" in exc.names)
         raise
 
 
 def _program(state: _State, portdev: str) -> "PortProgram":
     ruleset, learning = _resolved(state, portdev)
-    if ruleset is not None:
-        return _compiler().compile_port(state.bindings[portdev], ruleset, state.port_ids[portdev])
-    assert learning is not None  # _resolved gives one of the two
-    return learning
+    if ruleset is None:
+        return cast("PortProgram", learning)  # _resolved gives one of the two
+    return _compiler().compile_port(state.bindings[portdev], ruleset, state.port_ids[portdev])
 
 
 class Host:
