@@ -136,7 +136,9 @@ bindings:
       elements: str
       sample: [allow-incoming-ipv4, clean-traffic, no-arp-spoofing, no-ip-spoofing, no-mac-spoofing, web]
     in_force:
-      description: Whether the kernel holds the binding's rules as stored (for example not after C(nft flush ruleset)).
+      description:
+        - Whether the kernel holds the binding's rules as stored, each chain with the rules we put there as the kernel
+          encodes them (for example not after C(nft flush ruleset), nor after one of its rules was replaced in place).
       type: bool
       sample: true
     not_in_force_because:
