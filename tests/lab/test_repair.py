@@ -22,6 +22,7 @@ from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import Probe, run_probes, standard_probes, tagged
 from lab.service import Service
+from test_network import _nat4_rule
 
 # clean-traffic (bridge chains) plus one layer-3 rule (inet table): damage to either table shows in frames
 GUARDED = """<filter name='guarded'><filterref filter='clean-traffic'/>
@@ -116,15 +117,20 @@ def test_each_damage_is_repaired_within_a_second(lab, guarded, damage):
     print(f"{damage}: back after {took * 1000:.0f} ms; {line}")
 
 
-def test_the_networks_table_is_repaired_too(lab, host):
+@pytest.mark.parametrize("damage,found", [
+    (lambda lab: "delete table inet vmguard-net", "table inet vmguard-net is missing"),
+    (lambda lab: f"replace rule inet vmguard-net postrouting handle {_nat4_rule(lab)} accept",
+     "chain inet vmguard-net postrouting has other rules than we put there")], ids=["delete", "replace a rule"])
+def test_the_networks_table_is_repaired_too(lab, host, damage, found):
     host.networks.define([network_from_dict({"name": "lab", "bridge": "br0", "forward": {"mode": "nat"},
                                              "ipv4": ["192.0.2.1/24"]})])
     before = ruleset(lab)
+    script = damage(lab)
     with Service(lab, host.store.root) as service:
-        lab.nft("delete table inet vmguard-net")
+        lab.nft(script)
         took = wait_until(lambda: ruleset(lab) == before, timeout=1.0)
         line = service.wait_for("repaired in")
-    assert "table inet vmguard-net is missing" in line, line
+    assert found in line, line
     print(f"network table back after {took * 1000:.0f} ms; {line}")
 
 
