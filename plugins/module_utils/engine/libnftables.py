@@ -67,8 +67,9 @@ def _run(ctx: int, commands: str, json_output: bool) -> "tuple[int, str, str]":
     lib = _lib()
     lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON if json_output else 0)
     code = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
-    output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
-    error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+    # nft 1.0.6 prints a dormant table's flags from freed memory: never let such bytes raise
+    output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+    error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
     return code, output, error
 
 

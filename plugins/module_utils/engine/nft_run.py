@@ -64,7 +64,8 @@ class Nft:
         else:
             import subprocess  # pylint: disable=import-outside-toplevel  # without libnftables only
             try:
-                done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, check=False)
+                done = subprocess.run(self.argv + args, input=stdin, capture_output=True, text=True, errors="replace",
+                                      check=False)
             except OSError as exc:
                 raise NwfilterError(f"cannot run {self.argv[0]}: {exc.strerror}") from None
             code, output, error = done.returncode, done.stdout, done.stderr
@@ -78,10 +79,11 @@ class Nft:
         self._run(["-f", "-"], script)
 
     def table(self, family: str, name: str) -> Optional[List[Dict[str, Any]]]:
-        """The items of one table as nft's JSON gives them; None when it does not exist."""
+        """The items of one table as nft's JSON gives them; None when it does
+        not exist or nft cannot list it (its caller then rebuilds it)."""
         try:
             return json.loads(self._run(["-j", "list", "table", family, name])).get("nftables", [])
-        except NwfilterError:
+        except (NwfilterError, ValueError):
             return None
 
     def kernel(self) -> Kernel:
