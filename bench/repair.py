@@ -21,15 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "plugins", "mod
 
 from engine.host import Host  # noqa: E402  pylint: disable=wrong-import-position
 from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong-import-position
-from lab.netns import Lab, run  # noqa: E402  pylint: disable=wrong-import-position
+from lab.netns import Lab  # noqa: E402  pylint: disable=wrong-import-position
 from lab.service import Service  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def _handle(lab: Lab, chain: str, rule: str) -> str:
-    """The handle of the rule of that bridge chain of ours that contains ``rule``."""
-    listing = run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard", chain]).stdout
-    line = next(line for line in listing.splitlines() if rule in line)
-    return line.rsplit(" ", 1)[1]
 
 
 # each builds its nft script (before the clock starts) for the port it damages
@@ -38,12 +31,13 @@ DAMAGES: Dict[str, Callable[[Lab, str], str]] = {
     "delete table bridge vmguard": lambda lab, port: "delete table bridge vmguard",
     "delete table inet vmguard": lambda lab, port: "delete table inet vmguard",
     "delete a port chain": lambda lab, port: (
-        f"delete rule bridge vmguard p/{port}/o handle {_handle(lab, f'p/{port}/o', f'jump p/{port}/o/ipv4-ip')}\n"
+        f"delete rule bridge vmguard p/{port}/o handle {lab.rule_handle(f'p/{port}/o', f'jump p/{port}/o/ipv4-ip')}\n"
         f"delete chain bridge vmguard p/{port}/o/ipv4-ip"),
     "flush a port chain": lambda lab, port: f"flush chain bridge vmguard p/{port}/o/ipv4-ip",
     "delete a map element": lambda lab, port: f'delete element bridge vmguard from_vm {{ "{port}" }}',
     "replace a port rule": lambda lab, port: (
-        f"replace rule bridge vmguard p/{port}/o/ipv4-ip handle {_handle(lab, f'p/{port}/o/ipv4-ip', 'drop')} accept"),
+        f"replace rule bridge vmguard p/{port}/o/ipv4-ip handle {lab.rule_handle(f'p/{port}/o/ipv4-ip', 'drop')} "
+        "accept"),
     "make a table dormant": lambda lab, port: "add table bridge vmguard { flags dormant; }",
 }
 

@@ -97,10 +97,7 @@ def _tampered(lab: Lab, env: dict, extra: dict) -> bool:
     says so, and the fleet's next run of the same task puts our rule back."""
     port = lab.guests["attacker"].port
     chain = f"p/{port}/o/ipv4-ip"
-    listing = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard", chain],
-                             capture_output=True, text=True, check=True).stdout
-    handle = next(line for line in listing.splitlines() if "drop" in line).rsplit("handle ", 1)[1].strip()
-    lab.nft(f"replace rule bridge vmguard {chain} handle {handle} accept\n")
+    lab.nft(f"replace rule bridge vmguard {chain} handle {lab.rule_handle(chain, 'drop')} accept\n")
     spoofed = [p for p in standard_probes(lab.guests["attacker"], lab.guests["vm1"], "attacker", "vm1")
                if p.name == "spoofed ipv4"]
     print(f"\nsomeone replaces the drop rule of {chain} with accept (nft replace rule: same rule count, same handle):")

@@ -129,6 +129,11 @@ class Lab:
     def nft_list(self) -> str:
         return run(["ip", "netns", "exec", self.host, "nft", "list", "ruleset"]).stdout
 
+    def rule_handle(self, chain: str, containing: str, family: str = "bridge", table: str = "vmguard") -> str:
+        """The handle of the first rule of that chain whose listing contains ``containing``."""
+        listing = run(["ip", "netns", "exec", self.host, "nft", "-a", "list", "chain", family, table, chain]).stdout
+        return next(line for line in listing.splitlines() if containing in line).rsplit("handle ", 1)[1].strip()
+
     @property
     def nft_argv(self) -> List[str]:
         return ["ip", "netns", "exec", self.host, "nft"]

@@ -18,7 +18,6 @@ from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
 from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
-from test_repair import _handle
 
 FOREIGN = """table inet theirs {
 \tchain input {
@@ -76,7 +75,7 @@ def _nft(lab, *args):
 def _with_handles(lab, script):
     """``script`` with each ``{chain:text}`` replaced by the handle of the
     rule of that bridge chain of ours that contains the text."""
-    return re.sub(r"\{([^{}:]+):([^{}]+)\}", lambda found: _handle(lab, found.group(1), found.group(2)), script)
+    return re.sub(r"\{([^{}:]+):([^{}]+)\}", lambda found: lab.rule_handle(found.group(1), found.group(2)), script)
 
 
 @pytest.mark.parametrize("dumps", ["per table", "per chain"])

@@ -205,13 +205,6 @@ def test_restore_after_the_table_is_gone(netlab, host):
     assert udp(vm_ns(netlab), out, OUTSIDE[0], port=7011) == OUTSIDE_GATEWAY[0]
 
 
-def _nat4_rule(netlab):
-    """The handle of the rule of our postrouting chain that leads to the IPv4 NAT map."""
-    listing = run(["ip", "netns", "exec", netlab.host, "nft", "-a", "list", "chain", "inet", "vmguard-net",
-                   "postrouting"]).stdout
-    return next(line for line in listing.splitlines() if "@nat4" in line).rsplit("handle ", 1)[1].strip()
-
-
 def test_every_change_repairs_a_damaged_table_first(netlab, host):
     out = add_outside(netlab)
     host.networks.define([network("nat")])
@@ -220,7 +213,8 @@ def test_every_change_repairs_a_damaged_table_first(netlab, host):
             (lambda: "flush chain inet vmguard-net postrouting", "chain inet vmguard-net postrouting has 0"),
             (lambda: "delete table inet vmguard-net", "table inet vmguard-net is missing"),
             # same rule count, same handle: only the rule's content tells
-            (lambda: f"replace rule inet vmguard-net postrouting handle {_nat4_rule(netlab)} accept",
+            (lambda: "replace rule inet vmguard-net postrouting handle "
+                     f"{netlab.rule_handle('postrouting', '@nat4', 'inet', 'vmguard-net')} accept",
              "chain inet vmguard-net postrouting has other rules than we put there"),
             (lambda: "delete element inet vmguard-net nat4 { 192.0.2.0/24 }\n"
                      "add element inet vmguard-net nat4 { 192.0.2.0/24 : accept }",

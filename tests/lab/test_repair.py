@@ -22,17 +22,10 @@ from engine.xml_form import filter_from_xml
 from lab.netns import run
 from lab.probes import Probe, run_probes, standard_probes, tagged
 from lab.service import Service
-from test_network import _nat4_rule
 
 # clean-traffic (bridge chains) plus one layer-3 rule (inet table): damage to either table shows in frames
 GUARDED = """<filter name='guarded'><filterref filter='clean-traffic'/>
   <rule action='drop' direction='out' priority='500'><udp dstportstart='7'/></rule></filter>"""
-
-
-def _handle(lab, chain, rule):
-    """The handle of the rule of our bridge chain that contains ``rule``."""
-    listing = run(["ip", "netns", "exec", lab.host, "nft", "-a", "list", "chain", "bridge", "vmguard", chain]).stdout
-    return re.search(re.escape(rule) + r".* # handle (\d+)", listing).group(1)
 
 
 DAMAGES = {
@@ -41,15 +34,15 @@ DAMAGES = {
     "delete inet table": lambda lab: "delete table inet vmguard",
     # a port chain can only go with the rule that jumps to it
     "delete a port chain": lambda lab: (
-        f"delete rule bridge vmguard p/vnet0/o handle {_handle(lab, 'p/vnet0/o', 'jump p/vnet0/o/ipv4-ip')}\n"
+        f"delete rule bridge vmguard p/vnet0/o handle {lab.rule_handle('p/vnet0/o', 'jump p/vnet0/o/ipv4-ip')}\n"
         "delete chain bridge vmguard p/vnet0/o/ipv4-ip"),
     "flush a port chain": lambda lab: "flush chain bridge vmguard p/vnet0/o/ipv4-ip",
     "delete a map element": lambda lab: 'delete element bridge vmguard from_vm { "vnet0" }',
     # same rule counts, same handles: only the rules' content tells
     "replace a port rule": lambda lab: (
-        f"replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {_handle(lab, 'p/vnet0/o/ipv4-ip', 'drop')} accept"),
+        f"replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {lab.rule_handle('p/vnet0/o/ipv4-ip', 'drop')} accept"),
     "replace a base rule": lambda lab: (
-        f"replace rule bridge vmguard prerouting handle {_handle(lab, 'prerouting', 'vmap @from_vm')} accept"),
+        f"replace rule bridge vmguard prerouting handle {lab.rule_handle('prerouting', 'vmap @from_vm')} accept"),
     "make a table dormant": lambda lab: "add table bridge vmguard { flags dormant; }",
 }
 
@@ -119,7 +112,8 @@ def test_each_damage_is_repaired_within_a_second(lab, guarded, damage):
 
 @pytest.mark.parametrize("damage,found", [
     (lambda lab: "delete table inet vmguard-net", "table inet vmguard-net is missing"),
-    (lambda lab: f"replace rule inet vmguard-net postrouting handle {_nat4_rule(lab)} accept",
+    (lambda lab: "replace rule inet vmguard-net postrouting handle "
+                 f"{lab.rule_handle('postrouting', '@nat4', 'inet', 'vmguard-net')} accept",
      "chain inet vmguard-net postrouting has other rules than we put there")], ids=["delete", "replace a rule"])
 def test_the_networks_table_is_repaired_too(lab, host, damage, found):
     host.networks.define([network_from_dict({"name": "lab", "bridge": "br0", "forward": {"mode": "nat"},

@@ -22,7 +22,7 @@ from .model import Binding, Filter
 from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
 from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
-from .nft_generation import Generation, Marker
+from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
 from .overlaps import binding_addresses
@@ -577,9 +577,7 @@ class Host:
         # our commit is the only one since the kernel was seen to hold the store's state: the
         # marker names the state we are storing, and what we read back is what we installed
         # (else the next call compares our tables again, and reinstalls what it could not read back)
-        checked = self._checked
-        vouched = marker is not None and checked is not None and marker[:2] == checked[:2] and \
-            marker[2] == checked[2] + 1
+        vouched = next_to(self._checked, marker)
         if vouched and records is not None:
             new.installed.update(records)
             plan = self.store.with_records(plan, records, old.installed)
@@ -614,7 +612,7 @@ class Host:
             record["chains"] = [chain[:4] for chain in record["chains"]]
             for chain in record["chains"]:
                 name = (chain[0], chain[1])
-                if now.digests.get(name) == chain[2] and name in now.contents:
+                if now.holds(name, chain[2]) and name in now.contents:
                     chain.append(now.contents[name])
                 else:
                     unread.append(name)

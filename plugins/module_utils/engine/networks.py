@@ -19,7 +19,7 @@ from .network_forms import network_to_xml, networks_xml
 from .network_model import Network, check_networks
 from .nft_network import BASE_CHAINS, MAP_TYPES, NET_TABLE, NetworkProgram, compile_network, expected_table, table_script
 from .integrity import NOT_READ_BACK
-from .nft_generation import Generation, Marker
+from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .store import Store
 
@@ -211,7 +211,7 @@ class Networks:
             try:
                 read = self.nft.contents([("inet", name) for name in expected["chains"]], 0, NET_TABLE)
                 after = self.generation.marker()
-                if after[:2] == before[:2] and after[2] == before[2] + 1:
+                if next_to(before, after):
                     recorded = {name: digest for (_family, name), digest in read.items()}
             except (NwfilterError, OSError):
                 pass

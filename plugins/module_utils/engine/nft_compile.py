@@ -385,7 +385,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
         rules = {(f, n): r for f, n, r in program.chains} if program else {}
         sets = {(f, n): spec for f, n, spec in program.sets} if program else {}
-        same = {c for c in now.chains & chains if c in now.digests and now.digests[c] == digest(rules[c])}
+        same = {c for c in chains if now.holds(c, digest(rules[c]))}
         # What a port had may be gone from the kernel (a reboot, a flush): with
         # ``base``, ``add`` it first (idempotent) so flush and delete never fail.
         if base:

@@ -14,15 +14,14 @@ import struct
 from typing import Iterable, List, Optional, Tuple
 
 from .nft_layout import TABLE, PortLive
-from .nft_netlink import Netlink, attribute, cstring
+from .nft_netlink import NFTA_LIST_ELEM, NLA_F_NESTED, Netlink, attribute, cstring
 
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 8, 11, 14
-NLA_F_NESTED = 0x8000
 IFNAMSIZ = 16
 # attributes: table and name are 1 and 3 for a chain, 1 and 2 for a rule's chain, a set and an element list
 NAME_ATTRIBUTES = {NFT_MSG_DELCHAIN: (1, 3), NFT_MSG_DELRULE: (1, 2), NFT_MSG_DELSET: (1, 2)}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE = 1, 1, 1
+NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE = 1, 1
 
 
 def _key(key: str) -> bytes:

@@ -47,3 +47,9 @@ class Generation:
 
     def marker(self) -> Marker:
         return (boot_id(), self.netlink.namespace(), self.current())
+
+
+def next_to(before: Optional[Marker], after: Optional[Marker]) -> bool:
+    """Whether ``after`` is the generation right after ``before`` (same boot,
+    same namespace): the commit between them, ours, was the only one."""
+    return before is not None and after is not None and after[:2] == before[:2] and after[2] == before[2] + 1

@@ -89,6 +89,11 @@ class PortLive:
     sets: Set[Tuple[str, str]] = field(default_factory=set)
     contents: Dict[Tuple[str, str], str] = field(default_factory=dict)
 
+    def holds(self, chain: Tuple[str, str], rules_digest: str) -> bool:
+        """Whether ``chain`` is in force with rules of that digest (a
+        transaction leaves it alone)."""
+        return chain in self.chains and self.digests.get(chain) == rules_digest
+
 
 def digest(rules: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(rules).encode()).hexdigest()[:16]

@@ -28,6 +28,7 @@ SO_SNDBUFFORCE = 32  # Python names SO_SNDBUF but not its root-only twin
 FAMILIES = {"inet": 1, "bridge": 7}
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _ATTRIBUTE = struct.Struct("=HH")
+NLA_F_NESTED, NFTA_LIST_ELEM = 0x8000, 1  # a nested attribute's flag; an element of a nested list
 
 Attributes = Dict[int, bytes]
 
@@ -74,10 +75,20 @@ def text(value: bytes) -> str:
     return value.split(b"\0", 1)[0].decode()
 
 
+def each_attribute(data: bytes) -> Iterator[Tuple[int, bytes]]:
+    """(kind, value) of each attribute of a list, in order, repeated kinds
+    included (a nested list's elements); ``_attributes`` keeps only wanted ones."""
+    offset = 0
+    while offset + 4 <= len(data):
+        length, kind = _ATTRIBUTE.unpack_from(data, offset)
+        if length < 4:
+            return
+        yield kind & 0x3FFF, data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+
+
 def _attributes(data: bytes, offset: int, end: int, wanted: FrozenSet[int]) -> Attributes:
     found: Attributes = {}
-    if not wanted:
-        return found  # only counted: a chain's rules
     unpack = _ATTRIBUTE.unpack_from
     while offset + 4 <= end:
         length, kind = unpack(data, offset)

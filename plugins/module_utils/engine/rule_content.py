@@ -15,36 +15,23 @@ name counts."""
 from __future__ import annotations
 
 import hashlib
-import struct
-from typing import Iterator, Sequence, Tuple
+from typing import Sequence
 
-from .nft_netlink import attribute
+from .nft_netlink import NFTA_LIST_ELEM, NLA_F_NESTED, attribute, each_attribute
 
-NFTA_LIST_ELEM, NFTA_EXPR_NAME, NLA_F_NESTED = 1, 1, 0x8000
+NFTA_EXPR_NAME = 1
 # expressions whose dumped data changes with traffic or time
 STATEFUL = (b"counter\0", b"quota\0", b"last\0")
-_ATTRIBUTE = struct.Struct("=HH")
 SEPARATOR = b"\0\0\0\0"
-
-
-def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
-    """Each attribute of a list, in order (nft_netlink's reader keeps only wanted ones, by kind)."""
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = _ATTRIBUTE.unpack_from(data, offset)
-        if length < 4:
-            return
-        yield kind & 0x3FFF, data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
 
 
 def stateless(expressions: bytes) -> bytes:
     """A rule's expressions with the data of stateful ones left out (their
     name kept), still a well-formed attribute list."""
     kept = []
-    for kind, element in _attributes(expressions):
+    for kind, element in each_attribute(expressions):
         if kind == NFTA_LIST_ELEM:
-            name = next((value for kind, value in _attributes(element) if kind == NFTA_EXPR_NAME), b"")
+            name = next((value for kind, value in each_attribute(element) if kind == NFTA_EXPR_NAME), b"")
             stateful = name.rstrip(b"\0") + b"\0" in STATEFUL
             kept.append(attribute(NFTA_LIST_ELEM | NLA_F_NESTED, attribute(NFTA_EXPR_NAME, name)) if stateful
                         else attribute(kind | NLA_F_NESTED, element))
