@@ -9,39 +9,67 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
-from .nft_layout import MAP_KEYS, TABLE, LiveState, PortLive, chain_name, digest, map_target
-from .nft_matches import bridge_matches, ct_states, ip_matches
+from .nft_layout import (DISPATCH, ID_MAPS, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
+                         id_chain, key_expression, map_target, port_key)
+from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
 BRIDGE_VERDICT = {"accept": "accept", "drop": "drop", "reject": "drop", "return": "return", "continue": ""}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
+Chains = Tuple[Tuple[str, str, Tuple[str, ...]], ...]  # (family, name, rules)
+Sets = Tuple[Tuple[str, str, str], ...]  # (family, name, spec)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Chains that every port of one shape shares, named ``s/<digest of
+    them>/...``, and its sets: the ports (PORT_SETS) and, per comparison with
+    a variable's value, the ports' values keyed by port."""
+
+    name: str
+    chains: Chains
+    sets: Sets
+
+    @property
+    def parts(self) -> Tuple[str, ...]:
+        """The parts (DISPATCH) it has chains for."""
+        return tuple(part for part in DISPATCH.values()
+                     if any(name == f"{self.name}/{part}" for _family, name, _rules in self.chains))
+
+
 @dataclass(frozen=True)
 class PortProgram:
-    """One port's chains (family, name, rules) and verdict-map elements (family, map, key, chain)."""
+    """One port's chains (family, name, rules) and verdict-map elements
+    (family, map, key, chain); a port of a ``shape`` has its set elements
+    (``members``: family, set, element) and no chains."""
 
     portdev: str
     port_id: int
     learning: bool
-    chains: Tuple[Tuple[str, str, Tuple[str, ...]], ...]
+    chains: Chains
     elements: Tuple[Tuple[str, str, str, str], ...]
-    sets: Tuple[Tuple[str, str, str], ...] = ()  # (family, name, spec): a learning port's address locks
+    sets: Sets = ()  # a learning port's address locks
+    shape: Optional[Shape] = None
+    members: Tuple[Tuple[str, str, str], ...] = ()
 
     @property
     def rule_count(self) -> int:
-        return sum(len(rules) for _family, _name, rules in self.chains)
+        return sum(len(rules) for _family, _name, rules in self.chains + (self.shape.chains if self.shape else ()))
 
     @property
     def text(self) -> str:
         """The port's rules as nft statements, for people (nwfilter_info)."""
-        return "\n".join(f"{family} {name}: {rule}" for family, name, rules in self.chains for rule in rules)
+        return "\n".join(f"{family} {name}: {rule}" for family, name, rules in
+                         self.chains + (self.shape.chains if self.shape else ()) for rule in rules)
 
 
 def _rule_text(matches: Sequence[str], verdict: str) -> str:
@@ -51,26 +79,78 @@ def _rule_text(matches: Sequence[str], verdict: str) -> str:
     return " ".join(body) if body else "counter"
 
 
+SHAPE = "$C"  # the shape's name in its chains' and sets' names until its digest is known
+_LOOKUP = re.compile(r"\$K \. (?P<expr>[^$]*?) (?P<negate>!= )?@\$(?P<kind>[SI])(?P<value>[^$]*)\$")
+
+
 class _Builder:
-    def __init__(self, binding: Binding, port_id: int) -> None:
+    """A port's chains; ``shared``: the chains of its shape, with each
+    variable's value a lookup (nft_matches.LOOKUP), and its elements."""
+
+    def __init__(self, binding: Binding, port_id: int, shared: bool = False) -> None:
         if not 1 <= port_id <= layout.MAX_PORT_ID:
             raise NwfilterError(f"port id {port_id} out of range 1-{layout.MAX_PORT_ID}", f"binding {binding.portdev!r}")
         self.binding = binding
         self.port_id = port_id
+        self.shared = shared
         self.chains: Dict[Tuple[str, str], List[str]] = {}
         self.elements: List[Tuple[str, str, str, str]] = []
 
     def chain(self, family: str, *parts: str) -> List[str]:
+        if self.shared:
+            name = "/".join((SHAPE,) + tuple(part.replace(":", "/") for part in parts))
+            return self.chains.setdefault((family, name), [])
         return self.chains.setdefault((family, chain_name(self.binding.portdev, *parts)), [])
 
     def element(self, family: str, vmap: str, key: str, *parts: str) -> None:
         self.chain(family, *parts)
-        self.elements.append((family, vmap, key, chain_name(self.binding.portdev, *parts)))
+        if not self.shared:  # a shape's port is found by its sets
+            self.elements.append((family, vmap, key, chain_name(self.binding.portdev, *parts)))
 
     def program(self, learning: bool, sets: Tuple[Tuple[str, str, str], ...] = ()) -> PortProgram:
+        if self.shared:
+            return self._shared()
         return PortProgram(self.binding.portdev, self.port_id, learning,
                            tuple((f, n, _reachable(r)) for (f, n), r in self.chains.items()), tuple(self.elements),
                            sets)
+
+    def _shared(self) -> PortProgram:
+        """The shape's chains with each lookup's set named, its sets, and
+        this port's elements: its values, its place in the port sets and its id."""
+        chains, sets, members = [], [], []
+        parts = set()
+        for (family, name), rules in self.chains.items():
+            part = name.split("/")[1]
+            parts.add(part)
+            key, found_by = key_expression(part), port_key(part, self.binding.portdev, self.port_id)
+            typeof = "iifname" if family == "bridge" else "meta mark"
+
+            def lookup(match: "re.Match[str]", family: str = family, key: str = key, found_by: str = found_by,
+                       typeof: str = typeof) -> str:
+                name = f"{SHAPE}/v{len(sets)}"
+                flags = " flags interval;" if match["kind"] == "I" else ""
+                sets.append((family, name, f"typeof {typeof} . {match['expr']};{flags}"))
+                members.append((family, name, f"{found_by} . {match['value']}"))
+                return f"{key} . {match['expr']} {match['negate'] or ''}@{name}"
+            chains.append((family, name, tuple(_LOOKUP.sub(lookup, rule) for rule in _reachable(rules))))
+        for part in sorted(parts):
+            family = "bridge" if part in ("o", "i") else "inet"
+            name = f"{SHAPE}/{PORT_SETS[part]}"
+            if (family, name) not in {(f, n) for f, n, _spec in sets}:
+                sets.append((family, name, "typeof iifname;" if family == "bridge" else "type mark;"))
+            members.append((family, name, port_key(part, self.binding.portdev, self.port_id)))
+        shape = f"s/{digest([repr(chains), repr(sets)])}"
+        named = Shape(shape, tuple((f, n.replace(SHAPE, shape), tuple(r.replace(SHAPE, shape) for r in rules))
+                                   for f, n, rules in chains),
+                      tuple((f, n.replace(SHAPE, shape), spec) for f, n, spec in sets))
+        elements = []
+        if {"fi", "fo", "hi"} & parts:
+            half = layout.TO_SHIFT // 2
+            for vmap in ID_MAPS:
+                value = (self.port_id >> (half if vmap.endswith("hi") else 0)) & ((1 << half) - 1)
+                elements.append(("bridge", vmap, f'"{self.binding.portdev}"', id_chain(vmap, value)))
+        return PortProgram(self.binding.portdev, self.port_id, False, (), tuple(elements), (), named,
+                           tuple(sorted({(f, n.replace(SHAPE, shape), e) for f, n, e in members})))
 
 
 def _reachable(rules: List[str]) -> Tuple[str, ...]:
@@ -88,18 +168,20 @@ def _bridge_direction(builder: _Builder, ruleset: Ruleset, direction: str, vmap:
     chains = ruleset.for_direction(direction)
     guards = {entry.chain: f"ether type 0x{entry.ethertype:04x}" if entry.ethertype else ""
               for entry in chains[0].entries if isinstance(entry, Jump)}
-    subs = {chain.name: _sub_chain(chain, reverse, guards[chain.name]) for chain in chains[1:]}
+    shared = builder.shared
+    subs = {chain.name: _sub_chain(chain, reverse, guards[chain.name], shared) for chain in chains[1:]}
     root = builder.chain("bridge", side)
     for entry in chains[0].entries:
         if not isinstance(entry, Jump):
-            root.append(_bridge_rule(entry, reverse and entry.direction == "inout"))
+            root.append(_bridge_rule(entry, reverse and entry.direction == "inout", shared))
             continue
         guard = guards[entry.chain]
-        folded = _folded(guard, subs[entry.chain])
+        folded = _folded(guard, subs[entry.chain], shared)
         if folded is not None:
             root += folded
             continue
-        target = chain_name(builder.binding.portdev, side, entry.chain)
+        target = f"{SHAPE}/{side}/{entry.chain.replace(':', '/')}" if shared else \
+            chain_name(builder.binding.portdev, side, entry.chain)
         root.append(f"{guard} jump {target}" if guard else f"jump {target}")
         builder.chain("bridge", side, entry.chain)[:] = [text for text, _rule, _swap in subs[entry.chain]]
 
@@ -118,11 +200,11 @@ def _final(text: str, guard: str) -> Optional[str]:
     return None
 
 
-def _sub_chain(chain: Chain, reverse: bool, guard: str) -> SubChain:
+def _sub_chain(chain: Chain, reverse: bool, guard: str, shared: bool) -> SubChain:
     entries: SubChain = []
     for rule in chain.entries:
         swap = reverse and rule.direction == "inout"
-        entries.append((_bridge_rule(rule, swap), rule, swap))
+        entries.append((_bridge_rule(rule, swap, shared), rule, swap))
         if _final(entries[-1][0], guard):
             return entries
     return entries + [("accept", None, False)]
@@ -134,7 +216,7 @@ NEGATABLE = frozenset({"srcmacaddr", "dstmacaddr", "protocolid", "srcipaddr", "d
                        "opcode", "arpsrcmacaddr", "arpsrcipaddr", "arpdstmacaddr", "arpdstipaddr"})
 
 
-def _folded(guard: str, entries: SubChain) -> Optional[List[str]]:
+def _folded(guard: str, entries: SubChain, shared: bool) -> Optional[List[str]]:
     """A sub-chain's rules written into the chain that jumps to it (behind
     the jump's ethertype ``guard``), where that gives every frame the same
     verdict: a chain without ``return`` rules, or one whose only ``return``
@@ -148,7 +230,7 @@ def _folded(guard: str, entries: SubChain) -> Optional[List[str]]:
         if returns != [len(entries) - 2] or verdict is None:
             return None
         _text, rule, swap = entries[-2]
-        negated = _negated(guard, rule, swap, verdict)
+        negated = _negated(guard, rule, swap, verdict, shared)
         if negated is None:
             return None
         texts[-2:] = [negated]
@@ -161,7 +243,7 @@ def _protocol_guard(protocol: Optional[str]) -> Tuple[str, ...]:
     return tuple(bridge_matches(ResolvedRule("drop", "inout", 0, protocol), False))
 
 
-def _negated(guard: str, rule: ResolvedRule, swap: bool, verdict: str) -> Optional[str]:
+def _negated(guard: str, rule: ResolvedRule, swap: bool, verdict: str, shared: bool) -> Optional[str]:
     """``rule``'s one comparison negated, with ``verdict``; None unless the
     rule is one comparison beside its protocol's ethertype, which the
     jump's guard already holds."""
@@ -169,14 +251,14 @@ def _negated(guard: str, rule: ResolvedRule, swap: bool, verdict: str) -> Option
     if len(compared) != 1 or compared[0] not in NEGATABLE or _protocol_guard(rule.protocol) not in ((), (guard,)):
         return None
     matches = tuple((name, value, negate != (name == compared[0])) for name, value, negate in rule.matches)
-    return _bridge_rule(replace(rule, action=verdict, matches=matches), swap)
+    return _bridge_rule(replace(rule, action=verdict, matches=matches), swap, shared)
 
 
 # Rule texts are cached: most rules of a tree are the same for every port
 # (no variables, or values shared), and a redefine recompiles every user.
 @functools.lru_cache(maxsize=1 << 16)
-def _bridge_rule(entry: ResolvedRule, swap: bool) -> str:
-    return _rule_text(bridge_matches(entry, swap), BRIDGE_VERDICT[entry.action])
+def _bridge_rule(entry: ResolvedRule, swap: bool, shared: bool = False) -> str:
+    return _rule_text(bridge_matches(entry, swap, shared), BRIDGE_VERDICT[entry.action])
 
 
 # libvirt's three halves of a layer-3/4 rule: (chain, swap, state, accept verdict, may skip icmp)
@@ -207,8 +289,8 @@ def _halves(rule: ResolvedRule) -> Tuple[Tuple[str, bool, Optional[str], str, bo
 
 @functools.lru_cache(maxsize=1 << 16)
 def _ip_rule(rule: ResolvedRule, swap: bool, state: Optional[str], accept: str, may_skip: bool,
-             default_state: bool) -> Optional[str]:
-    matches = ip_matches(rule, swap, may_skip)
+             default_state: bool, shared: bool = False) -> Optional[str]:
+    matches = ip_matches(rule, swap, may_skip, shared)
     connlimit = rule.get("connlimit-above")
     if matches is None or (connlimit is not None and swap):
         return None  # libvirt limits connections only on the VM's own side
@@ -235,22 +317,32 @@ def _ip_layer(builder: _Builder, ruleset: Ruleset) -> None:
     builder.element("inet", "fi", f"0x{pid:x}", "fi")
     builder.element("inet", "fo", f"0x{pid << layout.TO_SHIFT:x}", "fo")
     builder.element("inet", "hi", f"0x{pid:x}", "hi")
-    builder.element("bridge", "mark_to", f'"{builder.binding.portdev}"', "mark")
-    builder.chain("bridge", "mark").append(
-        f"meta mark set meta mark & 0x{(layout.OTHERS_MASK | layout.FROM_MASK):08x} | 0x{pid << layout.TO_SHIFT:08x}")
-    # tag frames from the VM before any of its bridge rules can end the chain
-    builder.chain("bridge", "o").insert(
-        0, f"meta mark set meta mark & 0x{(layout.OTHERS_MASK | layout.FROM_MASK << layout.TO_SHIFT):08x} | 0x{pid:08x}")
+    if not builder.shared:  # a shape's port has its id set by the id maps (nft_layout)
+        builder.element("bridge", "mark_to", f'"{builder.binding.portdev}"', "mark")
+        builder.chain("bridge", "mark").append(
+            f"meta mark set meta mark & 0x{(layout.OTHERS_MASK | layout.FROM_MASK):08x} | 0x{pid << layout.TO_SHIFT:08x}")
+        # tag frames from the VM before any of its bridge rules can end the chain
+        builder.chain("bridge", "o").insert(0, f"meta mark set meta mark & "
+                                            f"0x{(layout.OTHERS_MASK | layout.FROM_MASK << layout.TO_SHIFT):08x} | 0x{pid:08x}")
     for rule in ruleset.ip_rules:
         default_state = rule.get("state") is None or not rule.statematch
         for side, swap, state, accept, may_skip in _halves(rule):
-            text = _ip_rule(rule, swap, state, accept, may_skip, default_state)
+            text = _ip_rule(rule, swap, state, accept, may_skip, default_state, builder.shared)
             if text is not None:
                 builder.chain("inet", side).append(text)
 
 
 def compile_port(binding: Binding, ruleset: Ruleset, port_id: int) -> PortProgram:
-    builder = _Builder(binding, port_id)
+    """The port's program: of its shape, unless a variable's value goes
+    where no lookup can stand (nft_matches.NotShared); then chains of its own."""
+    try:
+        return _compiled(binding, ruleset, port_id, True)
+    except NotShared:
+        return _compiled(binding, ruleset, port_id, False)
+
+
+def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool) -> PortProgram:
+    builder = _Builder(binding, port_id, shared)
     try:
         _bridge_direction(builder, ruleset, "out", "from_vm", f'"{binding.portdev}"')
         _bridge_direction(builder, ruleset, "in", "to_vm", f'"{binding.portdev}"')

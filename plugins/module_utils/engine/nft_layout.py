@@ -19,6 +19,15 @@ nothing does not import the compiler (docs/architecture.md).
   receiving port's; verdict maps on those bits lead to the port's ``fi`` (from the
   VM), ``fo`` (to the VM) and ``hi`` (from the VM to the host).
 Per-port chain names are ``p/<port>/<part>`` (see chain_name).
+
+Ports of one shape (their tree compiled with each variable's value looked up
+per port, nft_compile) share its chains ``s/<digest>/<part>``: such a port is
+set elements only. Dispatch chains (``shared_o``, ``shared_i``, ``shared_fi``,
+``shared_fo``, ``shared_hi``) hold one rule per shape that jumps to its chain
+for the ports in its sets; the port's id reaches the mark through verdict maps
+on the ids' two halves (``id_from_lo`` ...) that jump to one of 128 fixed
+one-rule chains each (``id/from/lo/<n>``): no element of a port leads to a
+chain of its own, so a bind makes the kernel validate little.
 """
 
 from __future__ import annotations
@@ -37,32 +46,75 @@ FROM_MASK, TO_SHIFT = MAX_PORT_ID, PORT_ID_BITS
 OTHERS_MASK = 0xFFFFFFFF & ~(FROM_MASK | FROM_MASK << TO_SHIFT)
 
 
+# A shared port's id is set in the mark in two halves per direction: (map, keyed by, first bit)
+ID_MAPS = {"id_from_lo": ("iifname", 0), "id_from_hi": ("iifname", 1), "id_to_lo": ("oifname", 2),
+           "id_to_hi": ("oifname", 3)}
+# the dispatch chains: (family, chain) -> the shape's part they lead to
+DISPATCH = {("bridge", "shared_o"): "o", ("bridge", "shared_i"): "i", ("inet", "shared_fi"): "fi",
+            ("inet", "shared_fo"): "fo", ("inet", "shared_hi"): "hi"}
+# the set of a shape's ports that each part is found by
+PORT_SETS = {"o": "ports", "i": "ports", "fi": "from", "hi": "from", "fo": "to"}
+
+
+def id_chain(vmap: str, value: int) -> str:
+    """``id/<direction>/<half>/<value>``: the one-rule chain setting that half of a port id."""
+    return "id/" + vmap[3:].replace("_", "/") + f"/{value}"
+
+
+def _id_chains(from_mask: int, to_shift: int) -> str:
+    half = to_shift // 2
+    lines = []
+    for vmap, (_key, quarter) in ID_MAPS.items():
+        shift = quarter * half if quarter < 2 else to_shift + (quarter - 2) * half
+        keep = 0xFFFFFFFF & ~(((1 << half) - 1) << shift)
+        lines += [f"add chain bridge {TABLE} {id_chain(vmap, value)} {{\nmeta mark set meta mark & 0x{keep:08x} | "
+                  f"0x{value << shift:08x}\n}}" for value in range(1 << half)]
+    return "\n".join(lines)
+
+
 def base_script(from_mask: int, to_shift: int) -> str:
-    """Our tables, verdict maps and base chains, for a mark layout."""
+    """Our tables, maps and base chains, for a mark layout. The dispatch
+    chains are created, not flushed: they hold the shapes' rules."""
     return f"""add table bridge {TABLE}
 add map bridge {TABLE} from_vm {{ type ifname : verdict; }}
 add map bridge {TABLE} to_vm {{ type ifname : verdict; }}
 add map bridge {TABLE} mark_to {{ type ifname : verdict; }}
+""" + "".join(f"add map bridge {TABLE} {vmap} {{ type ifname : verdict; }}\n" for vmap in ID_MAPS) + f"""\
 add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
 add chain bridge {TABLE} forward {{ type filter hook forward priority -200; policy accept; }}
 add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 300; policy accept; }}
+add chain bridge {TABLE} shared_o
+add chain bridge {TABLE} shared_i
+{_id_chains(from_mask, to_shift)}
 flush chain bridge {TABLE} prerouting
 flush chain bridge {TABLE} forward
 flush chain bridge {TABLE} postrouting
+add rule bridge {TABLE} prerouting iifname vmap @id_from_lo
+add rule bridge {TABLE} prerouting iifname vmap @id_from_hi
 add rule bridge {TABLE} prerouting iifname vmap @from_vm
+add rule bridge {TABLE} prerouting jump shared_o
 add rule bridge {TABLE} forward oifname vmap @mark_to
+add rule bridge {TABLE} forward oifname vmap @id_to_lo
+add rule bridge {TABLE} forward oifname vmap @id_to_hi
 add rule bridge {TABLE} postrouting oifname vmap @to_vm
+add rule bridge {TABLE} postrouting jump shared_i
 add table inet {TABLE}
 add map inet {TABLE} fi {{ type mark : verdict; }}
 add map inet {TABLE} fo {{ type mark : verdict; }}
 add map inet {TABLE} hi {{ type mark : verdict; }}
 add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}
 add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
+add chain inet {TABLE} shared_fi
+add chain inet {TABLE} shared_fo
+add chain inet {TABLE} shared_hi
 flush chain inet {TABLE} forward
 flush chain inet {TABLE} input
 add rule inet {TABLE} forward meta mark & 0x{from_mask:x} vmap @fi
+add rule inet {TABLE} forward jump shared_fi
 add rule inet {TABLE} forward meta mark & 0x{from_mask << to_shift:x} vmap @fo
+add rule inet {TABLE} forward jump shared_fo
 add rule inet {TABLE} input meta mark & 0x{from_mask:x} vmap @hi
+add rule inet {TABLE} input jump shared_hi
 """
 
 
@@ -70,7 +122,20 @@ BASE = base_script(FROM_MASK, TO_SHIFT)
 
 # the key type of each verdict map (BASE declares them)
 MAP_KEYS = {("bridge", "from_vm"): "ifname", ("bridge", "to_vm"): "ifname", ("bridge", "mark_to"): "ifname",
-            ("inet", "fi"): "mark", ("inet", "fo"): "mark", ("inet", "hi"): "mark"}
+            ("inet", "fi"): "mark", ("inet", "fo"): "mark", ("inet", "hi"): "mark",
+            **{("bridge", vmap): "ifname" for vmap in ID_MAPS}}
+
+
+def port_key(part: str, portdev: str, port_id: int) -> str:
+    """What finds a port in the chains of a shape's ``part`` (DISPATCH), as nft syntax."""
+    if part in ("o", "i"):
+        return f'"{portdev}"'
+    return f"0x{port_id << TO_SHIFT if part == 'fo' else port_id:x}"
+
+
+def key_expression(part: str) -> str:
+    return {"o": "iifname", "i": "oifname", "fo": f"meta mark & 0x{FROM_MASK << TO_SHIFT:x}"}.get(
+        part, f"meta mark & 0x{FROM_MASK:x}")
 
 # everything of ours, whether it exists or not (``add`` first makes ``delete`` never fail)
 REMOVE_ALL = "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("bridge", "inet"))

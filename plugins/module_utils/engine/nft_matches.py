@@ -76,6 +76,18 @@ def _is(expr: str, value: object, negate: bool) -> str:
     return f"{expr} & {_ones(expr)} != {value}"
 
 
+class NotShared(Exception):
+    """A variable's value goes where a set lookup cannot stand (a mask, a
+    flag list, a comment): the port keeps chains of its own."""
+
+
+# A comparison with a variable's value, in a chain shared by many ports:
+# "$K . <expr> [!= ]@$S<value>$" (``I``: an interval set, for ranges and
+# prefixes). nft_compile turns it into a lookup in a set of the port's values
+# keyed by the port ($K); '$' is in no other rule text (comments refuse it).
+LOOKUP = "$K . {expr} {negate}@${kind}{value}$"
+
+
 def _mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
@@ -83,12 +95,27 @@ def _mac_int(mac: str) -> int:
 class Attrs:
     """A rule's matches by attribute name, with libvirt's src/dst swap applied."""
 
-    def __init__(self, rule: ResolvedRule, swap: bool) -> None:
+    def __init__(self, rule: ResolvedRule, swap: bool, shared: bool = False) -> None:
         self.element = rule.protocol or ""
         self.values: Dict[str, Tuple[Any, bool]] = {}
         for name, value, negate in rule.matches:
             self.values[_swapped(name) if swap else name] = (value, negate)
         self.used: set = set()
+        # attributes a variable gave, looked up in a set when the chain is shared
+        self.slots = {_swapped(name) if swap else name for name in rule.slots} if shared else set()
+
+    def compare(self, expr: str, value: object, negate: bool, *names: str) -> str:
+        """``_is``, or a lookup (LOOKUP) when a variable gave one of ``names``."""
+        if not self.slots.intersection(names):
+            return _is(expr, value, negate)
+        text = str(value)
+        return LOOKUP.format(expr=expr, negate="!= " if negate else "", kind="I" if any(c in text for c in "-/") else "S",
+                             value=text)
+
+    def fixed(self, *names: str) -> None:
+        """``names`` are rendered where no lookup can stand."""
+        if self.slots.intersection(names):
+            raise NotShared(self.element, sorted(self.slots.intersection(names)))
 
     def take(self, name: str) -> Optional[Tuple[Any, bool]]:
         self.used.add(name)
@@ -115,7 +142,8 @@ def _mac(attrs: Attrs, which: str, expr: str) -> List[str]:
         return []
     mac, negate = found
     if mask is None:
-        return [_is(expr, mac, negate)]
+        return [attrs.compare(expr, mac, negate, f"{which}macaddr")]
+    attrs.fixed(f"{which}macaddr", f"{which}macmask")
     masked = f"{_mac_int(mac) & _mac_int(mask[0]):012x}"
     network = ":".join(masked[i:i + 2] for i in range(0, 12, 2))
     return [f"{expr} & {mask[0]} {'!=' if negate else '=='} {network}"]
@@ -132,10 +160,12 @@ def _address(attrs: Attrs, which: str, expr: str) -> List[str]:
     found = attrs.take(f"{which}ipaddr")
     mask = attrs.take(f"{which}ipmask")
     if found is not None:
-        out.append(_is(expr, _network(found[0], mask[0] if mask else None), found[1]))
+        out.append(attrs.compare(expr, _network(found[0], mask[0] if mask else None), found[1],
+                                 f"{which}ipaddr", f"{which}ipmask"))
     low, high = attrs.take(f"{which}ipfrom"), attrs.take(f"{which}ipto")
     if low is not None:
-        out.append(_is(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1]))
+        out.append(attrs.compare(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1],
+                                 f"{which}ipfrom", f"{which}ipto"))
     return out
 
 
@@ -143,7 +173,7 @@ def _range(attrs: Attrs, start: str, end: str, expr: str) -> List[str]:
     low, high = attrs.take(start), attrs.take(end)
     if low is None:
         return []
-    return [_is(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1])]
+    return [attrs.compare(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1], start, end)]
 
 
 def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: Optional[str] = None) -> List[str]:
@@ -157,7 +187,8 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
     mask = attrs.take(mask_name) if mask_name else None
     expr = f"@{base},{offset},{width}"
     if mask is None:
-        return [_is(expr, f"0x{number:x}", negate)]
+        return [attrs.compare(expr, f"0x{number:x}", negate, name)]
+    attrs.fixed(name, mask_name or name)
     bits = _mac_int(mask[0]) if width == 48 else (0xFFFFFFFF << (32 - mask[0])) & 0xFFFFFFFF
     return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
 
@@ -177,7 +208,9 @@ def _nd(attrs: Attrs) -> List[str]:
     """vmguard's neighbour-discovery matches (no nft 1.0.6 keyword reads the
     target or the options, so raw transport-header payload). Where the message
     is too short the load fails and the rule does not match: fail closed."""
-    out = []
+    out: List[str] = []
+    if any(name.startswith("vmguard-nd") for name in attrs.values):
+        attrs.fixed("vmguard-ndtargetaddr", "vmguard-ndtargetmask", "vmguard-ndlladdr", "type", "typeend")
     target, prefix = attrs.take("vmguard-ndtargetaddr"), attrs.take("vmguard-ndtargetmask")
     if target is not None:
         _nd_types(attrs, "vmguard-ndtargetaddr", ND_TARGET_TYPES)
@@ -204,6 +237,7 @@ def _nd(attrs: Attrs) -> List[str]:
 
 def _comment(attrs: Attrs) -> List[str]:
     found = attrs.take("comment")
+    attrs.fixed("comment")
     return [f'comment "{found[0]}"'] if found else []
 
 
@@ -220,7 +254,8 @@ def _stp(attrs: Attrs) -> List[str]:
             continue
         low, high = attrs.take(name), attrs.take(f"{name}-hi")
         if low is not None:
-            out.append(_is(f"@ll,{field[0]},{field[1]}", f"{low[0]}-{high[0]}" if high else low[0], low[1]))
+            out.append(attrs.compare(f"@ll,{field[0]},{field[1]}", f"{low[0]}-{high[0]}" if high else low[0], low[1],
+                                     name, f"{name}-hi"))
     return out
 
 
@@ -235,11 +270,12 @@ def _arp(attrs: Attrs, ethertype: int) -> List[str]:
     return out
 
 
-def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
-    """Expressions for a layer-2 rule in the bridge family (libvirt's ebtables rules)."""
+def bridge_matches(rule: ResolvedRule, reverse: bool, shared: bool = False) -> List[str]:
+    """Expressions for a layer-2 rule in the bridge family (libvirt's ebtables
+    rules); ``shared``: for a chain many ports share (LOOKUP)."""
     if rule.protocol is None:
         return []
-    attrs = Attrs(rule, reverse)
+    attrs = Attrs(rule, reverse, shared)
     element = rule.protocol
     if element == "stp" and reverse and attrs.values.get("dstmacaddr"):
         raise NwfilterError("stp in direction inout with srcmacaddr set is not supported (as in libvirt)")
@@ -247,11 +283,12 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
     if element == "mac":
         found = attrs.take("protocolid")
         if found is not None:
-            out.append(_is("ether type", f"0x{found[0]:04x}", found[1]))
+            out.append(attrs.compare("ether type", f"0x{found[0]:04x}", found[1], "protocolid"))
     elif element == "vlan":
         out.append("ether type 0x8100")
-        out += [_is("vlan id", v[0], v[1]) for v in [attrs.take("vlanid")] if v]
-        out += [_is("vlan type", f"0x{v[0]:04x}", v[1]) for v in [attrs.take("encap-protocol")] if v]
+        out += [attrs.compare("vlan id", v[0], v[1], "vlanid") for v in [attrs.take("vlanid")] if v]
+        out += [attrs.compare("vlan type", f"0x{v[0]:04x}", v[1], "encap-protocol")
+                for v in [attrs.take("encap-protocol")] if v]
     elif element == "stp":
         out += _stp(attrs)
     elif element in ("arp", "rarp"):
@@ -262,9 +299,10 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
         out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
         proto = attrs.take("protocol")
         if proto is not None:
-            out.append(_is("ip protocol" if element == "ip" else "meta l4proto", proto[0], proto[1]))
+            out.append(attrs.compare("ip protocol" if element == "ip" else "meta l4proto", proto[0], proto[1],
+                                     "protocol"))
         out += _ports(attrs)
-        out += [_is("ip dscp", v[0], v[1]) for v in [attrs.take("dscp")] if v]
+        out += [attrs.compare("ip dscp", v[0], v[1], "dscp") for v in [attrs.take("dscp")] if v]
         out += _range(attrs, "type", "typeend", "icmpv6 type") + _range(attrs, "code", "codeend", "icmpv6 code")
         out += _nd(attrs)
     out += _comment(attrs)
@@ -272,22 +310,23 @@ def bridge_matches(rule: ResolvedRule, reverse: bool) -> List[str]:
     return out
 
 
-def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool) -> Optional[List[str]]:
+def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool, shared: bool = False) -> Optional[List[str]]:
     """Expressions for a layer-3/4 rule in the inet family (libvirt's
     iptables/ip6tables rules), or None where libvirt leaves this half out."""
     spec = schema.ELEMENTS[rule.protocol or "all"]
-    attrs = Attrs(rule, swap)
+    attrs = Attrs(rule, swap, shared)
     family = "ip" if spec.family == "ipv4" else "ip6"
     out = [f"meta nfproto {'ipv4' if family == 'ip' else 'ipv6'}"]
     if spec.ip_protocol is not None:
         out.append(f"meta l4proto {spec.ip_protocol}")
     source_mac = attrs.take("dstmacaddr" if swap else "srcmacaddr")
     if source_mac is not None and not swap:
-        out.append(_is("ether saddr", source_mac[0], source_mac[1]))
+        out.append(attrs.compare("ether saddr", source_mac[0], source_mac[1], "srcmacaddr"))
     out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
-    out += [_is(f"{family} dscp", v[0], v[1]) for v in [attrs.take("dscp")] if v]
+    out += [attrs.compare(f"{family} dscp", v[0], v[1], "dscp") for v in [attrs.take("dscp")] if v]
     flags = attrs.take("flags")
     if flags is not None:
+        attrs.fixed("flags")
         (mask, wanted), negate = flags
         out.append(f"tcp flags & ({_flag_list(mask)}) {'!=' if negate else '=='} {_flag_list(wanted)}")
     out += _ports(attrs)
@@ -296,14 +335,15 @@ def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool) -> Optional[
         if may_skip_icmp:
             return None
         proto = "icmp" if family == "ip" else "icmpv6"
-        out.append(_is(f"{proto} type", icmp_type[0], icmp_type[1]))
+        out.append(attrs.compare(f"{proto} type", icmp_type[0], icmp_type[1], "type"))
         if icmp_code is not None:
-            out.append(_is(f"{proto} code", icmp_code[0], icmp_code[1]))
+            out.append(attrs.compare(f"{proto} code", icmp_code[0], icmp_code[1], "code"))
     if attrs.take("ipset") or attrs.take("ipsetflags"):
         raise unsupported(spec.name, "ipset")
     attrs.take("state")
     attrs.take("connlimit-above")
     attrs.take("comment")
+    attrs.fixed("state", "connlimit-above", "comment")  # the compiler renders them
     attrs.check_all_used()
     if source_mac is not None and swap and len(out) == (2 if spec.ip_protocol is not None else 1):
         return None  # libvirt drops a mirrored rule whose only match was the source MAC

@@ -262,13 +262,14 @@ def _expand_rule(rule: Rule, origin: str, values: _Values) -> Tuple[ResolvedRule
     where = f"filter {origin!r}"
     rules = []
     seen = set()
+    slots = frozenset(name for name, _ref in _references(rule))
     for assignment in _combinations(_axes(rule, values, where)):
         matches = _instantiate(rule, assignment, where)
         if matches in seen:
             continue
         seen.add(matches)
         rules.append(ResolvedRule(rule.action, rule.direction, rule.priority, rule.protocol,
-                                  matches, rule.statematch, origin))
+                                  matches, rule.statematch, origin, slots))
     return tuple(rules)
 
 

@@ -24,6 +24,7 @@ class ResolvedRule:
     matches: Tuple[Tuple[str, Any, bool], ...] = ()
     statematch: bool = True
     origin: str = ""  # the filter the rule comes from
+    slots: frozenset = frozenset()  # attributes whose value a variable gave (a shared chain looks them up)
 
     def get(self, attribute: str) -> Optional[Tuple[Any, bool]]:
         """(value, negate) of an attribute, or None when the rule does not match on it."""
