@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
+from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
 from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
-from .nft_layout import MAX_PORT_ID, REMOVE_ALL, PortLive, digest
+from .nft_layout import ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest
 from .nft_delete import remove_ports
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from .networks import Networks
-    from .nft_compile import PortProgram
+    from .nft_compile import PortProgram, Shape, ShapeChange
     from .ruleset import ResolvedRule, Ruleset
 
 
@@ -89,14 +89,34 @@ class _State:
     def live(self, ports: Set[str]) -> Dict[str, PortLive]:
         records = {p: self.installed.get(p) for p in ports}
         return {p: PortLive({(c[0], c[1]) for c in record["chains"]},
-                            {tuple(e) for e in record["elements"]},
+                            {(e[0], e[1], e[2]) for e in record["elements"]},
                             {(c[0], c[1]): c[2] for c in record["chains"] if len(c) > 2},
                             {(s[0], s[1]) for s in record.get("sets", [])},
-                            {(c[0], c[1]): c[4] for c in record["chains"] if len(c) > 4})
+                            {(c[0], c[1]): c[4] for c in record["chains"] if len(c) > 4},
+                            {(m[0], m[1], m[2]) for m in record.get("members", [])})
                 for p, record in records.items() if record is not None}
 
+    def shapes(self) -> Dict[str, str]:
+        """Per shape in use, one of its ports."""
+        return {entry[6]: portdev for portdev, entry in self.summary.items() if entry[6] is not None}
+
+    def shape_change(self, kernel: Mapping[str, str], install: Collection["Shape"], base: bool,
+                     before: Optional["_State"] = None) -> "ShapeChange":
+        """The shapes around a change to this state from ``kernel`` (a port
+        of each shape in our tables before it, in ``before``'s records)."""
+        old = before or self
+        records = {name: old.installed.get(port) for name, port in kernel.items()}
+        used = {name: self.installed.get(port) for name, port in self.shapes().items()}
+        return _compiler().ShapeChange(
+            {name: (tuple((c[0], c[1]) for c in r["shape"]["chains"]), tuple(tuple(x) for x in r["shape"]["sets"]))
+             for name, r in records.items() if r is not None},
+            {name: tuple(part for part in ("o", "i", "fi", "fo", "hi")
+                         if any(c[1] == f"{name}/{part}" for c in r["shape"]["chains"]))
+             for name, r in used.items() if r is not None},
+            tuple(shape for shape in {s.name: s for s in install}.values() if base or shape.name not in kernel))
+
     def index(self) -> Dict[str, list]:
-        return {p: [i, *self.summary.get(p, [0, False, None, None, None, None])] for p, i in self.port_ids.items()}
+        return {p: [i, *self.summary.get(p, [0, False, None, None, None, None, None])] for p, i in self.port_ids.items()}
 
     def as_files(self) -> tuple:
         return self.filters, self.bindings, self.learned, self.installed, self.index()
@@ -130,10 +150,17 @@ class _State:
     def installing(self, program: "PortProgram") -> None:
         """Record what this port's program puts in the kernel."""
         record = {"chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.chains),
-                  "elements": sorted([f, m, k] for f, m, k, _target in program.elements),
+                  # an id map's element leads to a chain of the port's id (nft_layout.ID_MAPS)
+                  "elements": sorted([f, m, k] + ([target] if m in ID_MAPS else [])
+                                     for f, m, k, target in program.elements),
                   "rules": program.rule_count}
         if program.sets:
             record["sets"] = sorted([f, n] for f, n, _spec in program.sets)
+        if program.shape is not None:
+            record["shape"] = {"name": program.shape.name,
+                               "chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.shape.chains),
+                               "sets": sorted(list(s) for s in program.shape.sets)}
+            record["members"] = sorted(list(m) for m in program.members)
         self.installed[program.portdev] = record
         self.summary[program.portdev] = index_entry(0, record, self.bindings[program.portdev])[1:]
 
@@ -324,7 +351,7 @@ class Host:
         return {portdev: state.addresses(portdev) for portdev in state.bindings}
 
     def _apply(self, programs: List["PortProgram"], remove: List[str], before: Mapping[str, PortLive],
-               base: bool, generation: Optional[int] = None) -> bool:
+               base: bool, shapes: Callable[[bool], "ShapeChange"], generation: Optional[int] = None) -> bool:
         """One transaction. Our base chains are rewritten only when our tables
         are missing (rewriting them makes the kernel re-validate every port):
         a script without them fails then, and the retry puts them back. Not
@@ -335,20 +362,22 @@ class Host:
         A change that only removes ports goes over netlink (``nft_delete``),
         bound to ``generation``: the kernel refuses it if anyone committed
         since the kernel was checked; then nft's script, which copes with
-        anything, does it. Returns whether our base chains were rewritten."""
-        if not programs and not base and generation is not None:
+        anything, does it (and a port's set elements: ``shapes(base)`` are
+        the shapes around the change). Returns whether our base chains were rewritten."""
+        if not programs and not base and generation is not None and not any(
+                before[p].members for p in remove if p in before):
             try:
                 remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
                 return False
             except OSError:
                 pass
         try:
-            self.nft.apply(_compiler().transaction(programs, remove, before, base=base))
+            self.nft.apply(_compiler().transaction(programs, remove, before, base, shapes(base)))
             return base
         except NwfilterError:
             if base:
                 raise
-            self.nft.apply(_compiler().transaction(programs, remove, before, base=True))
+            self.nft.apply(_compiler().transaction(programs, remove, before, True, shapes(True)))
             return True
 
     def _check_kernel(self, state: _State, interrupted: Optional[List[str]]) -> Optional[Tuple[Findings, Kernel]]:
@@ -549,6 +578,8 @@ class Host:
             return [p.portdev for p in programs if p.learning]
         touched = rebuild | remove
         before = live if live is not None else old.live(touched)
+        kernel_shapes = old.shapes()
+        installed_shapes = [p.shape for p in programs if p.shape is not None]
         for program in programs:
             new.installing(program)
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
@@ -559,7 +590,8 @@ class Host:
                 if new.port_ids:
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
-                    base = self._apply(programs, sorted(remove), before, base=live is not None or not old.port_ids,
+                    base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
+                                       lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old),
                                        generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
@@ -586,8 +618,10 @@ class Host:
         except OSError as exc:
             # the kernel has the new rules but the store could not follow: put the old ones back
             old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
-            self.nft.apply(_compiler().transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched))
-                           if old.port_ids else REMOVE_ALL)
+            self.nft.apply(_compiler().transaction(
+                old_programs, sorted(touched - set(old.bindings)), new.live(touched), True,
+                old.shape_change(new.shapes(), [p.shape for p in old_programs if p.shape is not None], True, new))
+                if old.port_ids else REMOVE_ALL)
             self.store.undo()
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "

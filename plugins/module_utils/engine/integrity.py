@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
-from .nft_layout import BASE, TABLE, PortLive, map_target, portdev_of
+from . import nft_layout as layout
+from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
@@ -31,7 +32,7 @@ def _base_layout() -> Tuple[Set[str], Set[Tuple[str, str]], Dict[Chain, int]]:
             tables.add(words[2])
         elif words[:2] == ["add", "map"]:
             maps.add((words[2], words[4]))
-        elif words[:2] == ["add", "chain"]:
+        elif words[:2] == ["add", "chain"] and "hook" in words:
             rules[(words[2], words[4])] = 0
         elif words[:2] == ["add", "rule"]:
             rules[(words[2], words[4])] += 1
@@ -76,7 +77,7 @@ class Kernel:
             if portdev:
                 ports.setdefault(portdev, PortLive(set(), set())).chains.add((family, name))
         for element, target in self.elements.items():
-            portdev = portdev_of(target)
+            portdev = element[2][1:-1] if element[1] in ID_MAPS else portdev_of(target)
             if portdev:
                 ports.setdefault(portdev, PortLive(set(), set())).elements.add(element)
         for family, name in self.sets:
@@ -86,9 +87,16 @@ class Kernel:
         return ports
 
     def port_ids(self) -> Dict[str, int]:
-        """Port ids the kernel holds (the key of a port's ``fi`` element)."""
-        return {portdev_of(target) or "": int(key, 16) for (family, vmap, key), target in self.elements.items()
-                if (family, vmap) == ("inet", "fi") and portdev_of(target)}
+        """Port ids the kernel holds (the key of a port's ``fi`` element, or
+        the halves its id map elements lead to)."""
+        found = {portdev_of(target) or "": int(key, 16) for (family, vmap, key), target in self.elements.items()
+                 if (family, vmap) == ("inet", "fi") and portdev_of(target)}
+        half = layout.TO_SHIFT // 2
+        for (_family, vmap, key), target in sorted(self.elements.items()):
+            if vmap in ("id_from_lo", "id_from_hi") and target.startswith("id/"):
+                value = int(target.rsplit("/", 1)[1]) << (half if vmap.endswith("hi") else 0)
+                found[key[1:-1]] = found.get(key[1:-1], 0) | value
+        return found
 
 
 @dataclass
@@ -150,16 +158,17 @@ def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: Por
             return f"what chain {family} {name} holds {NOT_READ_BACK}"
         if kernel.contents.get((family, name)) != chain[4]:
             return f"chain {family} {name} has other rules than we put there"
-    for family, vmap, key in record["elements"]:
+    for element in record["elements"]:
+        family, vmap, key = element[:3]
         target = kernel.elements.get((family, vmap, key))
         if target is None:
             return f"element {key} of map {family} {vmap} is missing"
-        if target != map_target(portdev, vmap):
+        if target != (element[3] if len(element) > 3 else map_target(portdev, vmap)):
             return f"element {key} of map {family} {vmap} leads to {target}"
     extra = sorted(now.chains - {(c[0], c[1]) for c in record["chains"]})
     if extra:
         return f"chain {' '.join(extra[0])} was not installed by us"
-    elements = sorted(now.elements - {tuple(e) for e in record["elements"]})
+    elements = sorted(now.elements - {(e[0], e[1], e[2]) for e in record["elements"]})
     if elements:
         return f"element {elements[0][2]} of map {elements[0][0]} {elements[0][1]} was not installed by us"
     return None

@@ -10,14 +10,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, ID_MAPS, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
-                         id_chain, key_expression, map_target, port_key)
+                         dispatch_rule, id_chain, key_expression, map_target, port_key)
 from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -447,7 +447,53 @@ def compile_learning(binding: Binding, variables: Mapping[str, Tuple[str, ...]],
     return builder.program(learning=True, sets=sets)
 
 
-def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True) -> str:
+@dataclass(frozen=True)
+class ShapeChange:
+    """The shapes around a change: ``kernel``, those in our tables before it
+    (name -> their chains and sets, as the store records them); ``used``,
+    those that ports use after it (name -> parts, for the dispatch chains);
+    ``install``, those whose chains and sets are to be (re)written."""
+
+    kernel: Mapping[str, Tuple[Tuple[Tuple[str, str], ...], Sets]] = field(default_factory=dict)
+    used: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    install: Tuple[Shape, ...] = ()
+
+
+def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str], List[str]]:
+    """Of the shapes: what must exist first (with ``base``: whatever the store
+    says is in our tables, ``add``ed so that no delete fails), what goes
+    (dispatch rules, shapes no port uses) and what comes (new shapes, dispatch rules)."""
+    first, going, coming = [], [], []
+    gone = sorted(set(shapes.kernel) - set(shapes.used))
+    if base:
+        for name in sorted(shapes.kernel):
+            chains, sets = shapes.kernel[name]
+            first += [f"add set {family} {TABLE} {set_name} {{ {spec} }}" for family, set_name, spec in sets]
+            first += [f"add chain {family} {TABLE} {chain}" for family, chain in chains]
+    rewrite = base or set(shapes.kernel) != set(shapes.used)
+    if rewrite:
+        going += [f"flush chain {family} {TABLE} {chain}" for family, chain in sorted(DISPATCH)]
+    for name in gone:
+        chains, sets = shapes.kernel[name]
+        going += [f"flush chain {family} {TABLE} {chain}" for family, chain in chains]
+        going += [f"delete chain {family} {TABLE} {chain}" for family, chain in chains]
+        going += [f"delete set {family} {TABLE} {set_name}" for family, set_name, _spec in sets]
+    for shape in shapes.install:
+        coming += [f"add set {family} {TABLE} {name} {{ {spec} }}" for family, name, spec in shape.sets]
+        for family, name, _rules in shape.chains:
+            coming += [f"add chain {family} {TABLE} {name}", f"flush chain {family} {TABLE} {name}"]
+        coming += [f"add chain {family} {TABLE} {name} {{\n" + "\n".join(rules) + "\n}"
+                   for family, name, rules in shape.chains if rules]
+    if rewrite:
+        for (family, chain), part in sorted(DISPATCH.items()):
+            rules = [dispatch_rule(name, part) for name, parts in sorted(shapes.used.items()) if part in parts]
+            if rules:
+                coming.append(f"add chain {family} {TABLE} {chain} {{\n" + "\n".join(rules) + "\n}")
+    return first, going, coming
+
+
+def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True,
+                shapes: ShapeChange = ShapeChange()) -> str:
     """One nft script: our tables and base chains (idempotent), then every
     installed port's chains refilled and map elements replaced where they
     change, and every removed port's deleted. Nothing outside our two tables
@@ -465,14 +511,25 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     transaction. Every chain filled is flushed first, even one ``live`` says
     is new: a chain the store does not know of (an interrupted change, someone
     else's) is replaced, never appended to."""
-    lines = [layout.BASE.rstrip("\n")] if base else []
-    adding: List[str] = []
+    first, going, adding = _shape_lines(shapes, base)
+    lines = ([layout.BASE.rstrip("\n")] if base else []) + first
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
+    members_by_set: Dict[Tuple[str, str], List[str]] = {}
+    specs: Dict[Tuple[str, str], str] = {}
     programs = {p.portdev: p for p in install}
     empty = PortLive(set(), set())
     for portdev in sorted(set(programs) | set(remove)):
         now = live.get(portdev, empty)
         program = programs.get(portdev)
+        members = set(program.members) if program else set()
+        for family, name, element in sorted(now.members - members):
+            if base:  # may be gone from the kernel: ``add`` first
+                lines.append(f"add element {family} {TABLE} {name} {{ {element} }}")
+            lines.append(f"delete element {family} {TABLE} {name} {{ {element} }}")
+        if program is not None and program.shape is not None:
+            specs.update(((f, n), spec) for f, n, spec in program.shape.sets)
+            for family, name, element in sorted(members - now.members):
+                members_by_set.setdefault((family, name), []).append(element)
         chains = {(f, n) for f, n, _rules in program.chains} if program else set()
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()
         rules = {(f, n): r for f, n, r in program.chains} if program else {}
@@ -506,4 +563,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
                 elements_by_map.setdefault((family, vmap), []).append(f"{key} : jump {target}")
     adding += [f"add map {family} {TABLE} {vmap} {{ type {MAP_KEYS[family, vmap]} : verdict; elements = {{ "
                + ", ".join(found) + " } }" for (family, vmap), found in sorted(elements_by_map.items())]
-    return "\n".join(lines + adding) + "\n"
+    # a set's declaration with elements, as for maps: nft reads no chain for it
+    adding += [f"add set {family} {TABLE} {name} {{ {specs[family, name]} elements = {{ " + ", ".join(found) + " } }"
+               for (family, name), found in sorted(members_by_set.items())]
+    return "\n".join(lines + going + adding) + "\n"

@@ -153,6 +153,7 @@ class PortLive:
     digests: Dict[Tuple[str, str], str] = field(default_factory=dict)
     sets: Set[Tuple[str, str]] = field(default_factory=set)
     contents: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    members: Set[Tuple[str, str, str]] = field(default_factory=set)  # (family, set, element) in its shape's sets
 
     def holds(self, chain: Tuple[str, str], rules_digest: str) -> bool:
         """Whether ``chain`` is in force with rules of that digest (a
@@ -175,7 +176,16 @@ def chain_name(portdev: str, *parts: str) -> str:
 
 
 def map_target(portdev: str, vmap: str) -> str:
+    """The chain a port's element of ``vmap`` leads to (of an id map: one that
+    exists whatever the port's id, for an ``add`` before a ``delete``)."""
+    if vmap in ID_MAPS:
+        return id_chain(vmap, 0)
     return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
+
+
+def dispatch_rule(shape: str, part: str) -> str:
+    """The rule of a dispatch chain that sends a shape's ports to its ``part``."""
+    return f"{key_expression(part)} @{shape}/{PORT_SETS[part]} jump {shape}/{part}"
 
 
 def portdev_of(chain: str) -> Optional[str]:

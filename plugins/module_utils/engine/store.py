@@ -47,10 +47,14 @@ DEFAULT_ROOT = "/etc/vmguard"
 # Version 4 records what the kernel holds of each chain of ours (its rules'
 # content, read back after our commit: integrity, rule_content) in the port
 # records, base.json and network-table.json; converting forgets them, as for version 3.
-STORE_VERSION = 4
+# Version 5 shares chains among ports of one shape (nft_compile.Shape): the
+# index names each port's shape, our base chains changed; converting forgets
+# the records, as for version 3.
+STORE_VERSION = 5
 # why a conversion to each version reinstalls every port (Host._verified says it)
 REINSTALLED_FOR = {3: "port ids of 14 bits in the packet mark",
-                   4: "what the kernel holds of each chain is read back and recorded"}
+                   4: "what the kernel holds of each chain is read back and recorded",
+                   5: "ports alike share chains"}
 # what the kernel held in our base chains and our network table (Store.kernel_contents)
 CONTENTS_FILES = {"base": "base.json", "networks": "network-table.json"}
 # parsed objects by file text: a change reads every file, parsing only what changed
@@ -201,10 +205,11 @@ def _index_valid(value: object) -> bool:
     if not isinstance(value, dict):
         return False
     for entry in value.values():
-        if not isinstance(entry, list) or len(entry) != 7:
+        if not isinstance(entry, list) or len(entry) != 8:
             return False
-        port_id, rules, layer3, root, digest, addresses, owner = entry
+        port_id, rules, layer3, root, digest, addresses, owner, shape = entry
         if not (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
+                and _text_or_none(shape)
                 and _text_or_none(digest) and _text_or_none(owner) and (addresses is None or _strings(addresses))):
             return False
     return True
@@ -221,11 +226,14 @@ def index_entry(port_id: int, record: dict, binding: Optional[Binding]) -> list:
     """A port's line of index.json, what a change needs of every port without
     reading it: [id, nft rules, has layer-3 chains, its binding's root filter,
     the binding's digest, its addresses (``binding_addresses``), its owner's
-    UUID]; the last four are None when the binding could not be read."""
-    entry = [port_id, record.get("rules", 0), any(chain[0] == "inet" for chain in record["chains"])]
-    if binding is None:
-        return entry + [None, None, None, None]
-    return entry + [binding.filterref.filter, binding_digest(binding), binding_addresses(binding), binding.owner_uuid]
+    UUID, its shape (nft_compile.Shape) or None]; the binding's four are
+    None when the binding could not be read."""
+    shape = record.get("shape")
+    chains = record["chains"] + (shape["chains"] if shape else [])
+    entry = [port_id, record.get("rules", 0), any(chain[0] == "inet" for chain in chains)]
+    found = [binding.filterref.filter, binding_digest(binding), binding_addresses(binding), binding.owner_uuid] \
+        if binding is not None else [None, None, None, None]
+    return entry + found + [shape["name"] if shape else None]
 
 
 def _record_text(record: dict) -> str:
@@ -429,7 +437,7 @@ class Store:
             return {port: index_entry(record["id"], record, None) for port, record in self._v1_records().items()}
         text = _text_of(self.index_path)
         return _json_of(self.index_path, text, _index_valid,
-                        "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner]") \
+                        "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]") \
             if text else {}
 
     def records(self, ports: Iterable[str]) -> LazyMap:
