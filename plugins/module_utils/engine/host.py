@@ -93,7 +93,8 @@ class _State:
                             {(c[0], c[1]): c[2] for c in record["chains"] if len(c) > 2},
                             {(s[0], s[1]) for s in record.get("sets", [])},
                             {(c[0], c[1]): c[4] for c in record["chains"] if len(c) > 4},
-                            {(m[0], m[1], m[2]) for m in record.get("members", [])})
+                            {(m[0], m[1], m[2]) for m in record.get("members", [])},
+                            {(e[0], e[1], e[2]): e[3] for e in record["elements"] if len(e) > 3})
                 for p, record in records.items() if record is not None}
 
     def shapes(self) -> Dict[str, str]:

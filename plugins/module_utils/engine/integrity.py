@@ -80,6 +80,8 @@ class Kernel:
             portdev = element[2][1:-1] if element[1] in ID_MAPS else portdev_of(target)
             if portdev:
                 ports.setdefault(portdev, PortLive(set(), set())).elements.add(element)
+                if element[1] in ID_MAPS:
+                    ports[portdev].targets[element] = target
         for family, name in self.sets:
             portdev = portdev_of(name)
             if portdev:

@@ -17,7 +17,7 @@ from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, ID_MAPS, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
-                         dispatch_rule, id_chain, key_expression, map_target, port_key)
+                         dispatch_rule, id_chain, key_expression, port_key)
 from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -540,7 +540,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         if base:
             lines += [f"add chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         for family, vmap, key in sorted(now.elements - elements):
-            lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {map_target(portdev, vmap)} }}")
+            lines.append(f"add element {family} {TABLE} {vmap} {{ {key} : jump {now.target((family, vmap, key), portdev)} }}")
             lines.append(f"delete element {family} {TABLE} {vmap} {{ {key} }}")
         lines += [f"flush chain {family} {TABLE} {name}" for family, name in sorted(now.chains - same)]
         lines += [f"delete chain {family} {TABLE} {name}" for family, name in sorted(now.chains - chains)]

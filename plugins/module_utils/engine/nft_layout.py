@@ -154,6 +154,11 @@ class PortLive:
     sets: Set[Tuple[str, str]] = field(default_factory=set)
     contents: Dict[Tuple[str, str], str] = field(default_factory=dict)
     members: Set[Tuple[str, str, str]] = field(default_factory=set)  # (family, set, element) in its shape's sets
+    targets: Dict[Tuple[str, str, str], str] = field(default_factory=dict)  # of its id maps' elements
+
+    def target(self, element: Tuple[str, str, str], portdev: str) -> str:
+        """The chain an element of this port leads to."""
+        return self.targets.get(element) or map_target(portdev, element[1])
 
     def holds(self, chain: Tuple[str, str], rules_digest: str) -> bool:
         """Whether ``chain`` is in force with rules of that digest (a
@@ -176,10 +181,7 @@ def chain_name(portdev: str, *parts: str) -> str:
 
 
 def map_target(portdev: str, vmap: str) -> str:
-    """The chain a port's element of ``vmap`` leads to (of an id map: one that
-    exists whatever the port's id, for an ``add`` before a ``delete``)."""
-    if vmap in ID_MAPS:
-        return id_chain(vmap, 0)
+    """The chain a port's element of ``vmap`` leads to (not of an id map: PortLive.target)."""
     return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
 
 
