@@ -19,9 +19,9 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import BASE_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
-from .nft_layout import ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest
-from .nft_delete import remove_ports
+from .integrity import BASE_CHAINS, FIXED_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
+from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest
+from .nft_delete import remove_members, remove_ports
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
@@ -102,15 +102,18 @@ class _State:
         return {entry[6]: portdev for portdev, entry in self.summary.items() if entry[6] is not None}
 
     def shape_change(self, kernel: Mapping[str, str], install: Collection["Shape"], base: bool,
-                     before: Optional["_State"] = None) -> "ShapeChange":
+                     before: Optional["_State"] = None,
+                     stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None) -> "ShapeChange":
         """The shapes around a change to this state from ``kernel`` (a port
-        of each shape in our tables before it, in ``before``'s records)."""
+        of each shape in our tables before it, in ``before``'s records; and
+        ``stale``, the chains and sets of shapes only the kernel has)."""
         old = before or self
         records = {name: old.installed.get(port) for name, port in kernel.items()}
         used = {name: self.installed.get(port) for name, port in self.shapes().items()}
         return _compiler().ShapeChange(
-            {name: (tuple((c[0], c[1]) for c in r["shape"]["chains"]), tuple(tuple(x) for x in r["shape"]["sets"]))
-             for name, r in records.items() if r is not None},
+            {**(stale or {}),
+             **{name: (tuple((c[0], c[1]) for c in r["shape"]["chains"]), tuple(tuple(x) for x in r["shape"]["sets"]))
+                for name, r in records.items() if r is not None}},
             {name: tuple(part for part in ("o", "i", "fi", "fo", "hi")
                          if any(c[1] == f"{name}/{part}" for c in r["shape"]["chains"]))
              for name, r in used.items() if r is not None},
@@ -541,18 +544,23 @@ class Host:
         damaged = found.damaged | (set(interrupted or ()) & set(state.bindings))
         if check:
             return state, notes
-        if not damaged and not found.stale and not found.base:
+        if not damaged and not found.stale and not found.base and not found.foreign and not found.stale_shapes:
             self.store.set_marker(self._checked)
             if interrupted is not None:
                 self.store.end()
             return state, notes
         new = state.copy()
         _adopt_port_ids(new, kernel, damaged)
-        self._commit(state, new, damaged, found.stale, False, kernel.live())
+        if found.foreign:  # elements no port of ours has, which no nft syntax names: first, over netlink
+            remove_members(self.nft.netlink, found.foreign, self._checked[2] if self._checked else None)
+            marker = self.generation.marker()  # still the state the check saw, less those elements
+            self._checked = marker if next_to(self._checked, marker) else None
+        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes)
         return new, notes
 
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
-                live: Optional[Mapping[str, PortLive]] = None) -> List[str]:
+                live: Optional[Mapping[str, PortLive]] = None,
+                stale_shapes: Optional[Mapping[str, Tuple[tuple, tuple]]] = None) -> List[str]:
         """Compile, apply as one transaction and store; returns the ports now
         learning. What a port has in the kernel is taken from the store
         (``installed``) unless ``live`` (read from nft) is given.
@@ -592,7 +600,8 @@ class Host:
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
                     base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
-                                       lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old),
+                                       lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old,
+                                                                     stale_shapes),
                                        generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
@@ -603,7 +612,8 @@ class Host:
                 self.store.end()
                 raise
             try:
-                records, base_read = self._read_back(new, programs, before, base)
+                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes)
+                records, base_read = self._read_back(new, old, programs, before, base, change)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
@@ -629,18 +639,24 @@ class Host:
                                 "nothing changed") from None
         if base or not new.port_ids:
             self.store.set_kernel_contents("base", base_read if vouched else None)
+        elif base_read:  # the dispatch chains were rewritten
+            recorded = self.store.kernel_contents("base")
+            self.store.set_kernel_contents("base", {**recorded, **base_read} if vouched and recorded else None)
         if touched or live is not None:
             self._checked = marker if vouched else None
             self.store.set_marker(self._checked)
         return [p.portdev for p in programs if p.learning]
 
-    def _read_back(self, new: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
-                   base: bool) -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
+    def _read_back(self, new: _State, old: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
+                   base: bool, shapes: "ShapeChange") -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
         """The programs' port records with what the kernel holds in each chain,
-        and our base chains' content when they were rewritten: read back right
-        after our commit where it wrote a chain; a chain the transaction left
-        alone (``before`` has its rules) keeps what its record said."""
+        and our base chains' content when they were rewritten (the dispatch
+        chains' when the shapes changed): read back right after our commit
+        where it wrote a chain; a chain the transaction left alone (``before``
+        has its rules, or the shape was there) keeps what its record said."""
         records, unread = {}, []
+        installed = {shape.name for shape in shapes.install}
+        kernel_shapes = old.shapes()
         for program in programs:
             records[program.portdev] = record = dict(new.installed[program.portdev])
             now = before.get(program.portdev, PortLive(set(), set()))
@@ -651,13 +667,21 @@ class Host:
                     chain.append(now.contents[name])
                 else:
                     unread.append(name)
-        contents = self.nft.contents(unread + (list(BASE_CHAINS) if base else []),
-                                     sum(entry[0] for entry in new.summary.values()))
+            if program.shape is not None:
+                record["shape"] = shape = dict(record["shape"], chains=[c[:4] for c in record["shape"]["chains"]])
+                known = old.installed.get(kernel_shapes[shape["name"]]) if shape["name"] in kernel_shapes else None
+                if shape["name"] in installed or known is None:
+                    unread += [(c[0], c[1]) for c in shape["chains"]]
+                else:
+                    shape["chains"] = [list(c) for c in known["shape"]["chains"]]
+        rewritten = list(BASE_CHAINS) + list(FIXED_CHAINS) if base else \
+            sorted(DISPATCH) if set(shapes.kernel) != set(shapes.used) else []
+        contents = self.nft.contents(sorted(set(unread)) + rewritten, sum(entry[0] for entry in new.summary.values()))
         for record in records.values():
-            for chain in record["chains"]:
+            for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):
                 if len(chain) == 4:
                     chain.append(contents[(chain[0], chain[1])])
-        return records, base_contents(contents) if base else None
+        return records, base_contents(contents) if rewritten else None
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import nft_layout as layout
 from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
+from .set_members import encode
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
@@ -40,11 +41,15 @@ def _base_layout() -> Tuple[Set[str], Set[Tuple[str, str]], Dict[Chain, int]]:
 
 
 BASE_TABLES, BASE_MAPS, BASE_CHAINS = _base_layout()
+# chains of BASE without a hook: the id chains and the dispatch chains (whose rules follow the shapes)
+FIXED_CHAINS = tuple(sorted({(line.split()[2], line.split()[4]) for line in BASE.splitlines()
+                             if line.startswith("add chain ") and "hook" not in line} - set(BASE_CHAINS)))
 
 
 def base_contents(contents: Mapping[Chain, str]) -> Dict[str, str]:
-    """Our base chains' content, as the store keeps it (keyed "family name")."""
-    return {f"{family} {name}": contents[(family, name)] for family, name in BASE_CHAINS if (family, name) in contents}
+    """Our base, id and dispatch chains' content, as the store keeps it (keyed "family name")."""
+    return {f"{family} {name}": contents[(family, name)] for family, name in list(BASE_CHAINS) + list(FIXED_CHAINS)
+            if (family, name) in contents}
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Kernel:
     sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
     dormant: Set[str] = field(default_factory=set)  # families whose table is dormant: its hooks see nothing
     dropping: Set[Chain] = field(default_factory=set)  # base chains whose policy is not accept (ours all accept)
+    members: Dict[Chain, Set[Tuple[bytes, bytes]]] = field(default_factory=dict)  # the shapes' sets (set_members)
 
     def add_map(self, vmap: Dict[str, Any]) -> None:
         """A map as nft lists it in JSON, with its elements."""
@@ -86,6 +92,10 @@ class Kernel:
             portdev = portdev_of(name)
             if portdev:
                 ports.setdefault(portdev, PortLive(set(), set())).sets.add((family, name))
+        for (family, name), members in self.members.items():
+            if family == "bridge" and name.endswith("/ports"):  # a shape's ports, by name
+                for key, _end in members:
+                    ports.setdefault(key.rstrip(b"\0").decode(errors="replace"), PortLive(set(), set()))
         return ports
 
     def port_ids(self) -> Dict[str, int]:
@@ -107,6 +117,9 @@ class Findings:
     base: bool = False  # a table, map or base chain is missing or altered
     damaged: Set[str] = field(default_factory=set)  # ports to put back
     stale: Set[str] = field(default_factory=set)  # ports of ours the store does not know
+    foreign: List[Tuple[str, str, bytes, bytes]] = field(default_factory=list)  # elements of no port in our sets
+    stale_shapes: Dict[str, Tuple[Tuple[Chain, ...], Tuple[Tuple[str, str, str], ...]]] = \
+        field(default_factory=dict)  # shapes no port uses: their chains and sets
 
     def __bool__(self) -> bool:
         return bool(self.problems)
@@ -134,6 +147,14 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
                 found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
                                       if base else f"what base chain {chain[0]} {TABLE} {chain[1]} holds "
                                       f"{NOT_READ_BACK}")
+        for chain in FIXED_CHAINS:
+            if chain not in kernel.rules:
+                found.problems.append(f"chain {chain[0]} {TABLE} {chain[1]} is missing")
+            elif base is None or base.get(" ".join(chain)) != kernel.contents.get(chain):
+                found.problems.append(f"chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
+                                      if base and " ".join(chain) in base
+                                      else f"what chain {chain[0]} {TABLE} {chain[1]} holds {NOT_READ_BACK}")
+                break  # one line for many: the id chains are 512
     found.base = bool(found.problems)
     live = kernel.live()
     for portdev in sorted(records):
@@ -144,22 +165,76 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
     for portdev in sorted(set(live) - set(records)):
         found.stale.add(portdev)
         found.problems.append(f"{portdev}: chains of a port that has no binding")
+    _compare_shapes(records, kernel, found)
     return found
+
+
+def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found: Findings) -> None:
+    """The shapes' sets hold exactly the elements of the ports that use
+    them (a port's own are compared in _port_problem); our chains and sets
+    of a shape no port uses are stale."""
+    expected: Dict[Chain, Set[Tuple[bytes, bytes]]] = {}
+    used = set()
+    for record in records.values():
+        shape = record.get("shape") if record else None
+        if shape is None:
+            continue
+        used.add(shape["name"])
+        specs = {(family, name): spec for family, name, spec in shape["sets"]}
+        for family, name, element in record["members"]:
+            expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
+    for (family, name), members in sorted(kernel.members.items()):
+        shape = "/".join(name.split("/")[:2])
+        if shape not in used:
+            chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
+            sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
+            found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
+            continue
+        for key, end in sorted(members - expected.get((family, name), set())):
+            found.foreign.append((family, name, key, end))
+        if members - expected.get((family, name), set()):
+            found.problems.append(f"set {family} {name} holds elements we did not put there")
+    for shape in sorted(found.stale_shapes):
+        found.problems.append(f"chains and sets of {shape}, which no port uses")
+
+
+def _chain_problem(chain: list, kernel: Kernel) -> Optional[str]:
+    family, name = chain[0], chain[1]
+    if (family, name) not in kernel.rules:
+        return f"chain {family} {name} is missing"
+    if len(chain) > 3 and kernel.rules[(family, name)] != chain[3]:
+        return f"chain {family} {name} has {kernel.rules[(family, name)]} rules, not {chain[3]}"
+    if len(chain) < 5:
+        return f"what chain {family} {name} holds {NOT_READ_BACK}"
+    if kernel.contents.get((family, name)) != chain[4]:
+        return f"chain {family} {name} has other rules than we put there"
+    return None
+
+
+def _shape_problem(record: dict, kernel: Kernel) -> Optional[str]:
+    """What of the port's shape (its chains, its elements) the kernel lacks."""
+    shape = record["shape"]
+    for chain in shape["chains"]:
+        problem = _chain_problem(chain, kernel)
+        if problem:
+            return problem
+    specs = {(family, name): spec for family, name, spec in shape["sets"]}
+    for family, name, element in record["members"]:
+        if encode(specs[family, name], element) not in kernel.members.get((family, name), ()):
+            return f"element {element} of set {family} {name} is missing"
+    return None
 
 
 def _port_problem(portdev: str, record: Optional[dict], kernel: Kernel, now: PortLive) -> Optional[str]:
     if record is None:
         return NO_RECORD
     for chain in record["chains"]:
-        family, name = chain[0], chain[1]
-        if (family, name) not in kernel.rules:
-            return f"chain {family} {name} is missing"
-        if len(chain) > 3 and kernel.rules[(family, name)] != chain[3]:
-            return f"chain {family} {name} has {kernel.rules[(family, name)]} rules, not {chain[3]}"
-        if len(chain) < 5:
-            return f"what chain {family} {name} holds {NOT_READ_BACK}"
-        if kernel.contents.get((family, name)) != chain[4]:
-            return f"chain {family} {name} has other rules than we put there"
+        problem = _chain_problem(chain, kernel)
+        if problem:
+            return problem
+    problem = _shape_problem(record, kernel) if record.get("shape") else None
+    if problem:
+        return problem
     for element in record["elements"]:
         family, vmap, key = element[:3]
         target = kernel.elements.get((family, vmap, key))

@@ -468,7 +468,7 @@ def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str],
     if base:
         for name in sorted(shapes.kernel):
             chains, sets = shapes.kernel[name]
-            first += [f"add set {family} {TABLE} {set_name} {{ {spec} }}" for family, set_name, spec in sets]
+            first += [f"add set {family} {TABLE} {set_name} {{ {spec} }}" for family, set_name, spec in sets if spec]
             first += [f"add chain {family} {TABLE} {chain}" for family, chain in chains]
     rewrite = base or set(shapes.kernel) != set(shapes.used)
     if rewrite:
@@ -528,7 +528,8 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
             lines.append(f"delete element {family} {TABLE} {name} {{ {element} }}")
         if program is not None and program.shape is not None:
             specs.update(((f, n), spec) for f, n, spec in program.shape.sets)
-            for family, name, element in sorted(members - now.members):
+            # with ``base``, ``now`` may be the kernel's, which names no element: all are added (``add`` keeps any there)
+            for family, name, element in sorted(members - (set() if base else now.members)):
                 members_by_set.setdefault((family, name), []).append(element)
         chains = {(f, n) for f, n, _rules in program.chains} if program else set()
         elements = {(f, m, k) for f, m, k, _target in program.elements} if program else set()

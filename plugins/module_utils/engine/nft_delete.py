@@ -21,7 +21,7 @@ IFNAMSIZ = 16
 # attributes: table and name are 1 and 3 for a chain, 1 and 2 for a rule's chain, a set and an element list
 NAME_ATTRIBUTES = {NFT_MSG_DELCHAIN: (1, 3), NFT_MSG_DELRULE: (1, 2), NFT_MSG_DELSET: (1, 2)}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE = 1, 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
 
 
 def _key(key: str) -> bytes:
@@ -41,17 +41,29 @@ def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
     ports = list(ports)
     found = []
     for port in ports:
-        for family, vmap, key in sorted(port.elements):
-            key_data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, _key(key)))
-            element = attribute(NFTA_LIST_ELEM | NLA_F_NESTED, key_data)
-            found.append((NFT_MSG_DELSETELEM, family,
-                          attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(vmap))
-                          + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, element)))
+        found += [_element(family, vmap, _key(key)) for family, vmap, key in sorted(port.elements)]
     chains = sorted({chain for port in ports for chain in port.chains})
     found += [_named(NFT_MSG_DELRULE, family, name) for family, name in chains]
     found += [_named(NFT_MSG_DELCHAIN, family, name) for family, name in chains]
     found += [_named(NFT_MSG_DELSET, family, name) for port in ports for family, name in sorted(port.sets)]
     return found
+
+
+def _element(family: str, name: str, key: bytes, end: bytes = b"") -> Tuple[int, str, bytes]:
+    """Deleting one element of a set (``end``: of an interval set's element, its key's end)."""
+    data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, key))
+    if end:
+        data += attribute(NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, end))
+    return (NFT_MSG_DELSETELEM, family, attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE))
+            + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
+            + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attribute(NFTA_LIST_ELEM | NLA_F_NESTED, data)))
+
+
+def remove_members(netlink: Netlink, elements: Iterable[Tuple[str, str, bytes, bytes]],
+                   generation: Optional[int]) -> None:
+    """Delete these elements (family, set, key, key end) of our sets, as the
+    kernel holds them, in one transaction, refused if any other came after ``generation``."""
+    netlink.batch([_element(*element) for element in elements], generation)
 
 
 def remove_ports(netlink: Netlink, ports: Iterable[PortLive], generation: Optional[int]) -> None:

@@ -67,8 +67,10 @@ def _id_chains(from_mask: int, to_shift: int) -> str:
     for vmap, (_key, quarter) in ID_MAPS.items():
         shift = quarter * half if quarter < 2 else to_shift + (quarter - 2) * half
         keep = 0xFFFFFFFF & ~(((1 << half) - 1) << shift)
-        lines += [f"add chain bridge {TABLE} {id_chain(vmap, value)} {{\nmeta mark set meta mark & 0x{keep:08x} | "
-                  f"0x{value << shift:08x}\n}}" for value in range(1 << half)]
+        for value in range(1 << half):
+            chain = f"bridge {TABLE} {id_chain(vmap, value)}"
+            lines += [f"add chain {chain}", f"flush chain {chain}",
+                      f"add chain {chain} {{\nmeta mark set meta mark & 0x{keep:08x} | 0x{value << shift:08x}\n}}"]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import schema
 from .errors import NwfilterError
 from .ruleset import ResolvedRule
+from .set_members import lookup_width
 
 STP_DESTINATION = "01:80:c2:00:00:00"
 ETHERTYPE = {"arp": 0x0806, "rarp": 0x8035, "vlan": 0x8100}
@@ -108,6 +109,8 @@ class Attrs:
         """``_is``, or a lookup (LOOKUP) when a variable gave one of ``names``."""
         if not self.slots.intersection(names):
             return _is(expr, value, negate)
+        if not lookup_width(expr):
+            raise NotShared(self.element, expr)
         text = str(value)
         return LOOKUP.format(expr=expr, negate="!= " if negate else "", kind="I" if any(c in text for c in "-/") else "S",
                              value=text)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Collection, Dict, List, Optional, Sequence
+from typing import Any, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import LibNftables, library
 from .nft_layout import TABLE, PortLive
-from .nft_netlink import Netlink, attribute, cstring, text
+from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
 FAMILIES = ("bridge", "inet")
@@ -23,6 +23,8 @@ NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFT_TABLE_F_DORMANT = 1, 2, 0x1
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NF_ACCEPT = 1, 3, 4, 5, 1
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
+NFT_MSG_GETSETELEM, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 13, 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 # chains read back after a commit, and rules in our tables, for one dump per table (Nft.contents)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
@@ -110,7 +112,11 @@ class Nft:
             self._read_rules(kernel, family)
             for found in self.netlink.request(NFT_MSG_GETSET, [NFTA_SET_TABLE, NFTA_SET_NAME], family, dump=True):
                 if text(found[NFTA_SET_TABLE]) == TABLE:
-                    kernel.sets.add((family, text(found[NFTA_SET_NAME])))
+                    name = text(found[NFTA_SET_NAME])
+                    if name.startswith("s/"):  # a shape's (nft_layout)
+                        kernel.members[(family, name)] = self.set_members(family, name)
+                    else:
+                        kernel.sets.add((family, name))
             for vmap in sorted(name for f, name in BASE_MAPS if f == family):
                 try:
                     listed = json.loads(self._run(["-j", "list", "map", family, TABLE, vmap]))
@@ -168,6 +174,19 @@ class Nft:
             found[name] = [rule.get(NFTA_RULE_EXPRESSIONS, b"") for rule in self.netlink.request(
                 NFT_MSG_GETRULE, [NFTA_RULE_EXPRESSIONS], family, named + attribute(NFTA_RULE_CHAIN, cstring(name[1])),
                 dump=True)]
+        return found
+
+    def set_members(self, family: str, name: str) -> Set[Tuple[bytes, bytes]]:
+        """The elements of one of our sets as the kernel holds them: (key, key
+        end or empty), the form set_members.encode gives."""
+        wanted = [NFTA_SET_ELEM_LIST_ELEMENTS]
+        request = attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
+        found = set()
+        for reply in self.netlink.request(NFT_MSG_GETSETELEM, wanted, family, request, dump=True):
+            for _kind, element in each_attribute(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                parts = {kind: dict(each_attribute(value)).get(NFTA_DATA_VALUE, b"")
+                         for kind, value in each_attribute(element) if kind in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END)}
+                found.add((parts.get(NFTA_SET_ELEM_KEY, b""), parts.get(NFTA_SET_ELEM_KEY_END, b"")))
         return found
 
     def live(self) -> Dict[str, PortLive]:

@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A shape's set elements (nft_compile.Shape) as the kernel holds them: the
+key, and for an interval set the key's end, each part padded to 32 bits.
+The kernel check compares these bytes with what a set dump returns, and a
+removal sends them, so neither needs nft. Only the expressions that
+nft_matches turns into lookups (LOOKUP_EXPRESSIONS) are encoded; what a
+port's value is in nft syntax, nft_compile wrote from typed values."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from typing import Dict, List, Tuple
+
+IFNAMSIZ = 16
+_RAW = re.compile(r"@(ll|nh|th),(\d+),(\d+)")
+# expression -> bytes of one value (network byte order)
+_WIDTHS: Dict[str, int] = {"ether saddr": 6, "ether daddr": 6, "ip saddr": 4, "ip daddr": 4, "ip6 saddr": 16,
+                           "ip6 daddr": 16, "th sport": 2, "th dport": 2, "ether type": 2}
+
+
+def lookup_width(expr: str) -> int:
+    """Bytes of a value of ``expr`` in a set key; 0 where it is not encoded here (no lookup then)."""
+    raw = _RAW.fullmatch(expr)
+    if raw:
+        bits = int(raw.group(3))
+        return bits // 8 if bits % 8 == 0 and int(raw.group(2)) % 8 == 0 else 0
+    return _WIDTHS.get(expr, 0)
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _number(text: str, width: int) -> int:
+    if ":" in text and width == 6:
+        return int(text.replace(":", ""), 16)
+    if "." in text or ":" in text:
+        return int(ipaddress.ip_address(text))
+    return int(text, 0)
+
+
+def _value(expr: str, text: str) -> Tuple[bytes, bytes]:
+    """(low, high) of one part of a key: a value is both."""
+    if expr in ("iifname", "oifname"):
+        name = text.strip('"').encode().ljust(IFNAMSIZ, b"\0")
+        return name, name
+    if expr in ("meta mark", "mark"):
+        mark = struct.pack("=I", int(text, 0))  # host byte order
+        return mark, mark
+    width = lookup_width(expr)
+    if "/" in text:
+        network = ipaddress.ip_network(text, strict=False)
+        low, high = int(network.network_address), int(network.broadcast_address)
+    elif "-" in text:
+        first, last = text.split("-", 1)
+        low, high = _number(first, width), _number(last, width)
+    else:
+        low = high = _number(text, width)
+    return _pad(low.to_bytes(width, "big")), _pad(high.to_bytes(width, "big"))
+
+
+def expressions(spec: str) -> List[str]:
+    """The parts of a set's key, from its declaration (``typeof a . b;`` or ``type mark;``)."""
+    declared = spec.split(";", 1)[0].split(None, 1)[1]
+    return [part.strip() for part in declared.split(" . ")]
+
+
+def encode(spec: str, element: str) -> Tuple[bytes, bytes]:
+    """(key, key end: empty unless the set is an interval set) of an element in nft syntax."""
+    parts = [_value(expr, text) for expr, text in zip(expressions(spec), element.split(" . "))]
+    key = b"".join(low for low, _high in parts)
+    return key, b"".join(high for _low, high in parts) if "interval" in spec else b""
