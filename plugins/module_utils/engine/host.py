@@ -94,7 +94,8 @@ class _State:
                             {(s[0], s[1]) for s in record.get("sets", [])},
                             {(c[0], c[1]): c[4] for c in record["chains"] if len(c) > 4},
                             {(m[0], m[1], m[2]) for m in record.get("members", [])},
-                            {(e[0], e[1], e[2]): e[3] for e in record["elements"] if len(e) > 3})
+                            {(e[0], e[1], e[2]): e[3] for e in record["elements"] if len(e) > 3},
+                            {(x[0], x[1]): x[2] for x in record["shape"]["sets"]} if "shape" in record else {})
                 for p, record in records.items() if record is not None}
 
     def shapes(self) -> Dict[str, str]:
@@ -368,15 +369,15 @@ class Host:
         since the kernel was checked; then nft's script, which copes with
         anything, does it (and a port's set elements: ``shapes(base)`` are
         the shapes around the change). Returns whether our base chains were rewritten."""
-        if not programs and not base and generation is not None and not any(
-                before[p].members for p in remove if p in before):
+        change = shapes(base)
+        if not programs and not base and generation is not None and set(change.kernel) == set(change.used):
             try:
                 remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
                 return False
             except OSError:
                 pass
         try:
-            self.nft.apply(_compiler().transaction(programs, remove, before, base, shapes(base)))
+            self.nft.apply(_compiler().transaction(programs, remove, before, base, change))
             return base
         except NwfilterError:
             if base:

@@ -4,7 +4,7 @@
 """Removing ports straight over netlink, in one transaction. nft 1.0.6 reads
 every chain of the ruleset before it deletes anything (tens of ms with 1000
 ports, ten times that with 10,000); a removal needs no rule compiled, so it is
-sent as the few messages it is: the ports' map elements deleted, then their
+sent as the few messages it is: the ports' set and map elements deleted, then their
 chains emptied (which drops every jump between them), then the chains and
 their address-lock sets deleted."""
 
@@ -14,6 +14,7 @@ import struct
 from typing import Iterable, List, Optional, Tuple
 
 from .nft_layout import TABLE, PortLive
+from .set_members import encode
 from .nft_netlink import NFTA_LIST_ELEM, NLA_F_NESTED, Netlink, attribute, cstring
 
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 8, 11, 14
@@ -41,6 +42,8 @@ def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
     ports = list(ports)
     found = []
     for port in ports:
+        found += [_element(family, name, *encode(port.specs[family, name], element))
+                  for family, name, element in sorted(port.members)]
         found += [_element(family, vmap, _key(key)) for family, vmap, key in sorted(port.elements)]
     chains = sorted({chain for port in ports for chain in port.chains})
     found += [_named(NFT_MSG_DELRULE, family, name) for family, name in chains]

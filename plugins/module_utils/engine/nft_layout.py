@@ -157,6 +157,7 @@ class PortLive:
     contents: Dict[Tuple[str, str], str] = field(default_factory=dict)
     members: Set[Tuple[str, str, str]] = field(default_factory=set)  # (family, set, element) in its shape's sets
     targets: Dict[Tuple[str, str, str], str] = field(default_factory=dict)  # of its id maps' elements
+    specs: Dict[Tuple[str, str], str] = field(default_factory=dict)  # of the sets of its members
 
     def target(self, element: Tuple[str, str, str], portdev: str) -> str:
         """The chain an element of this port leads to."""
