@@ -27,31 +27,59 @@ FOREIGN = """table inet theirs {
 }
 """
 
+# <o> is the chain of frames from the port, <ip> its IPv4 sub-chain, <shape> its shape (layout "shared")
 DAMAGE = {
     "flush ruleset": "flush ruleset",
     "delete bridge table": "delete table bridge vmguard",
     "delete inet table": "delete table inet vmguard",
-    "delete port chain": "flush chain bridge vmguard p/vnet0/o/ipv4-ip\n"
-                         "delete rule bridge vmguard p/vnet0/o handle {p/vnet0/o:p/vnet0/o/ipv4-ip}\n"
-                         "delete chain bridge vmguard p/vnet0/o/ipv4-ip",
-    "flush port chain": "flush chain bridge vmguard p/vnet0/o",
-    "delete map element": 'delete element bridge vmguard from_vm { "vnet0" }',
-    "rule put into port chain": "insert rule bridge vmguard p/vnet0/o accept",
+    "delete port chain": "flush chain bridge vmguard <ip>\n"
+                         "delete rule bridge vmguard <o> handle {<o>:<ip>}\n"
+                         "delete chain bridge vmguard <ip>",
+    "flush port chain": "flush chain bridge vmguard <o>",
+    "rule put into port chain": "insert rule bridge vmguard <o> accept",
     # the chains keep their rule counts and the rules their handles: only their content tells
-    "rule replaced in port chain": "replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {p/vnet0/o/ipv4-ip:drop} accept",
+    "rule replaced in port chain": "replace rule bridge vmguard <ip> handle {<ip>:drop} accept",
     "rule replaced in base chain": "replace rule bridge vmguard prerouting handle {prerouting:@from_vm} accept",
     # every chain and rule still there, none of them hooked
     "bridge table made dormant": "add table bridge vmguard { flags dormant; }",
     "inet table made dormant": "add table inet vmguard { flags dormant; }",
     "base chain policy drop": "chain bridge vmguard postrouting { policy drop; }",
 }
+OWN_DAMAGE = {"delete map element": 'delete element bridge vmguard from_vm { "vnet0" }'}
+SHARED_DAMAGE = {
+    "port taken out of its shape": 'delete element bridge vmguard <shape>/ports { "vnet0" }',
+    "element added to a shape's set": 'add element bridge vmguard <ipset> { "vnet0" . 192.0.2.99 }',
+    "element deleted from a shape's set": 'delete element bridge vmguard <ipset> { "vnet0" . 192.0.2.10 }',
+    "dispatch chain flushed": "flush chain bridge vmguard shared_o",
+    "rule replaced in a dispatch chain": "replace rule bridge vmguard shared_o handle {shared_o:jump} accept",
+}
 UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain",
-               "bridge table made dormant")
+               "bridge table made dormant", "port taken out of its shape", "element added to a shape's set",
+               "dispatch chain flushed", "rule replaced in a dispatch chain")
+# clean-traffic and a rule that changes nothing, with a variable's value where no set lookup can stand
+# (a masked MAC address): the port gets chains of its own
+OWN = ("<filter name='own-chains'><filterref filter='clean-traffic'/><rule action='continue' direction='inout'>"
+       "<mac srcmacaddr='$MAC' srcmacmask='ff:ff:ff:ff:ff:ff'/></rule></filter>")
 
 
-def _bind(lab, host, ip=None):
+def _bind(lab, host, ip=None, root="clean-traffic"):
     vm = lab.guests["vm"]
-    return host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (ip or vm.ip,)})))
+    return host.bind(Binding(vm.port, vm.mac, FilterRef(root, {"IP": (ip or vm.ip,)})))
+
+
+def _damage(lab, layout, script):
+    """``script`` for the port's chains in this layout, and each ``{chain:text}``
+    replaced by the handle of the rule of that bridge chain of ours that contains the text."""
+    if layout == "shared":
+        listing = lab.nft_list()
+        shape = re.search(r"chain (s/[0-9a-f]+)/o ", listing).group(1)
+        ipset = re.search(r"set (s/[0-9a-f]+/v\d+) \{\n\t\ttypeof iifname \. ip saddr\n", listing).group(1)
+        names = {"<o>": f"{shape}/o", "<ip>": f"{shape}/o/ipv4-ip", "<shape>": shape, "<ipset>": ipset}
+    else:
+        names = {"<o>": "p/vnet0/o", "<ip>": "p/vnet0/o/ipv4-ip"}
+    for name, value in names.items():
+        script = script.replace(name, value)
+    return _with_handles(lab, script)
 
 
 def _spoofed_passes(lab):
@@ -79,15 +107,23 @@ def _with_handles(lab, script):
 
 
 @pytest.mark.parametrize("dumps", ["per table", "per chain"])
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_the_next_call_repairs_what_was_damaged(lab, host, damage, dumps, monkeypatch):
-    """Rules are counted from one dump of each table, or, in large tables, one dump per chain."""
+@pytest.mark.parametrize("layout, damage", [("shared", name) for name in sorted({**DAMAGE, **SHARED_DAMAGE})]
+                         + [("own", name) for name in sorted({**DAMAGE, **OWN_DAMAGE})])
+def test_the_next_call_repairs_what_was_damaged(lab, host, layout, damage, dumps, monkeypatch):
+    """Rules are counted from one dump of each table, or, in large tables,
+    one dump per chain. A port of a shape shares its chains; one whose
+    filter puts a variable's value where no lookup can stand has its own."""
     monkeypatch.setattr(nft_run, "PER_CHAIN_DUMPS_FROM", 0 if dumps == "per chain" else nft_run.PER_CHAIN_DUMPS_FROM)
     lab.nft(FOREIGN)
-    assert _bind(lab, host).changed
+    root = "clean-traffic"
+    if layout == "own":
+        host.define_filter(filter_from_xml(OWN))
+        root = "own-chains"
+    assert _bind(lab, host, root=root).changed
+    assert ("p/vnet0/o " in lab.nft_list()) == (layout == "own")
     assert not _spoofed_passes(lab)
     whole = _tables(lab)
-    lab.nft(_with_handles(lab, DAMAGE[damage]))
+    lab.nft(_damage(lab, layout, {**DAMAGE, **OWN_DAMAGE, **SHARED_DAMAGE}[damage]))
     if damage in UNFILTERING:
         assert _spoofed_passes(lab)
     if damage == "flush ruleset":
@@ -95,11 +131,11 @@ def test_the_next_call_repairs_what_was_damaged(lab, host, damage, dumps, monkey
     predicted = host.converge(check=True)
     assert predicted.changed and predicted.repaired
     assert _tables(lab) != whole  # check mode repaired nothing
-    result = _bind(lab, host)  # the very same binding: only the repair changes anything
+    result = _bind(lab, host, root=root)  # the very same binding: only the repair changes anything
     assert result.changed and result.repaired and not result.rebuilt, result
     assert _tables(lab) == whole  # ours as it was, theirs untouched
     assert not _spoofed_passes(lab)
-    assert not _bind(lab, host).changed
+    assert not _bind(lab, host, root=root).changed
 
 
 def test_nothing_damaged_means_no_change_and_no_listing(lab, host, monkeypatch):
@@ -134,7 +170,7 @@ def test_a_commit_while_our_tables_are_read_is_checked_by_the_next_call(lab, hos
 
     def read_then_tamper():
         kernel = read()
-        lab.nft("flush chain bridge vmguard p/vnet0/o")
+        lab.nft(_damage(lab, "shared", "flush chain bridge vmguard <o>"))
         return kernel
     monkeypatch.setattr(host.nft, "kernel", read_then_tamper)
     assert not host.converge().changed  # what it read was whole
@@ -151,10 +187,11 @@ def test_stale_chains_are_replaced_never_appended_to(lab, host, tmp_path):
     _bind(lab, host, "10.1.0.1")
     stale_kernel = lab.nft_list()
     other = Host(str(tmp_path / "fresh"), netns=lab.host)
-    _bind(lab, other, "10.2.0.1")  # a store that knows nothing of vnet0's chains
-    listing = _nft(lab, "list", "chain", "bridge", "vmguard", "p/vnet0/o/ipv4-ip")
-    assert "10.1.0.1" not in listing and "10.2.0.1" in listing
-    assert stale_kernel != lab.nft_list()
+    result = _bind(lab, other, "10.2.0.1")  # a store that knows nothing of vnet0's shape or elements
+    assert any("holds elements we did not put there" in line for line in result.repaired)
+    listing = lab.nft_list()
+    assert "10.1.0.1" not in listing and '"vnet0" . 10.2.0.1' in listing
+    assert stale_kernel != listing
 
 
 def test_the_module_repairs_and_info_tells(lab, collections, tmp_path):
@@ -204,15 +241,15 @@ def test_restore_restores_what_it_can_read(lab, host):
     vm = lab.guests["vm"]
     _bind(lab, host)
     host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("clean-traffic", {"IP": ("192.0.2.33",)})))
-    before = _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip")
+    before = [line for line in lab.nft_list().splitlines() if "other0" in line]
     with open(os.path.join(host.store.root, "bindings", "other0.xml"), "wb") as handle:
         handle.write(b"\xff\xfe")
-    lab.nft(f"flush chain bridge vmguard p/{vm.port}/o")
+    lab.nft(_damage(lab, "shared", 'delete element bridge vmguard <ipset> { "vnet0" . 192.0.2.10 }'))
     result = Host(host.store.root, netns=lab.host).restore()  # as at boot
     assert result.rebuilt == [vm.port] and len(result.skipped) == 1
     assert "other0.xml: not UTF-8 text" in result.skipped[0]
     assert not _spoofed_passes(lab)
-    assert _nft(lab, "list", "chain", "bridge", "vmguard", "p/other0/o/ipv4-ip") == before  # left as it was
+    assert [line for line in lab.nft_list().splitlines() if "other0" in line] == before  # left as it was
     # a change reads only the bindings it touches: others still change, and the report names the damage
     assert host.bind(Binding("other1", "52:54:00:00:00:34", FilterRef("clean-traffic"))).changed
     with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
@@ -243,7 +280,7 @@ def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
     with pytest.raises(NwfilterError, match="cannot write the store .*: No space left on device; nothing changed"):
         _bind(lab, host)
     monkeypatch.undo()
-    assert len(applied) == 2 and "p/vnet0/o" in applied[0]  # the kernel had taken it
+    assert len(applied) == 2 and '"vnet0"' in applied[0]  # the kernel had taken it
     assert "vmguard" not in lab.nft_list() and host.bindings() == {} and host.store.journal() is None
 
 
@@ -259,30 +296,39 @@ def test_a_version_3_store_is_reinstalled_and_its_rules_read_back(lab, host, tmp
     (root / "base.json").unlink()
     (root / "version").write_text("3\n")
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
-    assert fresh.converge().repaired == ["the store was converted from format 3 to 4: every port's rules are "
-                                         "reinstalled (what the kernel holds of each chain is read back and recorded)"]
-    assert (root / "version").read_text() == "4\n" and not _spoofed_passes(lab)
-    assert all(len(chain) == 5 for chain in json.loads((root / "ports" / "vnet0.json").read_text())["chains"])
-    lab.nft(_with_handles(lab, DAMAGE["rule replaced in port chain"]))
+    assert fresh.converge().repaired == ["the store was converted from format 3 to 5: every port's rules are "
+                                         "reinstalled (what the kernel holds of each chain is read back and "
+                                         "recorded; ports alike share chains)"]
+    assert (root / "version").read_text() == "5\n" and not _spoofed_passes(lab)
+    record = json.loads((root / "ports" / "vnet0.json").read_text())
+    assert record["shape"]["chains"] and all(len(chain) == 5 for chain in record["shape"]["chains"])
+    lab.nft(_damage(lab, "shared", DAMAGE["rule replaced in port chain"]))
     assert _spoofed_passes(lab)
-    assert fresh.converge().repaired == ["vnet0: chain bridge p/vnet0/o/ipv4-ip has other rules than we put there"]
+    shape = record["shape"]["name"]
+    assert fresh.converge().repaired == [f"vnet0: chain bridge {shape}/o/ipv4-ip has other rules than we put there"]
     assert not _spoofed_passes(lab)
 
 
 def test_a_change_reads_back_only_the_chains_it_wrote(lab, host, monkeypatch):
-    """A redefine that changes one rule rewrites the port's layer-3 chains
-    only, and reads back only those: the others keep what their records
-    said, which the kernel check still holds them to."""
+    """A port bound to a shape already in force reads back nothing of it; a
+    redefine that changes one rule makes a new shape, whose chains (and the
+    dispatch chains that lead to it) are read back once for all its ports:
+    the check holds every chain to what was read back."""
     vm = lab.guests["vm"]
     host.define_filter(filter_from_xml(WEB))
     host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
     read = host.nft.contents
     asked = []
     monkeypatch.setattr(host.nft, "contents", lambda chains, rules: asked.extend(chains) or read(chains, rules))
-    assert host.define_filter(filter_from_xml(WEB.replace("'22'", "'23'"))).rebuilt == [vm.port]
-    assert asked == [("inet", "p/vnet0/fi"), ("inet", "p/vnet0/fo"), ("inet", "p/vnet0/hi")]  # tcp 23 each way
+    host.bind(_web("vnet1", 1))
+    assert asked == []
+    assert host.define_filter(filter_from_xml(WEB.replace("'22'", "'23'"))).rebuilt == [vm.port, "vnet1"]
+    shape = re.search(r"chain (s/[0-9a-f]+)/o ", lab.nft_list()).group(1)
+    assert {name for _family, name in asked} == {name for name in re.findall(r"chain (\S+) \{", lab.nft_list())
+                                                 if name.startswith((f"{shape}/", "shared_"))}
     lab.nft(FOREIGN)  # someone else's commit: the next call compares every chain's content
     assert not host.converge().changed
-    lab.nft(_with_handles(lab, DAMAGE["rule replaced in port chain"]))  # in a chain the redefine left alone
-    assert host.converge().repaired == ["vnet0: chain bridge p/vnet0/o/ipv4-ip has other rules than we put there"]
+    lab.nft(_damage(lab, "shared", DAMAGE["rule replaced in port chain"]))
+    assert host.converge().repaired == [f"{port}: chain bridge {shape}/o/ipv4-ip has other rules than we put there"
+                                        for port in (vm.port, "vnet1")]
     assert not _spoofed_passes(lab)

@@ -38,7 +38,7 @@ rules:
 def _rules(flt: Filter, **params):
     binding = Binding("vnet0", MAC, FilterRef(flt.name, {k: tuple(v) for k, v in params.items()}))
     program = compile_port(binding, resolve({flt.name: flt}, binding), 1)
-    return [rule for _family, name, rules in program.chains if name.endswith("ipv6-nd") for rule in rules]
+    return [rule for _family, name, rules in program.all_chains if name.endswith("ipv6-nd") for rule in rules]
 
 
 def test_xml_and_yaml_say_the_same():

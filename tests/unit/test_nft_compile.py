@@ -3,6 +3,7 @@ accepts (checked with ``nft -c`` in a scratch namespace) or is refused with
 a clear error; negation, libvirt's halves and learning rules as designed."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -29,7 +30,7 @@ CASES = [(name, attr) for name, spec in sorted(schema.ELEMENTS.items()) for attr
 def _program(rules, name="x"):
     filters = {name: Filter(name, entries=tuple(rules))}
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef(name))
-    return compile_port(binding, resolve(filters, binding), 1)
+    return compile_port(binding, resolve(filters, binding), 1, share=False)
 
 
 def _rule(element, attributes, direction="inout", negate=False, action="drop"):
@@ -90,6 +91,30 @@ def test_every_attribute_compiles_or_is_refused(nft_check):
     nft_check(transaction(programs, [], {}))
     nd_attributes = [case for case in CASES if case[1].startswith("vmguard-nd")]
     assert len(programs) == 2 * (len(CASES) - len(REFUSED)) - len(nd_attributes)
+
+
+def test_every_attribute_from_a_variable_is_looked_up_or_has_chains_of_its_own(nft_check):
+    """A variable's value in a shared chain is a lookup in a set keyed by
+    port; where no lookup can stand the port has chains of its own. Both are
+    valid nft, two ports of one shape in one transaction."""
+    programs, shared = [], 0
+    for index, (element, attribute) in enumerate(CASES):
+        if (element, attribute) in REFUSED or attribute.startswith("vmguard-nd"):
+            continue
+        for negate in (False, True):
+            attributes = _attributes(element, attribute)
+            if not all(re.fullmatch(r"[\w.:-]+", value) for value in attributes.values()):
+                continue  # not a variable's value (a comment, tcp flags)
+            variables = {f"V{number}": (value,) for number, value in enumerate(attributes.values())}
+            rule = Rule("drop", "in" if element == "stp" else "inout", protocol=element,
+                        attributes={a: Match(f"$V{number}", negate) for number, a in enumerate(attributes)})
+            filters = {"x": Filter("x", entries=(rule,))}
+            for port in ("a", "b"):
+                binding = Binding(f"v{index}{'n' if negate else ''}{port}", "52:54:00:00:00:01", FilterRef("x", variables))
+                programs.append(compile_port(binding, resolve(filters, binding), 1 + len(programs)))
+                shared += programs[-1].shape is not None
+    nft_check(transaction(programs, [], {}))
+    assert shared > len(programs) / 2  # most of them
 
 
 def test_builtin_filters_compile(nft_check):
@@ -171,7 +196,7 @@ def _chains(program):
 
 def test_clean_traffic_sub_chains_that_are_one_test_are_folded_into_root():
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("clean-traffic", {"IP": ("192.0.2.10",)}))
-    chains = _chains(compile_port(binding, resolve(BUILTIN_FILTERS, binding), 1))
+    chains = _chains(compile_port(binding, resolve(BUILTIN_FILTERS, binding), 1, share=False))
     assert sorted(chains) == ["i", "o", "o/ipv4-ip"]  # ipv4-ip has two returns: kept
     assert "ether saddr & ff:ff:ff:ff:ff:ff != 52:54:00:00:00:01 drop" in chains["o"]
     assert "ether type 0x0806 @nh,112,32 & 0xffffffff != 0xc000020a drop" in chains["o"]
@@ -182,7 +207,7 @@ def test_clean_traffic_sub_chains_that_are_one_test_are_folded_into_root():
 def _sub(rules, chain="mac-x"):
     filters = {"x": Filter("x", chain=chain, entries=tuple(rules))}
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef("x"))
-    return _chains(compile_port(binding, resolve(filters, binding), 1))
+    return _chains(compile_port(binding, resolve(filters, binding), 1, share=False))
 
 
 @pytest.mark.parametrize("rules, kept", [

@@ -20,7 +20,7 @@ from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
 from .integrity import BASE_CHAINS, FIXED_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
-from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest
+from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest
 from .nft_delete import remove_members, remove_ports
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
@@ -428,7 +428,11 @@ class Host:
                 if portdev not in state.bindings:
                     raise NwfilterError(f"no binding for {portdev!r}")
             not_in_force = self._not_in_force(state)
-            in_force = self.nft.ports_rules(ports)
+            # what finds a port in its shape's sets, as nft lists it: its name, its id as sender and receiver
+            shapes = {portdev: (state.summary[portdev][6], [f'"{portdev}"', f"0x{state.port_ids[portdev]:08x}",
+                                                            f"0x{state.port_ids[portdev] << TO_SHIFT:08x}"])
+                      for portdev in ports if portdev in state.summary and state.summary[portdev][6]}
+            in_force = self.nft.ports_rules(ports, shapes)
         filters = state.all_filters()
         found: Dict[str, Dict[str, object]] = {}
         for portdev in ports:

@@ -62,14 +62,18 @@ class PortProgram:
     members: Tuple[Tuple[str, str, str], ...] = ()
 
     @property
+    def all_chains(self) -> Chains:
+        """Its own chains and its shape's."""
+        return self.chains + (self.shape.chains if self.shape else ())
+
+    @property
     def rule_count(self) -> int:
-        return sum(len(rules) for _family, _name, rules in self.chains + (self.shape.chains if self.shape else ()))
+        return sum(len(rules) for _family, _name, rules in self.all_chains)
 
     @property
     def text(self) -> str:
         """The port's rules as nft statements, for people (nwfilter_info)."""
-        return "\n".join(f"{family} {name}: {rule}" for family, name, rules in
-                         self.chains + (self.shape.chains if self.shape else ()) for rule in rules)
+        return "\n".join(f"{family} {name}: {rule}" for family, name, rules in self.all_chains for rule in rules)
 
 
 def _rule_text(matches: Sequence[str], verdict: str) -> str:
@@ -332,13 +336,16 @@ def _ip_layer(builder: _Builder, ruleset: Ruleset) -> None:
                 builder.chain("inet", side).append(text)
 
 
-def compile_port(binding: Binding, ruleset: Ruleset, port_id: int) -> PortProgram:
+def compile_port(binding: Binding, ruleset: Ruleset, port_id: int, share: bool = True) -> PortProgram:
     """The port's program: of its shape, unless a variable's value goes
-    where no lookup can stand (nft_matches.NotShared); then chains of its own."""
-    try:
-        return _compiled(binding, ruleset, port_id, True)
-    except NotShared:
-        return _compiled(binding, ruleset, port_id, False)
+    where no lookup can stand (nft_matches.NotShared), or not ``share``;
+    then chains of its own."""
+    if share:
+        try:
+            return _compiled(binding, ruleset, port_id, True)
+        except NotShared:
+            pass
+    return _compiled(binding, ruleset, port_id, False)
 
 
 def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool) -> PortProgram:
@@ -458,6 +465,12 @@ class ShapeChange:
     used: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     install: Tuple[Shape, ...] = ()
 
+    @classmethod
+    def fresh(cls, programs: Sequence[PortProgram]) -> "ShapeChange":
+        """Into tables without shapes: those of ``programs`` are installed."""
+        shapes = {p.shape.name: p.shape for p in programs if p.shape is not None}
+        return cls({}, {name: shape.parts for name, shape in shapes.items()}, tuple(shapes.values()))
+
 
 def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str], List[str]]:
     """Of the shapes: what must exist first (with ``base``: whatever the store
@@ -493,7 +506,7 @@ def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str],
 
 
 def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True,
-                shapes: ShapeChange = ShapeChange()) -> str:
+                shapes: Optional[ShapeChange] = None) -> str:
     """One nft script: our tables and base chains (idempotent), then every
     installed port's chains refilled and map elements replaced where they
     change, and every removed port's deleted. Nothing outside our two tables
@@ -511,7 +524,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     transaction. Every chain filled is flushed first, even one ``live`` says
     is new: a chain the store does not know of (an interrupted change, someone
     else's) is replaced, never appended to."""
-    first, going, adding = _shape_lines(shapes, base)
+    first, going, adding = _shape_lines(shapes or ShapeChange.fresh(install), base)
     lines = ([layout.BASE.rstrip("\n")] if base else []) + first
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
     members_by_set: Dict[Tuple[str, str], List[str]] = {}

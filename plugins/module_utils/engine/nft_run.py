@@ -7,13 +7,14 @@ reading back what of ours is in force."""
 from __future__ import annotations
 
 import json
+import re
 import struct
-from typing import Any, Collection, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import LibNftables, library
-from .nft_layout import TABLE, PortLive
+from .nft_layout import ID_MAPS, TABLE, PortLive
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
@@ -28,6 +29,14 @@ NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 # chains read back after a commit, and rules in our tables, for one dump per table (Nft.contents)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
+
+
+def _elements_of(block: str, keys: Sequence[str]) -> str:
+    """A set as nft lists it, with only the elements found by one of ``keys``."""
+    head, _sep, listed = block.partition("elements = {")
+    items = [item.strip() for item in listed.rsplit("}", 2)[0].split(",")]
+    mine = [item for item in items if any(item == key or item.startswith((f"{key} . ", f"{key} : ")) for key in keys)]
+    return head.rstrip() + ("\n\t\telements = { " + ", ".join(mine) + " }" if mine else "") + "\n\t}"
 
 
 class Nft:
@@ -202,11 +211,18 @@ class Nft:
         return [str(e) for item in json.loads(out).get("nftables", []) if "set" in item
                 for e in item["set"].get("elem", [])]
 
-    def ports_rules(self, portdevs: Sequence[str]) -> Dict[str, str]:
-        """Per port, the exact rules in force, as nft prints them. One listing
-        per table for all the ports, so a change running at the same time
-        cannot make it fail and many ports cost no more listings than one."""
+    def ports_rules(self, portdevs: Sequence[str], shapes: Mapping[str, Tuple[str, Sequence[str]]]) -> Dict[str, str]:
+        """Per port, the exact rules in force, as nft prints them: its own
+        chains, or (``shapes``: per port of a shape, its name and the keys
+        that find the port, nft_layout.port_key) the shape's chains and the
+        port's elements of its sets. One listing per table for all the ports,
+        so a change running at the same time cannot make it fail and many
+        ports cost no more listings than one."""
         wanted = set(portdevs)
+        users: Dict[str, List[str]] = {}
+        for portdev in portdevs:
+            if portdev in shapes:
+                users.setdefault(shapes[portdev][0], []).append(portdev)
         chains: Dict[str, Dict[str, List[str]]] = {p: {} for p in portdevs}
         for family in FAMILIES:
             try:
@@ -214,10 +230,16 @@ class Nft:
             except NwfilterError:
                 continue  # the table does not exist
             text = text.rstrip()[:-1]  # without the table's closing brace
-            for block in text.split("\n\tchain ")[1:]:
-                parts = block.split(" ", 1)[0].split("/")
-                if len(parts) > 1 and parts[0] == "p" and parts[1] in wanted:
-                    chains[parts[1]].setdefault(family, []).append(f"\tchain {block.rstrip()}")
+            for block in re.split(r"\n\t(?=(?:chain|set|map) )", text)[1:]:
+                kind, name = block.split(" ", 2)[:2]
+                parts = name.split("/")
+                if kind == "chain" and len(parts) > 1 and parts[0] == "p" and parts[1] in wanted:
+                    chains[parts[1]].setdefault(family, []).append(f"\t{block.rstrip()}")
+                elif (len(parts) > 2 and parts[0] == "s" and f"s/{parts[1]}" in users) or name in ID_MAPS:
+                    for portdev in users.get(name if name in ID_MAPS else f"s/{parts[1]}", ()) if name not in ID_MAPS \
+                            else [p for found in users.values() for p in found]:
+                        shown = block.rstrip() if kind == "chain" else _elements_of(block.rstrip(), shapes[portdev][1])
+                        chains[portdev].setdefault(family, []).append(f"\t{shown}")
         return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
                                  for family, blocks in found.items())
                 for portdev, found in chains.items()}
