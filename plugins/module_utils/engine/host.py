@@ -19,7 +19,7 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import BASE_CHAINS, FIXED_CHAINS, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
+from .integrity import BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
 from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest
 from .nft_delete import remove_members, remove_ports
 from .nft_generation import Generation, Marker, next_to
@@ -104,10 +104,12 @@ class _State:
 
     def shape_change(self, kernel: Mapping[str, str], install: Collection["Shape"], base: bool,
                      before: Optional["_State"] = None,
-                     stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None) -> "ShapeChange":
+                     stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
+                     foreign: Sequence[Tuple[str, str, str]] = ()) -> "ShapeChange":
         """The shapes around a change to this state from ``kernel`` (a port
-        of each shape in our tables before it, in ``before``'s records; and
-        ``stale``, the chains and sets of shapes only the kernel has)."""
+        of each shape in our tables before it, in ``before``'s records;
+        ``stale``, the chains and sets of shapes only the kernel has; and
+        ``foreign``, elements in their sets that no port of ours has)."""
         old = before or self
         records = {name: old.installed.get(port) for name, port in kernel.items()}
         used = {name: self.installed.get(port) for name, port in self.shapes().items()}
@@ -118,7 +120,8 @@ class _State:
             {name: tuple(part for part in ("o", "i", "fi", "fo", "hi")
                          if any(c[1] == f"{name}/{part}" for c in r["shape"]["chains"]))
              for name, r in used.items() if r is not None},
-            tuple(shape for shape in {s.name: s for s in install}.values() if base or shape.name not in kernel))
+            tuple(shape for shape in {s.name: s for s in install}.values() if base or shape.name not in kernel),
+            tuple(foreign))
 
     def index(self) -> Dict[str, list]:
         return {p: [i, *self.summary.get(p, [0, False, None, None, None, None, None])] for p, i in self.port_ids.items()}
@@ -542,7 +545,7 @@ class Host:
         notes += found.problems
         if converted is not None and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
-            notes = [note for note in notes if not note.endswith((f": {NO_RECORD}", NOT_READ_BACK))]
+            notes = [note for note in notes if not note.endswith((f": {NO_RECORD}", NOT_READ_BACK, NO_PORT_USES))]
             reasons = "; ".join(reason for version, reason in sorted(REINSTALLED_FOR.items()) if version > converted)
             notes.append(f"the store was converted from format {converted} to {STORE_VERSION}: every port's "
                          f"rules are reinstalled ({reasons})")
@@ -556,16 +559,19 @@ class Host:
             return state, notes
         new = state.copy()
         _adopt_port_ids(new, kernel, damaged)
-        if found.foreign:  # elements no port of ours has, which no nft syntax names: first, over netlink
-            remove_members(self.nft.netlink, found.foreign, self._checked[2] if self._checked else None)
+        unnamed = [element[:4] for element in found.foreign if element[4] is None]
+        if unnamed:  # elements no nft syntax can name safely: first, over netlink
+            remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)
             marker = self.generation.marker()  # still the state the check saw, less those elements
             self._checked = marker if next_to(self._checked, marker) else None
-        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes)
+        foreign = [(family, name, text) for family, name, _key, _end, text in found.foreign if text is not None]
+        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, foreign)
         return new, notes
 
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
                 live: Optional[Mapping[str, PortLive]] = None,
-                stale_shapes: Optional[Mapping[str, Tuple[tuple, tuple]]] = None) -> List[str]:
+                stale_shapes: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
+                foreign: Sequence[Tuple[str, str, str]] = ()) -> List[str]:
         """Compile, apply as one transaction and store; returns the ports now
         learning. What a port has in the kernel is taken from the store
         (``installed``) unless ``live`` (read from nft) is given.
@@ -606,7 +612,7 @@ class Host:
                     checked = self._checked[2] if self._checked is not None else None
                     base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
                                        lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old,
-                                                                     stale_shapes),
+                                                                     stale_shapes, foreign),
                                        generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
@@ -617,7 +623,7 @@ class Host:
                 self.store.end()
                 raise
             try:
-                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes)
+                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes, foreign)
                 records, base_read = self._read_back(new, old, programs, before, base, change)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):

@@ -16,11 +16,12 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import nft_layout as layout
 from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
-from .set_members import encode
+from .set_members import decode, encode
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
 NOT_READ_BACK = "was not read back after it was installed"
+NO_PORT_USES = "which no port uses"
 Element = Tuple[str, str, str]  # (family, map, key as nft syntax)
 
 
@@ -117,7 +118,8 @@ class Findings:
     base: bool = False  # a table, map or base chain is missing or altered
     damaged: Set[str] = field(default_factory=set)  # ports to put back
     stale: Set[str] = field(default_factory=set)  # ports of ours the store does not know
-    foreign: List[Tuple[str, str, bytes, bytes]] = field(default_factory=list)  # elements of no port in our sets
+    # elements of no port in our sets: (family, set, key, key end, as nft syntax or None where no syntax is safe)
+    foreign: List[Tuple[str, str, bytes, bytes, Optional[str]]] = field(default_factory=list)
     stale_shapes: Dict[str, Tuple[Tuple[Chain, ...], Tuple[Tuple[str, str, str], ...]]] = \
         field(default_factory=dict)  # shapes no port uses: their chains and sets
 
@@ -174,28 +176,30 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
     them (a port's own are compared in _port_problem); our chains and sets
     of a shape no port uses are stale."""
     expected: Dict[Chain, Set[Tuple[bytes, bytes]]] = {}
+    specs: Dict[Chain, str] = {}
     used = set()
     for record in records.values():
         shape = record.get("shape") if record else None
         if shape is None:
             continue
         used.add(shape["name"])
-        specs = {(family, name): spec for family, name, spec in shape["sets"]}
+        specs.update(((family, name), spec) for family, name, spec in shape["sets"])
         for family, name, element in record["members"]:
             expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
     for (family, name), members in sorted(kernel.members.items()):
         shape = "/".join(name.split("/")[:2])
         if shape not in used:
-            chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
-            sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
-            found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
+            if all(record is not None for record in records.values()):  # else it may be theirs
+                chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
+                sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
+                found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
             continue
-        for key, end in sorted(members - expected.get((family, name), set())):
-            found.foreign.append((family, name, key, end))
-        if members - expected.get((family, name), set()):
+        extra = sorted(members - expected.get((family, name), set()))
+        found.foreign += [(family, name, key, end, decode(specs[family, name], key, end)) for key, end in extra]
+        if extra:
             found.problems.append(f"set {family} {name} holds elements we did not put there")
     for shape in sorted(found.stale_shapes):
-        found.problems.append(f"chains and sets of {shape}, which no port uses")
+        found.problems.append(f"chains and sets of {shape}, {NO_PORT_USES}")
 
 
 def _chain_problem(chain: list, kernel: Kernel) -> Optional[str]:

@@ -464,6 +464,7 @@ class ShapeChange:
     kernel: Mapping[str, Tuple[Tuple[Tuple[str, str], ...], Sets]] = field(default_factory=dict)
     used: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     install: Tuple[Shape, ...] = ()
+    foreign: Tuple[Tuple[str, str, str], ...] = ()  # elements of their sets (family, set, element) that go
 
     @classmethod
     def fresh(cls, programs: Sequence[PortProgram]) -> "ShapeChange":
@@ -483,6 +484,7 @@ def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str],
             chains, sets = shapes.kernel[name]
             first += [f"add set {family} {TABLE} {set_name} {{ {spec} }}" for family, set_name, spec in sets if spec]
             first += [f"add chain {family} {TABLE} {chain}" for family, chain in chains]
+    going += [f"delete element {family} {TABLE} {name} {{ {element} }}" for family, name, element in shapes.foreign]
     rewrite = base or set(shapes.kernel) != set(shapes.used)
     if rewrite:
         going += [f"flush chain {family} {TABLE} {chain}" for family, chain in sorted(DISPATCH)]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 IFNAMSIZ = 16
+_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")  # an interface name safe to write between quotes
 _RAW = re.compile(r"@(ll|nh|th),(\d+),(\d+)")
 # expression -> bytes of one value (network byte order)
 _WIDTHS: Dict[str, int] = {"ether saddr": 6, "ether daddr": 6, "ip saddr": 4, "ip daddr": 4, "ip6 saddr": 16,
@@ -74,3 +75,37 @@ def encode(spec: str, element: str) -> Tuple[bytes, bytes]:
     parts = [_value(expr, text) for expr, text in zip(expressions(spec), element.split(" . "))]
     key = b"".join(low for low, _high in parts)
     return key, b"".join(high for _low, high in parts) if "interval" in spec else b""
+
+
+def _text(expr: str, data: bytes) -> Optional[str]:
+    """One value of ``expr`` in nft syntax, from what the kernel holds (padding included)."""
+    if expr in ("iifname", "oifname"):
+        name = data.rstrip(b"\0").decode("ascii", errors="replace")
+        return f'"{name}"' if _NAME.fullmatch(name) else None
+    if expr in ("meta mark", "mark"):
+        return f"0x{struct.unpack('=I', data[:4])[0]:x}"
+    width = lookup_width(expr)
+    number = int.from_bytes(data[:width], "big")
+    if expr.startswith(("ether ", "ip ", "ip6 ")) and expr != "ether type":
+        if width == 6:
+            return ":".join(f"{byte:02x}" for byte in data[:6])
+        return str(ipaddress.ip_address(number if width == 4 else number.to_bytes(16, "big")))
+    return str(number) if expr.startswith("th ") else f"0x{number:x}"
+
+
+def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
+    """An element as the kernel holds it, in nft syntax; None where it cannot
+    be written safely (an interface name no binding could have)."""
+    parts, offset = [], 0
+    for expr in expressions(spec):
+        size = IFNAMSIZ if expr in ("iifname", "oifname") else 4 if expr in ("meta mark", "mark") \
+            else lookup_width(expr) + (-lookup_width(expr) % 4)
+        if not size or offset + size > len(key):
+            return None
+        low = _text(expr, key[offset:offset + size])
+        high = _text(expr, end[offset:offset + size]) if end else low
+        if low is None or high is None:
+            return None
+        parts.append(low if low == high else f"{low}-{high}")
+        offset += size
+    return " . ".join(parts)
