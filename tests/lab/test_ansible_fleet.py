@@ -105,15 +105,15 @@ def test_modules_and_service_refuse_a_newer_store(lab, collections, tmp_path):  
     line, a store written by a newer release; nothing is applied."""
     root = tmp_path / "store"
     play(lab, collections, tmp_path, tasks(str(root)))
-    assert (root / "version").read_text() == "4\n"
-    (root / "version").write_text("5\n")
+    assert (root / "version").read_text() == "5\n"
+    (root / "version").write_text("6\n")
     ruleset = lab.nft_list()
     results = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": str(root)}}]
                    + tasks(str(root), ip="192.0.2.11"))
     for result in results:
-        assert result.get("failed") and "format version 5 is newer than this copy" in result["msg"], result
+        assert result.get("failed") and "format version 6 is newer than this copy" in result["msg"], result
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "plugins", "module_utils"), REPO]))
     restore = subprocess.run(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", str(root),
                               "--restore"], capture_output=True, text=True, env=env, check=False)
     assert restore.returncode == 1 and "restore failed: store" in restore.stderr
-    assert "format version 5 is newer" in restore.stderr and lab.nft_list() == ruleset
+    assert "format version 6 is newer" in restore.stderr and lab.nft_list() == ruleset

@@ -4,13 +4,15 @@ committed since the kernel was checked), and stores of the previous formats
 are converted on their first change with every port in force (version 2's
 ports reinstalled in the wider mark layout of version 3)."""
 
+import functools
 import json
 import os
+import re
 
 import pytest
 
 from engine import host as host_module
-from engine import nft_layout
+from engine import nft_compile, nft_layout
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
@@ -60,6 +62,11 @@ def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch)
     assert not _spoofed_passes(lab) and not host.converge().changed
 
 
+def _stored(host, port):
+    """What the store says the port has in our tables (its set elements included)."""
+    return host._load().live({port})[port]  # pylint: disable=protected-access
+
+
 def test_netlink_sequence_numbers_start_again_before_32_bits_overflow(lab, host):
     """A service running for months: its socket's sequence numbers reach 2**32."""
     vm, peer = lab.guests["vm"], lab.guests["peer"]
@@ -67,8 +74,8 @@ def test_netlink_sequence_numbers_start_again_before_32_bits_overflow(lab, host)
     host.bind(_clean(peer))
     host.nft.netlink._seq = 2 ** 32 - 3  # pylint: disable=protected-access
     generation = host.generation.current()
-    remove_ports(host.nft.netlink, [host.nft.live()[peer.port]], generation)
-    assert f"p/{peer.port}" not in lab.nft_list() and host.generation.current() == generation + 1
+    remove_ports(host.nft.netlink, [_stored(host, peer.port)], generation)
+    assert f'"{peer.port}"' not in lab.nft_list() and host.generation.current() == generation + 1
 
 
 def test_a_removal_after_someone_elses_commit_is_refused_whole(lab, host):
@@ -76,13 +83,13 @@ def test_a_removal_after_someone_elses_commit_is_refused_whole(lab, host):
     host.bind(_clean(vm))
     host.bind(_clean(peer))
     generation = host.generation.current()
-    live = host.nft.live()
+    stored = _stored(host, peer.port)
     lab.nft("add table inet theirs")  # anyone's commit moves the generation on
     with pytest.raises(OSError):
-        remove_ports(host.nft.netlink, [live[peer.port]], generation)
-    assert f"p/{peer.port}/o" in lab.nft_list()
-    remove_ports(host.nft.netlink, [live[peer.port]], generation + 1)
-    assert f"p/{peer.port}" not in lab.nft_list() and "table inet theirs" in lab.nft_list()
+        remove_ports(host.nft.netlink, [stored], generation)
+    assert f'"{peer.port}"' in lab.nft_list()
+    remove_ports(host.nft.netlink, [stored], generation + 1)
+    assert f'"{peer.port}"' not in lab.nft_list() and "table inet theirs" in lab.nft_list()
 
 
 def test_a_removal_falls_back_to_nft_when_netlink_fails(lab, host, monkeypatch):
@@ -121,7 +128,7 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert fresh.report()[vm.port]["in_force"] and (root / "ports.json").exists()  # read as it is
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
     assert result.rebuilt == ["vnet9"] and result.repaired == [CONVERTED.format(version=1, reasons=f"{WIDER}; {READ_BACK}")]
-    assert (root / "version").read_text() == "4\n" and not (root / "ports.json").exists()
+    assert (root / "version").read_text() == "5\n" and not (root / "ports.json").exists()
     index = json.loads((root / "index.json").read_text())
     assert {port: entry[0] for port, entry in index.items() if port in records} == \
         {port: record["id"] for port, record in records.items()}
@@ -130,8 +137,8 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert all(report["in_force"] for report in fresh.report().values())
 
 
-CONVERTED = ("the store was converted from format {version} to 4: every port's rules are reinstalled "
-             "({reasons})")
+CONVERTED = ("the store was converted from format {version} to 5: every port's rules are reinstalled "
+             "({reasons}; ports alike share chains)")
 WIDER = "port ids of 14 bits in the packet mark"
 READ_BACK = "what the kernel holds of each chain is read back and recorded"
 WEB = """<filter name='web'><filterref filter='clean-traffic'/>
@@ -153,6 +160,7 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
                             "OTHERS_MASK": 0xFF000000}.items():
             previous.setattr(nft_layout, name, value)
         previous.setattr(nft_layout, "BASE", nft_layout.base_script(0xFFF, 12))
+        previous.setattr(nft_compile, "compile_port", functools.partial(nft_compile.compile_port, share=False))
         host.define_filter(filter_from_xml(WEB))
         host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
         host.bind(_clean(peer))
@@ -162,13 +170,14 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
     assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
     predicted = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")), check=True)
-    assert predicted.repaired == ["the store would be converted from format 2 to 4: every port's rules would be "
+    assert predicted.repaired == ["the store would be converted from format 2 to 5: every port's rules would be "
                                   "reinstalled"] and (root / "version").read_text() == "2\n"
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
-    assert result.repaired == [CONVERTED.format(version=2, reasons=f"{WIDER}; {READ_BACK}")] and (root / "version").read_text() == "4\n"
+    assert result.repaired == [CONVERTED.format(version=2, reasons=f"{WIDER}; {READ_BACK}")] and (root / "version").read_text() == "5\n"
     listing = lab.nft_list()
     assert "meta mark & 0x00003fff vmap @fi" in listing and "meta mark & 0x0fffc000 vmap @fo" in listing
-    assert "0x00004000 : jump" in listing and "0x00001000 : jump" not in listing
+    assert re.search(r"set s/\w+/to \{\n\t\ttype mark\n\t\telements = \{ 0x00004000", listing)  # vm's id, 1, to it
+    assert "0x00001000 : jump" not in listing
     assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     assert not fresh.converge().changed and all(report["in_force"] for report in fresh.report().values())
 

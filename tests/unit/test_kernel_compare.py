@@ -1,17 +1,18 @@
 """Comparing what the kernel holds with what the store says (pure logic)."""
 
-from engine.integrity import BASE_CHAINS, BASE_MAPS, BASE_TABLES, Kernel, base_contents, compare
+from engine.integrity import BASE_CHAINS, BASE_MAPS, BASE_TABLES, FIXED_CHAINS, Kernel, base_contents, compare
 from engine.nft_netlink import attribute
 from engine.rule_content import chain_digest
 
 RECORD = {"chains": [["bridge", "p/vnet0/o", "d1", 2, "c1"], ["bridge", "p/vnet0/i", "d2", 1, "c2"]],
           "elements": [["bridge", "from_vm", '"vnet0"'], ["bridge", "to_vm", '"vnet0"']]}
-BASE = {f"{family} {name}": f"base {name}" for family, name in BASE_CHAINS}
+BASE = {f"{family} {name}": f"base {name}" for family, name in list(BASE_CHAINS) + list(FIXED_CHAINS)}
 
 
 def _kernel():
     kernel = Kernel(set(BASE_TABLES), set(BASE_MAPS), set(BASE_CHAINS), dict(BASE_CHAINS))
-    kernel.contents.update({chain: f"base {chain[1]}" for chain in BASE_CHAINS})
+    kernel.contents.update({chain: f"base {chain[1]}" for chain in list(BASE_CHAINS) + list(FIXED_CHAINS)})
+    kernel.rules.update({chain: 1 for chain in FIXED_CHAINS})
     kernel.rules.update({("bridge", "p/vnet0/o"): 2, ("bridge", "p/vnet0/i"): 1})
     kernel.contents.update({("bridge", "p/vnet0/o"): "c1", ("bridge", "p/vnet0/i"): "c2"})
     kernel.elements.update({("bridge", "from_vm", '"vnet0"'): "p/vnet0/o", ("bridge", "to_vm", '"vnet0"'): "p/vnet0/i"})
@@ -20,7 +21,8 @@ def _kernel():
 
 def test_the_base_layout_is_read_from_the_base_script():
     assert BASE_TABLES == {"bridge", "inet"} and ("inet", "fi") in BASE_MAPS
-    assert BASE_CHAINS[("bridge", "prerouting")] == 1 and BASE_CHAINS[("inet", "forward")] == 2
+    assert BASE_CHAINS[("bridge", "prerouting")] == 4 and BASE_CHAINS[("inet", "forward")] == 4
+    assert ("bridge", "shared_o") in FIXED_CHAINS and ("bridge", "id/to/hi/127") in FIXED_CHAINS
 
 
 def test_all_there_means_no_findings():
@@ -82,9 +84,13 @@ def test_base_chains_content():
     found = compare({"vnet0": RECORD}, kernel, BASE)
     assert found.base and found.problems == ["base chain bridge vmguard prerouting has other rules than we put there"]
     found = compare({"vnet0": RECORD}, _kernel(), None)
-    assert found.base and len(found.problems) == len(BASE_CHAINS)
+    assert found.base and len(found.problems) == len(BASE_CHAINS) + 1  # one line for the id and dispatch chains
     assert found.problems[0] == "what base chain bridge vmguard forward holds was not read back after it was installed"
     assert base_contents(_kernel().contents) == BASE
+    kernel = _kernel()
+    kernel.contents[("bridge", "id/to/lo/5")] = "other"
+    assert compare({"vnet0": RECORD}, kernel, BASE).problems == [
+        "chain bridge vmguard id/to/lo/5 has other rules than we put there"]
 
 
 def _expression(name, data):

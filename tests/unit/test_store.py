@@ -86,7 +86,7 @@ def test_the_root_must_be_absolute(root):
 
 def test_an_interrupted_change_is_undone(store):
     """The journal holds the old text of every file a change writes, until the change is complete."""
-    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, False, "clean-traffic", None, None, None]})
+    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, False, "clean-traffic", None, None, None, None]})
     store.finish(store.plan(({}, {}, {}, {}, {}), old, ["vnet0"]))
     moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
     plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}, {}), ["vnet0", "vnet1"])

@@ -36,11 +36,11 @@ def test_unversioned_store_is_version_1_and_stamped_on_change(unversioned):
     assert not (unversioned / "version").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "4\n"
+    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "5\n"
     assert list(store.bindings()) == ["vnet0"]
 
 
-@pytest.mark.parametrize("text,words", [("5\n", "format version 5 is newer than this copy of vmguard.nwfilter reads (4)"),
+@pytest.mark.parametrize("text,words", [("6\n", "format version 6 is newer than this copy of vmguard.nwfilter reads (5)"),
                                         ("two", "unreadable format version 'two'")])
 def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
     (unversioned / "version").write_text(text)
@@ -74,14 +74,14 @@ RECORD = {"chains": [["bridge", "p/vnet0/o", "0123456789abcdef", 3], ["inet", "p
 def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(unversioned):
     _v1_store(unversioned, {"vnet0": {"id": 7, **RECORD}})
     store = Store(str(unversioned))
-    expected = {"vnet0": [7, 4, True, None, None, None, None]}
+    expected = {"vnet0": [7, 4, True, None, None, None, None, None]}
     assert store.index() == expected and dict(store.records(["vnet0"])) == {"vnet0": RECORD}
     with store.locked(create=False):  # check mode reads it, converts nothing
         assert store.index() == expected
     assert (unversioned / "version").read_text() == "1\n" and (unversioned / "ports.json").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "4\n" and not (unversioned / "ports.json").exists()
+    assert (unversioned / "version").read_text() == "5\n" and not (unversioned / "ports.json").exists()
     assert store.index()["vnet0"][:5] == [7, 4, True, "clean-traffic", binding_digest(BINDING)]  # from the binding
     # its rules are in the old mark layout: no record, so the next kernel check reinstalls the port
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.converted_from == 1
@@ -103,7 +103,7 @@ def test_a_version_2_or_3_store_forgets_its_records_and_marker_on_the_first_chan
         assert dict(store.records(["vnet0"])) == {"vnet0": RECORD} and store.marker() == ["boot", 1, 5]
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "4\n" and store.converted_from == version
+    assert (unversioned / "version").read_text() == "5\n" and store.converted_from == version
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.marker() is None
     assert store.kernel_contents("base") is None
 

@@ -149,14 +149,15 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
                 found.problems.append(f"base chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
                                       if base else f"what base chain {chain[0]} {TABLE} {chain[1]} holds "
                                       f"{NOT_READ_BACK}")
-        for chain in FIXED_CHAINS:
+        for chain in FIXED_CHAINS:  # one line for all: the id chains are 512
             if chain not in kernel.rules:
                 found.problems.append(f"chain {chain[0]} {TABLE} {chain[1]} is missing")
-            elif base is None or base.get(" ".join(chain)) != kernel.contents.get(chain):
+                break
+            if base is None or base.get(" ".join(chain)) != kernel.contents.get(chain):
                 found.problems.append(f"chain {chain[0]} {TABLE} {chain[1]} has other rules than we put there"
                                       if base and " ".join(chain) in base
                                       else f"what chain {chain[0]} {TABLE} {chain[1]} holds {NOT_READ_BACK}")
-                break  # one line for many: the id chains are 512
+                break
     found.base = bool(found.problems)
     live = kernel.live()
     for portdev in sorted(records):

@@ -205,8 +205,10 @@ def _index_valid(value: object) -> bool:
     if not isinstance(value, dict):
         return False
     for entry in value.values():
-        if not isinstance(entry, list) or len(entry) != 8:
+        if not isinstance(entry, list) or len(entry) not in (7, 8):
             return False
+        if len(entry) == 7:  # as versions 2-4 wrote it (no shape)
+            entry.append(None)
         port_id, rules, layer3, root, digest, addresses, owner, shape = entry
         if not (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
                 and _text_or_none(shape)
