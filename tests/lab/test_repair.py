@@ -28,19 +28,33 @@ GUARDED = """<filter name='guarded'><filterref filter='clean-traffic'/>
   <rule action='drop' direction='out' priority='500'><udp dstportstart='7'/></rule></filter>"""
 
 
+def _shape(lab):
+    """The shape the bound port's chains are shared in."""
+    return re.search(r"chain (s/[0-9a-f]+)/o ", lab.nft_list()).group(1)
+
+
+def _ipset(lab):
+    """The set of the bound port's IPv4 addresses."""
+    return re.search(r"set (s/[0-9a-f]+/v\d+) \{\n\t\ttypeof iifname \. ip saddr\n", lab.nft_list()).group(1)
+
+
 DAMAGES = {
     "flush ruleset": lambda lab: "flush ruleset",
     "delete bridge table": lambda lab: "delete table bridge vmguard",
     "delete inet table": lambda lab: "delete table inet vmguard",
-    # a port chain can only go with the rule that jumps to it
-    "delete a port chain": lambda lab: (
-        f"delete rule bridge vmguard p/vnet0/o handle {lab.rule_handle('p/vnet0/o', 'jump p/vnet0/o/ipv4-ip')}\n"
-        "delete chain bridge vmguard p/vnet0/o/ipv4-ip"),
-    "flush a port chain": lambda lab: "flush chain bridge vmguard p/vnet0/o/ipv4-ip",
-    "delete a map element": lambda lab: 'delete element bridge vmguard from_vm { "vnet0" }',
+    # a chain can only go with the rule that jumps to it
+    "delete a shape's chain": lambda lab: (
+        f"delete rule bridge vmguard {_shape(lab)}/o handle "
+        f"{lab.rule_handle(f'{_shape(lab)}/o', f'jump {_shape(lab)}/o/ipv4-ip')}\n"
+        f"delete chain bridge vmguard {_shape(lab)}/o/ipv4-ip"),
+    "flush a shape's chain": lambda lab: f"flush chain bridge vmguard {_shape(lab)}/o/ipv4-ip",
+    "take the port out of its shape": lambda lab: f'delete element bridge vmguard {_shape(lab)}/ports {{ "vnet0" }}',
+    "add an element to a shape's set": lambda lab: (
+        f'add element bridge vmguard {_ipset(lab)} {{ "vnet0" . 192.0.2.99 }}'),
     # same rule counts, same handles: only the rules' content tells
-    "replace a port rule": lambda lab: (
-        f"replace rule bridge vmguard p/vnet0/o/ipv4-ip handle {lab.rule_handle('p/vnet0/o/ipv4-ip', 'drop')} accept"),
+    "replace a shape's rule": lambda lab: (
+        f"replace rule bridge vmguard {_shape(lab)}/o/ipv4-ip handle "
+        f"{lab.rule_handle(f'{_shape(lab)}/o/ipv4-ip', 'drop')} accept"),
     "replace a base rule": lambda lab: (
         f"replace rule bridge vmguard prerouting handle {lab.rule_handle('prerouting', 'vmap @from_vm')} accept"),
     "make a table dormant": lambda lab: "add table bridge vmguard { flags dormant; }",
@@ -79,13 +93,15 @@ def ruleset(lab):
     for line in lab.nft_list().splitlines():
         if line.startswith("table "):
             table = line
-        elif line.startswith(("\tchain ", "\tmap ")):
+        elif line.startswith(("\tchain ", "\tmap ", "\tset ")):
             block = found.setdefault((table, line), [])
         elif line.startswith("\tflags "):  # a dormant table
             found[(table, line)] = []
         elif line.startswith("\t\t"):
             block.append(line)
-    return found
+    # a set's elements, in any order
+    return {key: sorted(item.strip(" {},") for line in lines for item in line.split(",")) if " set " in key[1] else lines
+            for key, lines in found.items()}
 
 
 def wait_until(predicate, timeout):
@@ -137,7 +153,7 @@ def test_deliberate_changes_are_not_undone(lab, guarded):
         guarded.unbind(vm.port)
         time.sleep(0.5)
         listing = lab.nft_list()
-        assert "p/vnet0/" not in listing and "p/vnet1/o" in listing
+        assert '"vnet0"' not in listing and '"vnet1"' in listing
         assert run_probes(lab, standard_probes(vm, peer))["spoofed ipv4"]  # vnet0 unfiltered, as asked
         assert not [line for line in service.log if "repaired in" in line or "cannot" in line], service.log
     assert guarded.converge(check=True).repaired == []  # and the comparison reads the kernel right: nothing to repair
@@ -229,8 +245,9 @@ def _iptables_save(lab):
     return [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")]
 
 
-@pytest.mark.parametrize("damage", ["flush chain bridge vmguard p/vnet0/o/ipv4-ip", "delete table inet vmguard"])
+@pytest.mark.parametrize("damage", ["flush chain bridge vmguard <shape>/o/ipv4-ip", "delete table inet vmguard"])
 def test_iptables_nft_chains_beside_ours(lab, guarded, damage):
+    damage = damage.replace("<shape>", _shape(lab))
     for rule in IPTABLES:
         run(["ip", "netns", "exec", lab.host, "iptables"] + rule.split())
     theirs, ours = _iptables_save(lab), ruleset(lab)
