@@ -80,8 +80,8 @@ def _agree(host, seen):
     kernel = host.nft.kernel()
     assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.kernel_contents("base")).problems
     listing = host.nft._run(["list", "table", "bridge", "vmguard"])  # pylint: disable=protected-access
-    in_force = dict(re.findall(r"chain p/(\S+)/o/ipv4-ip \{\n\t\tip saddr 0\.0\.0\.0 ip protocol udp return\n"
-                               r"\t\tip saddr (\S+) return", listing))
+    # each port's address in its shape's set of them (nft lists an element per line: "vnet0" . 10.3.0.1)
+    in_force = dict(re.findall(r'"(\S+)" \. (\d+\.\d+\.\d+\.\d+)', listing))
     assert in_force == addresses
     return number
 

@@ -61,7 +61,7 @@ def test_the_nft_command_works_as_well_as_the_library(lab, tmp_path):
     vm = lab.guests["vm"]
     host = Host(str(tmp_path / "cmd"), lab.nft_argv)
     host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
-    assert "p/vnet0/o" in host.status(vm.port)["nft"]
+    assert '"vnet0" . 192.0.2.10' in host.status(vm.port)["nft"]
     verdicts = run_probes(lab, standard_probes(vm, lab.guests["peer"]))
     assert verdicts["ipv4 udp"] and not verdicts["spoofed ipv4"]
 

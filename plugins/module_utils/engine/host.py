@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
@@ -19,9 +20,10 @@ from .bounds import check_definition, check_host_rules
 from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Kernel, base_contents, compare
+from .integrity import (BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Foreign, Kernel,
+                        base_contents, compare, foreign_members)
 from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest
-from .nft_delete import remove_members, remove_ports
+from .nft_delete import IFNAMSIZ, remove_members, remove_ports
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
@@ -296,6 +298,17 @@ def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optiona
         raise
 
 
+def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[str]) -> List["Foreign"]:
+    """What the shapes' sets in ``kernel`` hold beyond the ``programs``'
+    elements and the elements of the ports ``kept`` as they are."""
+    ids = kernel.port_ids()
+    keep = [port.encode().ljust(IFNAMSIZ, b"\0") for port in kept] + [
+        struct.pack("=I", ids[port] << shift) for port in kept if port in ids for shift in (0, TO_SHIFT)]
+    specs = {(f, n): spec for p in programs if p.shape is not None for f, n, spec in p.shape.sets}
+    found = foreign_members(kernel, [m for p in programs for m in p.members], specs, keep)
+    return [element for elements in found.values() for element in elements]
+
+
 def _program(state: _State, portdev: str) -> "PortProgram":
     ruleset, learning = _resolved(state, portdev)
     if ruleset is None:
@@ -559,19 +572,13 @@ class Host:
             return state, notes
         new = state.copy()
         _adopt_port_ids(new, kernel, damaged)
-        unnamed = [element[:4] for element in found.foreign if element[4] is None]
-        if unnamed:  # elements no nft syntax can name safely: first, over netlink
-            remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)
-            marker = self.generation.marker()  # still the state the check saw, less those elements
-            self._checked = marker if next_to(self._checked, marker) else None
-        foreign = [(family, name, text) for family, name, _key, _end, text in found.foreign if text is not None]
-        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, foreign)
+        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, found.foreign)
         return new, notes
 
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
                 live: Optional[Mapping[str, PortLive]] = None,
                 stale_shapes: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
-                foreign: Sequence[Tuple[str, str, str]] = ()) -> List[str]:
+                foreign: Sequence["Foreign"] = (), prune: Optional[Tuple[Kernel, Collection[str]]] = None) -> List[str]:
         """Compile, apply as one transaction and store; returns the ports now
         learning. What a port has in the kernel is taken from the store
         (``installed``) unless ``live`` (read from nft) is given.
@@ -596,6 +603,14 @@ class Host:
                           **{p.portdev: p.rule_count for p in programs}})
         if check:
             return [p.portdev for p in programs if p.learning]
+        if prune is not None:  # every port is rebuilt but ``prune[1]``: what else the shapes' sets hold goes
+            foreign = list(foreign) + _beyond(prune[0], programs, prune[1])
+        unnamed = [element[:4] for element in foreign if element[4] is None]
+        if unnamed:  # elements no nft syntax can name safely: first, over netlink
+            remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)
+            marker = self.generation.marker()  # still the state the check saw, less those elements
+            self._checked = marker if next_to(self._checked, marker) else None
+        named = [(family, name, text) for family, name, _key, _end, text in foreign if text is not None]
         touched = rebuild | remove
         before = live if live is not None else old.live(touched)
         kernel_shapes = old.shapes()
@@ -612,7 +627,7 @@ class Host:
                     checked = self._checked[2] if self._checked is not None else None
                     base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
                                        lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old,
-                                                                     stale_shapes, foreign),
+                                                                     stale_shapes, named),
                                        generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
@@ -623,7 +638,7 @@ class Host:
                 self.store.end()
                 raise
             try:
-                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes, foreign)
+                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes, named)
                 records, base_read = self._read_back(new, old, programs, before, base, change)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
@@ -841,7 +856,8 @@ class Host:
                     del state.bindings[portdev]
             live = kernel.live()
             stale = set(live) - set(state.bindings) - set(unreadable)
-            learning = self._commit(state, state.copy(), set(state.bindings), stale, False, live)
+            learning = self._commit(state, state.copy(), set(state.bindings), stale, False, live,
+                                    prune=(kernel, set(unreadable)))
             skipped = [unreadable[name] for name in sorted(unreadable)]
             return ChangeResult(True, sorted(state.bindings), learning,
                                 repaired=["an interrupted change was undone"] if interrupted is not None else [],

@@ -12,7 +12,7 @@ read by ``Nft``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from . import nft_layout as layout
 from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
@@ -118,8 +118,7 @@ class Findings:
     base: bool = False  # a table, map or base chain is missing or altered
     damaged: Set[str] = field(default_factory=set)  # ports to put back
     stale: Set[str] = field(default_factory=set)  # ports of ours the store does not know
-    # elements of no port in our sets: (family, set, key, key end, as nft syntax or None where no syntax is safe)
-    foreign: List[Tuple[str, str, bytes, bytes, Optional[str]]] = field(default_factory=list)
+    foreign: List["Foreign"] = field(default_factory=list)  # elements of no port in our sets
     stale_shapes: Dict[str, Tuple[Tuple[Chain, ...], Tuple[Tuple[str, str, str], ...]]] = \
         field(default_factory=dict)  # shapes no port uses: their chains and sets
 
@@ -172,33 +171,52 @@ def compare(records: Mapping[str, Optional[dict]], kernel: Kernel, base: Optiona
     return found
 
 
+Foreign = Tuple[str, str, bytes, bytes, Optional[str]]  # (family, set, key, key end, as nft syntax or None)
+
+
+def foreign_members(kernel: Kernel, members: Iterable[Tuple[str, str, str]], specs: Mapping[Chain, str],
+                    keep: Collection[bytes] = ()) -> Dict[Chain, List[Foreign]]:
+    """Per set of a shape that ``members`` (family, set, element) use, the
+    elements the kernel holds beyond them, except those keyed by ``keep``
+    (ports left as they are); with their nft syntax where it is safe."""
+    expected: Dict[Chain, Set[Tuple[bytes, bytes]]] = {}
+    for family, name, element in members:
+        expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
+    shapes = {"/".join(name.split("/")[:2]) for _family, name in expected}
+    found: Dict[Chain, List[Foreign]] = {}
+    for (family, name), held in sorted(kernel.members.items()):
+        if "/".join(name.split("/")[:2]) in shapes:
+            extra = [(key, end) for key, end in sorted(held - expected.get((family, name), set()))
+                     if not any(key.startswith(prefix) for prefix in keep)]
+            if extra:
+                found[(family, name)] = [(family, name, key, end, decode(specs[family, name], key, end))
+                                         for key, end in extra]
+    return found
+
+
 def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found: Findings) -> None:
     """The shapes' sets hold exactly the elements of the ports that use
     them (a port's own are compared in _port_problem); our chains and sets
     of a shape no port uses are stale."""
-    expected: Dict[Chain, Set[Tuple[bytes, bytes]]] = {}
     specs: Dict[Chain, str] = {}
-    used = set()
+    members: List[Tuple[str, str, str]] = []
     for record in records.values():
         shape = record.get("shape") if record else None
-        if shape is None:
-            continue
-        used.add(shape["name"])
-        specs.update(((family, name), spec) for family, name, spec in shape["sets"])
-        for family, name, element in record["members"]:
-            expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
-    for (family, name), members in sorted(kernel.members.items()):
+        if shape is not None:
+            specs.update(((family, name), spec) for family, name, spec in shape["sets"])
+            members += [(family, name, element) for family, name, element in record["members"]]
+    used = {"/".join(name.split("/")[:2]) for _family, name in specs}
+    for (family, name), extra in foreign_members(kernel, members, specs).items():
+        found.foreign += extra
+        found.problems.append(f"set {family} {name} holds elements we did not put there")
+    if any(record is None for record in records.values()):
+        return  # a shape no record names may be a port's without one
+    for family, name in sorted(kernel.members):
         shape = "/".join(name.split("/")[:2])
         if shape not in used:
-            if all(record is not None for record in records.values()):  # else it may be theirs
-                chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
-                sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
-                found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
-            continue
-        extra = sorted(members - expected.get((family, name), set()))
-        found.foreign += [(family, name, key, end, decode(specs[family, name], key, end)) for key, end in extra]
-        if extra:
-            found.problems.append(f"set {family} {name} holds elements we did not put there")
+            chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
+            sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
+            found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
     for shape in sorted(found.stale_shapes):
         found.problems.append(f"chains and sets of {shape}, {NO_PORT_USES}")
 
