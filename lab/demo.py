@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 
 from .netns import Lab
 from .network_lab import OUTSIDE, OUTSIDE_GATEWAY, add_outside, route_guests, tcp, udp, udp_spoofable
-from .probes import run_probes, standard_probes
+from .probes import SPOOFED_IPV4, run_probes, standard_probes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
@@ -92,15 +93,16 @@ def _ad_hoc(lab: Lab, env: dict, module: str, arguments: dict) -> dict:
 
 
 def _tampered(lab: Lab, env: dict, extra: dict) -> bool:
-    """Someone replaces our drop rule in the attacker's anti-spoofing chain
-    in place (same rule count, same handle): spoofed frames pass, the report
-    says so, and the fleet's next run of the same task puts our rule back."""
+    """Someone adds the spoofed address to the attacker's addresses in the
+    set our shared anti-spoofing chain looks them up in: spoofed frames
+    pass, the report says so, and the fleet's next run of the same task
+    takes the element out again."""
     port = lab.guests["attacker"].port
-    chain = f"p/{port}/o/ipv4-ip"
-    lab.nft(f"replace rule bridge vmguard {chain} handle {lab.rule_handle(chain, 'drop')} accept\n")
+    addresses = re.search(r"set (s/[0-9a-f]+/v\d+) \{\n\t\ttypeof iifname \. ip saddr\n", lab.nft_list()).group(1)
     spoofed = [p for p in standard_probes(lab.guests["attacker"], lab.guests["vm1"], "attacker", "vm1")
                if p.name == "spoofed ipv4"]
-    print(f"\nsomeone replaces the drop rule of {chain} with accept (nft replace rule: same rule count, same handle):")
+    lab.nft(f'add element bridge vmguard {addresses} {{ "{port}" . {SPOOFED_IPV4} }}\n')
+    print(f'\nsomeone adds "{port}" . {SPOOFED_IPV4} to {addresses}, the set of addresses each VM may send from:')
     passed = run_probes(lab, spoofed)["spoofed ipv4"]
     print(f"  {'spoofed ipv4, attacker -> vm1':42} {'passed' if passed else 'dropped'}")
     report = _ad_hoc(lab, env, "vmguard.nwfilter.nwfilter_info", {"root": extra["vmguard_root"], "portdev": port})

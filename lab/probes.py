@@ -73,6 +73,9 @@ def tagged(frame) -> bytes:
     return bytes(frame / Raw(tag))
 
 
+SPOOFED_IPV4 = "192.0.2.99"  # the source address of the "spoofed ipv4" probe
+
+
 def standard_probes(vm: Guest, peer: Guest, vm_name: str = "vm", peer_name: str = "peer") -> List[Probe]:
     """What every filter is judged on: legitimate traffic and the usual spoofs."""
     eth = Ether(src=vm.mac, dst=peer.mac)
@@ -83,7 +86,7 @@ def standard_probes(vm: Guest, peer: Guest, vm_name: str = "vm", peer_name: str 
         "ipv4 tcp syn": eth / IP(src=vm.ip, dst=peer.ip) / TCP(sport=4001, dport=80, flags="S"),
         "ipv4 icmp echo": eth / IP(src=vm.ip, dst=peer.ip) / ICMP(),
         "spoofed mac": Ether(src=spoof_mac, dst=peer.mac) / IP(src=vm.ip, dst=peer.ip) / UDP(dport=5000),
-        "spoofed ipv4": eth / IP(src="192.0.2.99", dst=peer.ip) / UDP(sport=4000, dport=5000),
+        "spoofed ipv4": eth / IP(src=SPOOFED_IPV4, dst=peer.ip) / UDP(sport=4000, dport=5000),
         "arp request": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=vm.mac, psrc=vm.ip, pdst=peer.ip),
         "arp spoofed ip": Ether(src=vm.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
             op=1, hwsrc=vm.mac, psrc="192.0.2.99", pdst=peer.ip),

@@ -11,12 +11,13 @@ read by ``Nft``."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from . import nft_layout as layout
 from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
-from .set_members import decode, encode
+from .set_members import IFNAMSIZ, decode, encode
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
@@ -194,6 +195,15 @@ def foreign_members(kernel: Kernel, members: Iterable[Tuple[str, str, str]], spe
     return found
 
 
+def _keyed(family: str, key: bytes, by_id: Mapping[int, str]) -> Optional[str]:
+    """The port an element of a shape's set is keyed by: its name (bridge),
+    or its id as sender or receiver (inet)."""
+    if family == "bridge":
+        return key[:IFNAMSIZ].rstrip(b"\0").decode(errors="replace")
+    mark = struct.unpack("=I", key[:4])[0]
+    return by_id.get(mark & layout.FROM_MASK or mark >> layout.TO_SHIFT)
+
+
 def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found: Findings) -> None:
     """The shapes' sets hold exactly the elements of the ports that use
     them (a port's own are compared in _port_problem); our chains and sets
@@ -206,9 +216,15 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
             specs.update(((family, name), spec) for family, name, spec in shape["sets"])
             members += [(family, name, element) for family, name, element in record["members"]]
     used = {"/".join(name.split("/")[:2]) for _family, name in specs}
+    by_id = {port_id: port for port, port_id in kernel.port_ids().items()}
     for (family, name), extra in foreign_members(kernel, members, specs).items():
         found.foreign += extra
-        found.problems.append(f"set {family} {name} holds elements we did not put there")
+        keyed = {_keyed(family, key, by_id) for _family, _name, key, _end, _text in extra}
+        ports = keyed & set(records)
+        found.damaged |= ports  # an element keyed by a port of ours changes what its rules let through
+        found.problems += [f"{port}: set {family} {name} holds an element we did not put there" for port in sorted(ports)]
+        if keyed - ports:
+            found.problems.append(f"set {family} {name} holds elements we did not put there")
     if any(record is None for record in records.values()):
         return  # a shape no record names may be a port's without one
     for family, name in sorted(kernel.members):
