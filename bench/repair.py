@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -26,18 +27,25 @@ from lab.service import Service  # noqa: E402  pylint: disable=wrong-import-posi
 
 
 # each builds its nft script (before the clock starts) for the port it damages
+def _shape(lab: Lab) -> str:
+    """The shape clean-traffic's ports share (they are all of one here)."""
+    found = re.search(r"chain (s/[0-9a-f]+)/o ", lab.nft_list())
+    return found.group(1) if found else ""
+
+
 DAMAGES: Dict[str, Callable[[Lab, str], str]] = {
     "flush ruleset": lambda lab, port: "flush ruleset",
     "delete table bridge vmguard": lambda lab, port: "delete table bridge vmguard",
     "delete table inet vmguard": lambda lab, port: "delete table inet vmguard",
-    "delete a port chain": lambda lab, port: (
-        f"delete rule bridge vmguard p/{port}/o handle {lab.rule_handle(f'p/{port}/o', f'jump p/{port}/o/ipv4-ip')}\n"
-        f"delete chain bridge vmguard p/{port}/o/ipv4-ip"),
-    "flush a port chain": lambda lab, port: f"flush chain bridge vmguard p/{port}/o/ipv4-ip",
-    "delete a map element": lambda lab, port: f'delete element bridge vmguard from_vm {{ "{port}" }}',
-    "replace a port rule": lambda lab, port: (
-        f"replace rule bridge vmguard p/{port}/o/ipv4-ip handle {lab.rule_handle(f'p/{port}/o/ipv4-ip', 'drop')} "
-        "accept"),
+    "delete a shape's chain": lambda lab, port: (
+        f"delete rule bridge vmguard {_shape(lab)}/o handle "
+        f"{lab.rule_handle(f'{_shape(lab)}/o', f'jump {_shape(lab)}/o/ipv4-ip')}\n"
+        f"delete chain bridge vmguard {_shape(lab)}/o/ipv4-ip"),
+    "flush a shape's chain": lambda lab, port: f"flush chain bridge vmguard {_shape(lab)}/o/ipv4-ip",
+    "take a port out of its shape": lambda lab, port: f'delete element bridge vmguard {_shape(lab)}/ports {{ "{port}" }}',
+    "replace a shape's rule": lambda lab, port: (
+        f"replace rule bridge vmguard {_shape(lab)}/o/ipv4-ip handle "
+        f"{lab.rule_handle(f'{_shape(lab)}/o/ipv4-ip', 'drop')} accept"),
     "make a table dormant": lambda lab, port: "add table bridge vmguard { flags dormant; }",
 }
 

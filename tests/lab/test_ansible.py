@@ -188,4 +188,4 @@ def test_libvirt_binding_xml(lab, collections, tmp_path):
     mixed_result, bad_result, gone_result = play(lab, collections, tmp_path, [mixed, bad, gone])
     assert mixed_result["msg"] == "a binding given as xml takes no other keys, found portdev"
     assert bad_result["failed"] and "malformed XML" in bad_result["msg"]
-    assert gone_result["changed"] and "p/vnet0" not in lab.nft_list()
+    assert gone_result["changed"] and '"vnet0"' not in lab.nft_list()

@@ -53,7 +53,7 @@ def test_define_bind_redefine_identical_and_unbind(lab, host):
     with pytest.raises(NwfilterError, match="in use by binding vnet0"):
         host.undefine_filter("f")
     assert host.unbind(vm.port).changed
-    assert "p/vnet0" not in lab.nft_list()
+    assert '"vnet0"' not in lab.nft_list()
     assert host.undefine_filter("f").changed
 
 

@@ -62,7 +62,7 @@ def test_start_binds_this_starts_taps_and_stop_unbinds(lab, tmp_path):
     untouched = hook(lab, root, "vm", "migrate", domain_xml("vm", [guest_spec(lab, "vm")]))
     assert untouched.returncode == 0 and not untouched.stdout and set(host.bindings()) == {vm.port}
     gone = hook(lab, root, "vm", "stopped", domain_xml("vm", [guest_spec(lab, "vm")], metadata=False))
-    assert gone.returncode == 0 and host.bindings() == {} and f"p/{vm.port}/" not in lab.nft_list()
+    assert gone.returncode == 0 and host.bindings() == {} and f'"{vm.port}"' not in lab.nft_list()
     assert all(run_probes(lab, standard_probes(vm, peer), wait=0.2).values())
 
 
