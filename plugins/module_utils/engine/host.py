@@ -302,8 +302,9 @@ def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[
     """What the shapes' sets in ``kernel`` hold beyond the ``programs``'
     elements and the elements of the ports ``kept`` as they are."""
     ids = kernel.port_ids()
-    keep = [port.encode().ljust(IFNAMSIZ, b"\0") for port in kept] + [
-        struct.pack("=I", ids[port] << shift) for port in kept if port in ids for shift in (0, TO_SHIFT)]
+    keep = [port.encode().ljust(IFNAMSIZ, b"\0") for port in kept] + [  # by name, or by id (either byte order)
+        struct.pack(order, ids[port] << shift) for port in kept if port in ids for shift in (0, TO_SHIFT)
+        for order in ("=I", ">I")]
     specs = {(f, n): spec for p in programs if p.shape is not None for f, n, spec in p.shape.sets}
     found = foreign_members(kernel, [m for p in programs for m in p.members], specs, keep)
     return [element for elements in found.values() for element in elements]

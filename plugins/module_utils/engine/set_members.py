@@ -44,13 +44,14 @@ def _number(text: str, width: int) -> int:
     return int(text, 0)
 
 
-def _value(expr: str, text: str) -> Tuple[bytes, bytes]:
+def _value(expr: str, text: str, interval: bool) -> Tuple[bytes, bytes]:
     """(low, high) of one part of a key: a value is both."""
     if expr in ("iifname", "oifname"):
         name = text.strip('"').encode().ljust(IFNAMSIZ, b"\0")
         return name, name
     if expr in ("meta mark", "mark"):
-        mark = struct.pack("=I", int(text, 0))  # host byte order
+        # host byte order; in an interval set's key network byte order (nft converts it, to compare ranges)
+        mark = struct.pack(">I" if interval else "=I", int(text, 0))
         return mark, mark
     width = lookup_width(expr)
     if "/" in text:
@@ -72,18 +73,18 @@ def expressions(spec: str) -> List[str]:
 
 def encode(spec: str, element: str) -> Tuple[bytes, bytes]:
     """(key, key end: empty unless the set is an interval set) of an element in nft syntax."""
-    parts = [_value(expr, text) for expr, text in zip(expressions(spec), element.split(" . "))]
+    parts = [_value(expr, text, "interval" in spec) for expr, text in zip(expressions(spec), element.split(" . "))]
     key = b"".join(low for low, _high in parts)
     return key, b"".join(high for _low, high in parts) if "interval" in spec else b""
 
 
-def _text(expr: str, data: bytes) -> Optional[str]:
+def _text(expr: str, data: bytes, interval: bool) -> Optional[str]:
     """One value of ``expr`` in nft syntax, from what the kernel holds (padding included)."""
     if expr in ("iifname", "oifname"):
         name = data.rstrip(b"\0").decode("ascii", errors="replace")
         return f'"{name}"' if _NAME.fullmatch(name) else None
     if expr in ("meta mark", "mark"):
-        return f"0x{struct.unpack('=I', data[:4])[0]:x}"
+        return f"0x{struct.unpack('>I' if interval else '=I', data[:4])[0]:x}"
     width = lookup_width(expr)
     number = int.from_bytes(data[:width], "big")
     if expr.startswith(("ether ", "ip ", "ip6 ")) and expr != "ether type":
@@ -102,8 +103,8 @@ def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
             else lookup_width(expr) + (-lookup_width(expr) % 4)
         if not size or offset + size > len(key):
             return None
-        low = _text(expr, key[offset:offset + size])
-        high = _text(expr, end[offset:offset + size]) if end else low
+        low = _text(expr, key[offset:offset + size], bool(end))
+        high = _text(expr, end[offset:offset + size], True) if end else low
         if low is None or high is None:
             return None
         parts.append(low if low == high else f"{low}-{high}")
