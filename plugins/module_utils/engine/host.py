@@ -22,7 +22,7 @@ from .errors import NwfilterError
 from .model import Binding, Filter
 from .integrity import (BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Foreign, Kernel,
                         base_contents, compare, foreign_members)
-from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest
+from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest, shape_parts
 from .nft_delete import IFNAMSIZ, remove_members, remove_ports
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
@@ -104,24 +104,22 @@ class _State:
         """Per shape in use, one of its ports."""
         return {entry[6]: portdev for portdev, entry in self.summary.items() if entry[6] is not None}
 
-    def shape_change(self, kernel: Mapping[str, str], install: Collection["Shape"], base: bool,
-                     before: Optional["_State"] = None,
-                     stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
+    def shape_change(self, kernel: Mapping[str, str], used: Mapping[str, str], install: Collection["Shape"],
+                     base: bool, before: "_State", stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
                      foreign: Sequence[Tuple[str, str, str]] = ()) -> "ShapeChange":
-        """The shapes around a change to this state from ``kernel`` (a port
-        of each shape in our tables before it, in ``before``'s records;
-        ``stale``, the chains and sets of shapes only the kernel has; and
-        ``foreign``, elements in their sets that no port of ours has)."""
-        old = before or self
-        records = {name: old.installed.get(port) for name, port in kernel.items()}
-        used = {name: self.installed.get(port) for name, port in self.shapes().items()}
+        """The shapes around a change from ``before`` to this state: ``kernel``
+        and ``used`` name a port of each shape in our tables before it (in
+        ``before``'s records) and after it (in this state's); ``stale``, the
+        chains and sets of shapes only the kernel has; ``foreign``, elements
+        in their sets that no port of ours has."""
+        records = {name: before.installed.get(port) for name, port in kernel.items()}
+        used_records = {name: self.installed.get(port) for name, port in used.items()}
         return _compiler().ShapeChange(
             {**(stale or {}),
              **{name: (tuple((c[0], c[1]) for c in r["shape"]["chains"]), tuple(tuple(x) for x in r["shape"]["sets"]))
                 for name, r in records.items() if r is not None}},
-            {name: tuple(part for part in ("o", "i", "fi", "fo", "hi")
-                         if any(c[1] == f"{name}/{part}" for c in r["shape"]["chains"]))
-             for name, r in used.items() if r is not None},
+            {name: shape_parts(name, (c[1] for c in r["shape"]["chains"])) for name, r in used_records.items()
+             if r is not None},
             tuple(shape for shape in {s.name: s for s in install}.values() if base or shape.name not in kernel),
             tuple(foreign))
 
@@ -618,6 +616,7 @@ class Host:
         installed_shapes = [p.shape for p in programs if p.shape is not None]
         for program in programs:
             new.installing(program)
+        used_shapes = new.shapes()
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
         marker, base, records, base_read = None, False, None, None
         if touched or live is not None:
@@ -627,8 +626,8 @@ class Host:
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
                     base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
-                                       lambda base: new.shape_change(kernel_shapes, installed_shapes, base, old,
-                                                                     stale_shapes, named),
+                                       lambda base: new.shape_change(kernel_shapes, used_shapes, installed_shapes, base,
+                                                                     old, stale_shapes, named),
                                        generation=checked)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
@@ -639,8 +638,8 @@ class Host:
                 self.store.end()
                 raise
             try:
-                change = new.shape_change(kernel_shapes, installed_shapes, base, old, stale_shapes, named)
-                records, base_read = self._read_back(new, old, programs, before, base, change)
+                change = new.shape_change(kernel_shapes, used_shapes, installed_shapes, base, old, stale_shapes, named)
+                records, base_read = self._read_back(new, old, programs, before, base, change, kernel_shapes)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
@@ -658,7 +657,8 @@ class Host:
             old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
             self.nft.apply(_compiler().transaction(
                 old_programs, sorted(touched - set(old.bindings)), new.live(touched), True,
-                old.shape_change(new.shapes(), [p.shape for p in old_programs if p.shape is not None], True, new))
+                old.shape_change(used_shapes, kernel_shapes, [p.shape for p in old_programs if p.shape is not None], True,
+                                 new))
                 if old.port_ids else REMOVE_ALL)
             self.store.undo()
             self.store.end()
@@ -675,7 +675,8 @@ class Host:
         return [p.portdev for p in programs if p.learning]
 
     def _read_back(self, new: _State, old: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
-                   base: bool, shapes: "ShapeChange") -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
+                   base: bool, shapes: "ShapeChange", kernel_shapes: Mapping[str, str]
+                   ) -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
         """The programs' port records with what the kernel holds in each chain,
         and our base chains' content when they were rewritten (the dispatch
         chains' when the shapes changed): read back right after our commit
@@ -683,7 +684,6 @@ class Host:
         has its rules, or the shape was there) keeps what its record said."""
         records, unread = {}, []
         installed = {shape.name for shape in shapes.install}
-        kernel_shapes = old.shapes()
         for program in programs:
             records[program.portdev] = record = dict(new.installed[program.portdev])
             now = before.get(program.portdev, PortLive(set(), set()))

@@ -17,7 +17,7 @@ from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, ID_MAPS, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
-                         dispatch_rule, id_chain, key_expression, port_key)
+                         dispatch_rule, id_chain, key_expression, port_key, shape_parts)
 from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -42,8 +42,7 @@ class Shape:
     @property
     def parts(self) -> Tuple[str, ...]:
         """The parts (DISPATCH) it has chains for."""
-        return tuple(part for part in DISPATCH.values()
-                     if any(name == f"{self.name}/{part}" for _family, name, _rules in self.chains))
+        return shape_parts(self.name, (name for _family, name, _rules in self.chains))
 
 
 @dataclass(frozen=True)

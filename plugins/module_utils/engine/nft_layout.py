@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 TABLE = "vmguard"
 # A port id is 14 bits: 16,383 ports (store format 3; format 2 had 12 bits,
@@ -186,6 +186,12 @@ def chain_name(portdev: str, *parts: str) -> str:
 def map_target(portdev: str, vmap: str) -> str:
     """The chain a port's element of ``vmap`` leads to (not of an id map: PortLive.target)."""
     return chain_name(portdev, {"from_vm": "o", "to_vm": "i", "mark_to": "mark"}.get(vmap, vmap))
+
+
+def shape_parts(shape: str, chains: Iterable[str]) -> Tuple[str, ...]:
+    """The parts (DISPATCH) a shape named ``shape`` has among these chain names."""
+    names = set(chains)
+    return tuple(part for part in DISPATCH.values() if f"{shape}/{part}" in names)
 
 
 def dispatch_rule(shape: str, part: str) -> str:

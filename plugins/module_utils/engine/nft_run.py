@@ -14,7 +14,7 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Set
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import LibNftables, library
-from .nft_layout import ID_MAPS, TABLE, PortLive
+from .nft_layout import ID_MAPS, TABLE, PortLive, portdev_of
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
@@ -218,11 +218,14 @@ class Nft:
         port's elements of its sets. One listing per table for all the ports,
         so a change running at the same time cannot make it fail and many
         ports cost no more listings than one."""
-        wanted = set(portdevs)
-        users: Dict[str, List[str]] = {}
+        users: Dict[str, List[str]] = {}  # per block of ours, the ports it is shown for
         for portdev in portdevs:
             if portdev in shapes:
                 users.setdefault(shapes[portdev][0], []).append(portdev)
+                for vmap in ID_MAPS:
+                    users.setdefault(vmap, []).append(portdev)
+            else:
+                users[f"p/{portdev}"] = [portdev]
         chains: Dict[str, Dict[str, List[str]]] = {p: {} for p in portdevs}
         for family in FAMILIES:
             try:
@@ -232,14 +235,10 @@ class Nft:
             text = text.rstrip()[:-1]  # without the table's closing brace
             for block in re.split(r"\n\t(?=(?:chain|set|map) )", text)[1:]:
                 kind, name = block.split(" ", 2)[:2]
-                parts = name.split("/")
-                if kind == "chain" and len(parts) > 1 and parts[0] == "p" and parts[1] in wanted:
-                    chains[parts[1]].setdefault(family, []).append(f"\t{block.rstrip()}")
-                elif (len(parts) > 2 and parts[0] == "s" and f"s/{parts[1]}" in users) or name in ID_MAPS:
-                    for portdev in users.get(name if name in ID_MAPS else f"s/{parts[1]}", ()) if name not in ID_MAPS \
-                            else [p for found in users.values() for p in found]:
-                        shown = block.rstrip() if kind == "chain" else _elements_of(block.rstrip(), shapes[portdev][1])
-                        chains[portdev].setdefault(family, []).append(f"\t{shown}")
+                owner = name if name in ID_MAPS else "/".join(name.split("/")[:2])  # a port's, a shape's, an id map
+                for portdev in users.get(owner, ()) if kind == "chain" or portdev_of(name) is None else ():
+                    shown = block.rstrip() if kind == "chain" else _elements_of(block.rstrip(), shapes[portdev][1])
+                    chains[portdev].setdefault(family, []).append(f"\t{shown}")
         return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
                                  for family, blocks in found.items())
                 for portdev, found in chains.items()}
