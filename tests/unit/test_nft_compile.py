@@ -16,7 +16,6 @@ from engine.resolver import resolve
 from attribute_samples import CASES, REFUSED, attributes as _attributes
 
 
-
 def _program(rules, name="x"):
     filters = {name: Filter(name, entries=tuple(rules))}
     binding = Binding("vnet0", "52:54:00:00:00:01", FilterRef(name))

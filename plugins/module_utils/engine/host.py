@@ -655,11 +655,10 @@ class Host:
         except OSError as exc:
             # the kernel has the new rules but the store could not follow: put the old ones back
             old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]
-            self.nft.apply(_compiler().transaction(
-                old_programs, sorted(touched - set(old.bindings)), new.live(touched), True,
-                old.shape_change(used_shapes, kernel_shapes, [p.shape for p in old_programs if p.shape is not None], True,
-                                 new))
-                if old.port_ids else REMOVE_ALL)
+            back = old.shape_change(used_shapes, kernel_shapes, [p.shape for p in old_programs if p.shape is not None],
+                                    True, new)
+            self.nft.apply(_compiler().transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched),
+                                                   True, back) if old.port_ids else REMOVE_ALL)
             self.store.undo()
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "

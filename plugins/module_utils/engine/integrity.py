@@ -215,7 +215,7 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
         shape = record.get("shape") if record else None
         if shape is not None:
             specs.update(((family, name), spec) for family, name, spec in shape["sets"])
-            members += [(family, name, element) for family, name, element in record["members"]]
+            members += [tuple(member) for member in record["members"]]
     used = {"/".join(name.split("/")[:2]) for _family, name in specs}
     by_id = {port_id: port for port, port_id in kernel.port_ids().items()}
     for (family, name), extra in foreign_members(kernel, members, specs).items():

@@ -139,6 +139,7 @@ def key_expression(part: str) -> str:
     return {"o": "iifname", "i": "oifname", "fo": f"meta mark & 0x{FROM_MASK << TO_SHIFT:x}"}.get(
         part, f"meta mark & 0x{FROM_MASK:x}")
 
+
 # everything of ours, whether it exists or not (``add`` first makes ``delete`` never fail)
 REMOVE_ALL = "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("bridge", "inet"))
 
