@@ -31,12 +31,15 @@ PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
 
 
-def _elements_of(block: str, keys: Sequence[str]) -> str:
-    """A set as nft lists it, with only the elements found by one of ``keys``."""
+def _elements_by_key(block: str) -> Tuple[str, Dict[str, List[str]]]:
+    """A set or map as nft lists it: its head without elements, and its
+    elements by what finds a port (their first part, a name or an id)."""
     head, _sep, listed = block.partition("elements = {")
-    items = [item.strip() for item in listed.rsplit("}", 2)[0].split(",")]
-    mine = [item for item in items if any(item == key or item.startswith((f"{key} . ", f"{key} : ")) for key in keys)]
-    return head.rstrip() + ("\n\t\telements = { " + ", ".join(mine) + " }" if mine else "") + "\n\t}"
+    found: Dict[str, List[str]] = {}
+    for item in listed.rsplit("}", 2)[0].split(","):
+        item = item.strip()
+        found.setdefault(re.split(r" [.:] ", item, 1)[0], []).append(item)
+    return head.rstrip(), found
 
 
 class Nft:
@@ -236,8 +239,15 @@ class Nft:
             for block in re.split(r"\n\t(?=(?:chain|set|map) )", text)[1:]:
                 kind, name = block.split(" ", 2)[:2]
                 owner = name if name in ID_MAPS else "/".join(name.split("/")[:2])  # a port's, a shape's, an id map
-                for portdev in users.get(owner, ()) if kind == "chain" or portdev_of(name) is None else ():
-                    shown = block.rstrip() if kind == "chain" else _elements_of(block.rstrip(), shapes[portdev][1])
+                ports = users.get(owner, ()) if kind == "chain" or portdev_of(name) is None else ()
+                if kind == "chain":
+                    for portdev in ports:
+                        chains[portdev].setdefault(family, []).append(f"\t{block.rstrip()}")
+                    continue
+                head, by_key = _elements_by_key(block.rstrip()) if ports else ("", {})
+                for portdev in ports:  # a shape's set or an id map: the port's own elements
+                    mine = [item for key in shapes[portdev][1] for item in by_key.get(key, ())]
+                    shown = head + ("\n\t\telements = { " + ", ".join(mine) + " }" if mine else "") + "\n\t}"
                     chains[portdev].setdefault(family, []).append(f"\t{shown}")
         return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
                                  for family, blocks in found.items())
