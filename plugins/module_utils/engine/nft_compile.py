@@ -525,7 +525,9 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     transaction. Every chain filled is flushed first, even one ``live`` says
     is new: a chain the store does not know of (an interrupted change, someone
     else's) is replaced, never appended to."""
-    first, going, adding = _shape_lines(shapes or ShapeChange.fresh(install), base)
+    shapes = shapes or ShapeChange.fresh(install)
+    first, going, adding = _shape_lines(shapes, base)
+    gone = {f"{name}/" for name in set(shapes.kernel) - set(shapes.used)}  # their sets go whole, elements and all
     lines = ([layout.BASE.rstrip("\n")] if base else []) + first
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
     members_by_set: Dict[Tuple[str, str], List[str]] = {}
@@ -537,6 +539,8 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         program = programs.get(portdev)
         members = set(program.members) if program else set()
         for family, name, element in sorted(now.members - members):
+            if name[:name.rindex("/") + 1] in gone:
+                continue
             if base:  # may be gone from the kernel: ``add`` first
                 lines.append(f"add element {family} {TABLE} {name} {{ {element} }}")
             lines.append(f"delete element {family} {TABLE} {name} {{ {element} }}")
