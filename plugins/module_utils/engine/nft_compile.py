@@ -83,6 +83,8 @@ def _rule_text(matches: Sequence[str], verdict: str) -> str:
 
 
 SHAPE = "$C"  # the shape's name in its chains' and sets' names until its digest is known
+_SHAPES: Dict[str, "Shape"] = {}
+MAX_SHAPES = 256  # distinct shapes kept; a host has a handful
 _LOOKUP = re.compile(r"\$K \. (?P<expr>[^$]*?) (?P<negate>!= )?@\$(?P<kind>[SI])(?P<value>[^$]*)\$")
 
 
@@ -135,7 +137,8 @@ class _Builder:
                 sets.append((family, name, f"typeof {typeof} . {match['expr']};{flags}"))
                 members.append((family, name, f"{found_by} . {match['value']}"))
                 return f"{key} . {match['expr']} {match['negate'] or ''}@{name}"
-            chains.append((family, name, tuple(_LOOKUP.sub(lookup, rule) for rule in _reachable(rules))))
+            chains.append((family, name, tuple(_LOOKUP.sub(lookup, rule) if "$K" in rule else rule
+                                               for rule in _reachable(rules))))
         for part in sorted(parts):
             family = "bridge" if part in ("o", "i") else "inet"
             name = f"{SHAPE}/{PORT_SETS[part]}"
@@ -143,9 +146,13 @@ class _Builder:
                 sets.append((family, name, "typeof iifname;" if family == "bridge" else "type mark;"))
             members.append((family, name, port_key(part, self.binding.portdev, self.port_id)))
         shape = f"s/{digest([repr(chains), repr(sets)])}"
-        named = Shape(shape, tuple((f, n.replace(SHAPE, shape), tuple(r.replace(SHAPE, shape) for r in rules))
-                                   for f, n, rules in chains),
-                      tuple((f, n.replace(SHAPE, shape), spec) for f, n, spec in sets))
+        named = _SHAPES.get(shape)
+        if named is None:  # ports alike make the same one: named once
+            if len(_SHAPES) > MAX_SHAPES:
+                _SHAPES.clear()
+            named = _SHAPES[shape] = Shape(
+                shape, tuple((f, n.replace(SHAPE, shape), tuple(r.replace(SHAPE, shape) for r in rules))
+                             for f, n, rules in chains), tuple((f, n.replace(SHAPE, shape), spec) for f, n, spec in sets))
         elements = []
         if {"fi", "fo", "hi"} & parts:
             half = layout.TO_SHIFT // 2
