@@ -52,6 +52,7 @@ SHARED_DAMAGE = {
     "element deleted from a shape's set": 'delete element bridge vmguard <ipset> { "vnet0" . 192.0.2.10 }',
     "dispatch chain flushed": "flush chain bridge vmguard shared_o",
     "rule replaced in a dispatch chain": "replace rule bridge vmguard shared_o handle {shared_o:jump} accept",
+    "id chain flushed": "flush chain bridge vmguard id/to/hi/0",  # one of the 512 that set a port's id in the mark
 }
 UNFILTERING = ("flush ruleset", "rule put into port chain", "rule replaced in port chain", "rule replaced in base chain",
                "bridge table made dormant", "port taken out of its shape", "element added to a shape's set",
