@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
@@ -23,7 +22,8 @@ from .model import Binding, Filter
 from .integrity import (BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Foreign, Kernel,
                         base_contents, compare, foreign_members)
 from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest, shape_parts
-from .nft_delete import IFNAMSIZ, remove_members, remove_ports
+from .nft_delete import remove_members, remove_ports
+from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
@@ -300,9 +300,7 @@ def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[
     """What the shapes' sets in ``kernel`` hold beyond the ``programs``'
     elements and the elements of the ports ``kept`` as they are."""
     ids = kernel.port_ids()
-    keep = [port.encode().ljust(IFNAMSIZ, b"\0") for port in kept] + [  # by name, or by id (either byte order)
-        struct.pack(order, ids[port] << shift) for port in kept if port in ids for shift in (0, TO_SHIFT)
-        for order in ("=I", ">I")]
+    keep = [prefix for port in kept for prefix in port_prefixes(port, ids.get(port))]
     specs = {(f, n): spec for p in programs if p.shape is not None for f, n, spec in p.shape.sets}
     found = foreign_members(kernel, [m for p in programs for m in p.members], specs, keep)
     return [element for elements in found.values() for element in elements]
@@ -385,7 +383,7 @@ class Host:
         anything, does it (and a port's set elements: ``shapes(base)`` are
         the shapes around the change). Returns whether our base chains were rewritten."""
         change = shapes(base)
-        if not programs and not base and generation is not None and set(change.kernel) == set(change.used):
+        if not programs and not base and generation is not None and not change.dispatch_changes:
             try:
                 remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
                 return False
@@ -701,7 +699,7 @@ class Host:
                 else:
                     shape["chains"] = [list(c) for c in known["shape"]["chains"]]
         rewritten = list(BASE_CHAINS) + list(FIXED_CHAINS) if base else \
-            sorted(DISPATCH) if set(shapes.kernel) != set(shapes.used) else []
+            sorted(DISPATCH) if shapes.dispatch_changes else []
         contents = self.nft.contents(sorted(set(unread)) + rewritten, sum(entry[0] for entry in new.summary.values()))
         for record in records.values():
             for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):

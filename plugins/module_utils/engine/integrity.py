@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from . import nft_layout as layout
-from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, map_target, portdev_of
+from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, id_part, map_target, portdev_of
 from .set_members import IFNAMSIZ, decode, encode
 
 Chain = Tuple[str, str]  # (family, name)
@@ -105,11 +105,9 @@ class Kernel:
         the halves its id map elements lead to)."""
         found = {portdev_of(target) or "": int(key, 16) for (family, vmap, key), target in self.elements.items()
                  if (family, vmap) == ("inet", "fi") and portdev_of(target)}
-        half = layout.TO_SHIFT // 2
         for (_family, vmap, key), target in sorted(self.elements.items()):
             if vmap in ("id_from_lo", "id_from_hi") and target.startswith("id/"):
-                value = int(target.rsplit("/", 1)[1]) << (half if vmap.endswith("hi") else 0)
-                found[key[1:-1]] = found.get(key[1:-1], 0) | value
+                found[key[1:-1]] = found.get(key[1:-1], 0) | id_part(vmap, target)
         return found
 
 

@@ -16,8 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
-from .nft_layout import (DISPATCH, ID_MAPS, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
-                         dispatch_rule, id_chain, key_expression, port_key, shape_parts)
+from .nft_layout import (DISPATCH, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
+                         dispatch_rule, id_targets, key_expression, port_key, shape_parts)
 from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -153,13 +153,9 @@ class _Builder:
             named = _SHAPES[shape] = Shape(
                 shape, tuple((f, n.replace(SHAPE, shape), tuple(r.replace(SHAPE, shape) for r in rules))
                              for f, n, rules in chains), tuple((f, n.replace(SHAPE, shape), spec) for f, n, spec in sets))
-        elements = []
-        if {"fi", "fo", "hi"} & parts:
-            half = layout.TO_SHIFT // 2
-            for vmap in ID_MAPS:
-                value = (self.port_id >> (half if vmap.endswith("hi") else 0)) & ((1 << half) - 1)
-                elements.append(("bridge", vmap, f'"{self.binding.portdev}"', id_chain(vmap, value)))
-        return PortProgram(self.binding.portdev, self.port_id, False, (), tuple(elements), (), named,
+        elements = tuple(("bridge", vmap, f'"{self.binding.portdev}"', target)
+                         for vmap, target in id_targets(self.port_id).items()) if {"fi", "fo", "hi"} & parts else ()
+        return PortProgram(self.binding.portdev, self.port_id, False, (), elements, (), named,
                            tuple(sorted({(f, n.replace(SHAPE, shape), e) for f, n, e in members})))
 
 
@@ -472,6 +468,11 @@ class ShapeChange:
     install: Tuple[Shape, ...] = ()
     foreign: Tuple[Tuple[str, str, str], ...] = ()  # elements of their sets (family, set, element) that go
 
+    @property
+    def dispatch_changes(self) -> bool:
+        """Whether shapes come or go, and with them the dispatch chains' rules."""
+        return set(self.kernel) != set(self.used)
+
     @classmethod
     def fresh(cls, programs: Sequence[PortProgram]) -> "ShapeChange":
         """Into tables without shapes: those of ``programs`` are installed."""
@@ -491,7 +492,7 @@ def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str],
             first += [f"add set {family} {TABLE} {set_name} {{ {spec} }}" for family, set_name, spec in sets if spec]
             first += [f"add chain {family} {TABLE} {chain}" for family, chain in chains]
     going += [f"delete element {family} {TABLE} {name} {{ {element} }}" for family, name, element in shapes.foreign]
-    rewrite = base or set(shapes.kernel) != set(shapes.used)
+    rewrite = base or shapes.dispatch_changes
     if rewrite:
         going += [f"flush chain {family} {TABLE} {chain}" for family, chain in sorted(DISPATCH)]
     for name in gone:

@@ -61,6 +61,21 @@ def id_chain(vmap: str, value: int) -> str:
     return "id/" + vmap[3:].replace("_", "/") + f"/{value}"
 
 
+def _half_shift(vmap: str) -> int:
+    """Where in a port id the half an id map sets begins."""
+    return TO_SHIFT // 2 if vmap.endswith("hi") else 0
+
+
+def id_targets(port_id: int) -> Dict[str, str]:
+    """Per id map, the chain a port's element leads to."""
+    return {vmap: id_chain(vmap, (port_id >> _half_shift(vmap)) & ((1 << TO_SHIFT // 2) - 1)) for vmap in ID_MAPS}
+
+
+def id_part(vmap: str, target: str) -> int:
+    """The part of a port id that an id map's element leading to ``target`` sets."""
+    return int(target.rsplit("/", 1)[1]) << _half_shift(vmap)
+
+
 def _id_chains(from_mask: int, to_shift: int) -> str:
     half = to_shift // 2
     lines = []

@@ -15,6 +15,8 @@ import re
 import struct
 from typing import Dict, List, Optional, Tuple
 
+from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
+
 IFNAMSIZ = 16
 _NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")  # an interface name safe to write between quotes
 _RAW = re.compile(r"@(ll|nh|th),(\d+),(\d+)")
@@ -110,3 +112,11 @@ def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
         parts.append(low if low == high else f"{low}-{high}")
         offset += size
     return " . ".join(parts)
+
+
+def port_prefixes(portdev: str, port_id: Optional[int]) -> List[bytes]:
+    """How the keys of a port's elements begin: its name (bridge sets) or its
+    id as sender or receiver (inet sets), a mark in either byte order."""
+    marks = [struct.pack(order, port_id << shift) for shift in (0, layout.TO_SHIFT) for order in ("=I", ">I")
+             ] if port_id else []
+    return [portdev.encode().ljust(IFNAMSIZ, b"\0")] + marks
