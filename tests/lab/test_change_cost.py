@@ -16,7 +16,9 @@ from engine import nft_compile, nft_layout
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
+from engine.store import Store
 from engine.xml_form import filter_from_xml
+from old_stores import to_index_json
 from lab.probes import incoming_tcp, run_probes, standard_probes
 
 
@@ -105,8 +107,8 @@ def test_a_removal_falls_back_to_nft_when_netlink_fails(lab, host, monkeypatch):
 
 
 def _to_version_1(root):
-    """Rewrite a store as the previous release kept it: every port record in ports.json."""
-    index = json.loads((root / "index.json").read_text())
+    """Rewrite a store as the release before version 2 kept it: every port record in ports.json."""
+    index = to_index_json(root, 1)
     records = {port: {"id": entry[0], **json.loads((root / "ports" / f"{port}.json").read_text())}
                for port, entry in index.items()}
     (root / "ports.json").write_text(json.dumps(records, sort_keys=True) + "\n")
@@ -128,8 +130,8 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert fresh.report()[vm.port]["in_force"] and (root / "ports.json").exists()  # read as it is
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
     assert result.rebuilt == ["vnet9"] and result.repaired == [CONVERTED.format(version=1, reasons=f"{WIDER}; {READ_BACK}")]
-    assert (root / "version").read_text() == "5\n" and not (root / "ports.json").exists()
-    index = json.loads((root / "index.json").read_text())
+    assert (root / "version").read_text() == "6\n" and not (root / "ports.json").exists()
+    index = Store(str(root)).index().all()
     assert {port: entry[0] for port, entry in index.items() if port in records} == \
         {port: record["id"] for port, record in records.items()}
     assert index[vm.port][3] == "clean-traffic" and index[peer.port][3] == "no-mac-spoofing"
@@ -137,7 +139,7 @@ def test_a_version_1_store_is_converted_on_its_first_change(lab, host, tmp_path)
     assert all(report["in_force"] for report in fresh.report().values())
 
 
-CONVERTED = ("the store was converted from format {version} to 5: every port's rules are reinstalled "
+CONVERTED = ("the store was converted from format {version} to 6: every port's rules are reinstalled "
              "({reasons}; ports alike share chains)")
 WIDER = "port ids of 14 bits in the packet mark"
 READ_BACK = "what the kernel holds of each chain is read back and recorded"
@@ -165,21 +167,37 @@ def test_a_version_2_store_is_reinstalled_in_the_wider_mark_layout(lab, host, tm
         host.bind(Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)})))
         host.bind(_clean(peer))
     root = tmp_path / "store"
-    (root / "version").write_text("2\n")
+    to_index_json(root, 2)
     assert "meta mark & 0x00000fff vmap @fi" in lab.nft_list() and "0x00001000 : jump" in lab.nft_list()
     assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
     predicted = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")), check=True)
-    assert predicted.repaired == ["the store would be converted from format 2 to 5: every port's rules would be "
+    assert predicted.repaired == ["the store would be converted from format 2 to 6: every port's rules would be "
                                   "reinstalled"] and (root / "version").read_text() == "2\n"
     result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing")))
-    assert result.repaired == [CONVERTED.format(version=2, reasons=f"{WIDER}; {READ_BACK}")] and (root / "version").read_text() == "5\n"
+    assert result.repaired == [CONVERTED.format(version=2, reasons=f"{WIDER}; {READ_BACK}")] and (root / "version").read_text() == "6\n"
     listing = lab.nft_list()
     assert "meta mark & 0x00003fff vmap @fi" in listing and "meta mark & 0x0fffc000 vmap @fo" in listing
     assert re.search(r"set s/\w+/to \{\n\t\ttype mark\n\t\telements = \{ 0x00004000", listing)  # vm's id, 1, to it
     assert "0x00001000 : jump" not in listing
     assert _tcp_in(lab) == {"incoming tcp 22": True, "incoming tcp 23": False} and not _spoofed_passes(lab)
     assert not fresh.converge().changed and all(report["in_force"] for report in fresh.report().values())
+
+
+def test_a_version_5_store_is_split_and_its_ports_stay_as_they_are(lab, host, tmp_path):
+    """Version 6 only splits the index into shards: no port is reinstalled."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.bind(_clean(vm))
+    host.bind(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing")))
+    root = tmp_path / "store"
+    index = to_index_json(root, 5)
+    before = lab.nft_list()
+    fresh = Host(str(root), netns=lab.host)
+    assert fresh.bind(_clean(vm)).changed is False  # converted, found in force, nothing to do
+    assert (root / "version").read_text() == "6\n" and not (root / "index.json").exists()
+    assert Store(str(root)).index().all() == index and lab.nft_list() == before
+    assert fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("no-mac-spoofing"))).rebuilt == ["vnet9"]
+    assert not _spoofed_passes(lab) and all(report["in_force"] for report in fresh.report().values())
 
 
 def test_the_layer3_warning_names_only_ports_with_layer3_rules(lab, host):

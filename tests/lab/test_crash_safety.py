@@ -75,8 +75,9 @@ def _agree(host, seen):
     octet = numbers.pop()
     number = next(n for n in seen if str(n % 250) == octet)
     assert sorted(addresses) == sorted(b.portdev for b in _generation(number))
-    ids = list(state.port_ids.values())
-    assert len(ids) == len(set(ids)) and set(state.port_ids) == set(state.bindings)
+    index = state.index.all()
+    ids = [entry[0] for entry in index.values()]
+    assert len(ids) == len(set(ids)) and set(index) == set(state.bindings) and len(state.index) == len(index)
     kernel = host.nft.kernel()
     assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.kernel_contents("base")).problems
     listing = host.nft._run(["list", "table", "bridge", "vmguard"])  # pylint: disable=protected-access

@@ -15,6 +15,7 @@ from engine.host import Host
 from engine.integrity import compare
 from engine.model import Binding, FilterRef
 from engine.xml_form import filter_from_xml
+from old_stores import to_index_json
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
 from test_ansible import collections, play, tasks  # noqa: F401  pylint: disable=unused-import
@@ -229,14 +230,14 @@ def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host):
     host.set_bindings([_web("vnet0", 0), _web("vnet1", 1)])
     ids = host.nft.kernel().port_ids()
     assert sorted(ids.values()) == [1, 2]
-    with open(os.path.join(host.store.root, "index.json"), "w", encoding="utf-8") as handle:
-        handle.write("{}\n")
+    for name in os.listdir(host.store.index_dir):  # the index lost
+        os.unlink(os.path.join(host.store.index_dir, name))
     result = host.bind(_web("vnet2", 2))
     assert result.rebuilt == ["vnet2"] and "vnet0: the store has no record of what it installed" in result.repaired
     kernel = host.nft.kernel()
     assert kernel.port_ids() == dict(ids, vnet2=3)
     state = host._load()  # pylint: disable=protected-access
-    assert state.port_ids == kernel.port_ids()
+    assert {port: entry[0] for port, entry in state.index.all().items()} == kernel.port_ids()
     assert not compare({p: state.installed.get(p) for p in state.bindings}, kernel, host.store.kernel_contents("base")).problems
 
 
@@ -297,12 +298,12 @@ def test_a_version_3_store_is_reinstalled_and_its_rules_read_back(lab, host, tmp
         record = json.loads(path.read_text())
         path.write_text(json.dumps({**record, "chains": [chain[:4] for chain in record["chains"]]}))
     (root / "base.json").unlink()
-    (root / "version").write_text("3\n")
+    to_index_json(root, 3)
     fresh = Host(str(root), netns=lab.host)  # the next module run, with this release
-    assert fresh.converge().repaired == ["the store was converted from format 3 to 5: every port's rules are "
+    assert fresh.converge().repaired == ["the store was converted from format 3 to 6: every port's rules are "
                                          "reinstalled (what the kernel holds of each chain is read back and "
                                          "recorded; ports alike share chains)"]
-    assert (root / "version").read_text() == "5\n" and not _spoofed_passes(lab)
+    assert (root / "version").read_text() == "6\n" and not _spoofed_passes(lab)
     record = json.loads((root / "ports" / "vnet0.json").read_text())
     assert record["shape"]["chains"] and all(len(chain) == 5 for chain in record["shape"]["chains"])
     lab.nft(_damage(lab, "shared", DAMAGE["rule replaced in port chain"]))

@@ -8,6 +8,7 @@ import pytest
 
 from engine.errors import NwfilterError
 from engine.model import Binding, FilterRef
+from engine.port_index import shard_of
 from engine.store import Store
 from engine.xml_form import MAX_DOCUMENT, binding_to_xml, filter_from_xml
 
@@ -30,18 +31,20 @@ def _write(store, relative, data):
 
 
 READERS = {"bindings": lambda store: dict(store.bindings()), "learned": lambda store: dict(store.learned()),
-           "index": lambda store: store.index()}
+           "index": lambda store: store.index().get("vnet0")}
+SHARD = f"index/{shard_of('vnet0')}.json"  # where vnet0's index entry is kept
 
 
 @pytest.mark.parametrize("relative,data,reader,words", [
     ("bindings/vnet0.xml", b"<filterbinding>\xff\xfe</filterbinding>", "bindings", "not UTF-8 text"),
     ("bindings/vnet1.xml", binding_to_xml(BINDING), "bindings", "holds the binding of 'vnet0', not of 'vnet1'"),
     ("bindings/vnet0.xml", "<filterbinding><portdev name='vnet0'/>", "bindings", "malformed XML"),
-    ("index.json", "garbage", "index", "not valid JSON"),
-    ("index.json", '{"vnet0": [1, 2', "index", "not valid JSON"),
-    ("index.json", '{"vnet0": {"chains": [], "elements": []}}', "index", "not a map of ports to [id, rules"),
-    ("index.json", '{"vnet0": [1, 2, "yes", "f", null, null, null]}', "index", "not a map of ports to [id, rules"),
-    ("index.json", '[]', "index", "not a map of ports to [id, rules"),
+    (SHARD, "garbage", "index", "not valid JSON"),
+    (SHARD, '{"vnet0": [1, 2', "index", "not valid JSON"),
+    (SHARD, '{"vnet0": {"chains": [], "elements": []}}', "index", "not a map of ports to [id, rules"),
+    (SHARD, '{"vnet0": [1, 2, "yes", "f", null, null, null]}', "index", "not a map of ports to [id, rules"),
+    (SHARD, '[]', "index", "not a map of ports to [id, rules"),
+    (SHARD, '{"vnet1": [1, 2, true, "f", null, null, null]}', "index", "holds a port of another shard"),
     ("learned/vnet0.json", "", "learned", "not valid JSON"),
     ("learned/vnet0.json", '{"IP": "192.0.2.1"}', "learned", "not a map of IP/IPV6 to addresses"),
 ])
@@ -86,10 +89,17 @@ def test_the_root_must_be_absolute(root):
 
 def test_an_interrupted_change_is_undone(store):
     """The journal holds the old text of every file a change writes, until the change is complete."""
-    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, {"vnet0": [1, 0, False, "clean-traffic", None, None, None, None]})
-    store.finish(store.plan(({}, {}, {}, {}, {}), old, ["vnet0"]))
+    entry = [1, 0, False, "clean-traffic", None, None, None, None]
+    empty = store.index()
+    index = empty.copy()
+    index.set("vnet0", entry)
+    old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, index)
+    store.finish(store.plan(({}, {}, {}, {}, empty), old, ["vnet0"]))
     moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
-    plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}, {}), ["vnet0", "vnet1"])
+    after = index.copy()
+    after.pop("vnet0")
+    after.set("vnet1", [2, 0, False, "clean-traffic", None, None, None, None])
+    plan = store.plan(old, ({}, {"vnet1": moved}, {"vnet1": {"IP": ["192.0.2.9"]}}, {}, after), ["vnet0", "vnet1"])
     store.begin(plan)
     for path, text in plan[0][:2]:  # killed half way through the renames
         if text is None:
@@ -101,8 +111,8 @@ def test_an_interrupted_change_is_undone(store):
     store.end()
     assert store.journal() is None
     assert store.bindings() == {"vnet0": BINDING} and store.learned() == {}
-    assert store.index() == old[4]
+    assert store.index().all() == {"vnet0": entry} and len(store.index()) == 1
     # port records are not journaled: the change's ports are reinstalled after the undo, which rewrites them
     assert dict(store.records(["vnet0"])) == {"vnet0": None}
-    with open(os.path.join(store.root, "index.json"), encoding="utf-8") as handle:
-        assert json.load(handle) == old[4]
+    with open(os.path.join(store.root, SHARD), encoding="utf-8") as handle:
+        assert json.load(handle) == {"vnet0": entry}

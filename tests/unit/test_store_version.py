@@ -36,11 +36,11 @@ def test_unversioned_store_is_version_1_and_stamped_on_change(unversioned):
     assert not (unversioned / "version").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "5\n"
+    assert (unversioned / "version").read_text() == f"{STORE_VERSION}\n" == "6\n"
     assert list(store.bindings()) == ["vnet0"]
 
 
-@pytest.mark.parametrize("text,words", [("6\n", "format version 6 is newer than this copy of vmguard.nwfilter reads (5)"),
+@pytest.mark.parametrize("text,words", [("7\n", "format version 7 is newer than this copy of vmguard.nwfilter reads (6)"),
                                         ("two", "unreadable format version 'two'")])
 def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
     (unversioned / "version").write_text(text)
@@ -57,7 +57,7 @@ def test_newer_or_unreadable_store_is_refused(unversioned, text, words):
 def test_check_mode_creates_nothing_on_a_fresh_root(tmp_path):
     store = Store(str(tmp_path / "fresh"))
     with store.locked(create=False):
-        assert store.bindings() == {} and store.index() == {}
+        assert store.bindings() == {} and store.index().all() == {}
     assert not os.path.exists(tmp_path / "fresh")
 
 
@@ -75,23 +75,23 @@ def test_a_version_1_store_is_read_as_it_is_and_converted_on_the_first_change(un
     _v1_store(unversioned, {"vnet0": {"id": 7, **RECORD}})
     store = Store(str(unversioned))
     expected = {"vnet0": [7, 4, True, None, None, None, None, None]}
-    assert store.index() == expected and dict(store.records(["vnet0"])) == {"vnet0": RECORD}
+    assert store.index().all() == expected and dict(store.records(["vnet0"])) == {"vnet0": RECORD}
     with store.locked(create=False):  # check mode reads it, converts nothing
-        assert store.index() == expected
+        assert store.index().all() == expected
     assert (unversioned / "version").read_text() == "1\n" and (unversioned / "ports.json").exists()
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "5\n" and not (unversioned / "ports.json").exists()
+    assert (unversioned / "version").read_text() == "6\n" and not (unversioned / "ports.json").exists()
     assert store.index()["vnet0"][:5] == [7, 4, True, "clean-traffic", binding_digest(BINDING)]  # from the binding
     # its rules are in the old mark layout: no record, so the next kernel check reinstalls the port
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.converted_from == 1
 
 
-@pytest.mark.parametrize("version", [2, 3])
-def test_a_version_2_or_3_store_forgets_its_records_and_marker_on_the_first_change(unversioned, version):
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_a_store_before_version_5_forgets_its_records_and_marker_on_the_first_change(unversioned, version):
     """Version 3 widened the port ids in the packet mark, version 4 records
-    what the kernel holds of each chain: every port is reinstalled by the
-    next kernel check, our base chains included."""
+    what the kernel holds of each chain, version 5 shares chains: every port
+    is reinstalled by the next kernel check, our base chains included."""
     store = Store(str(unversioned))
     with store.locked():
         pass
@@ -103,7 +103,7 @@ def test_a_version_2_or_3_store_forgets_its_records_and_marker_on_the_first_chan
         assert dict(store.records(["vnet0"])) == {"vnet0": RECORD} and store.marker() == ["boot", 1, 5]
     with store.locked():
         pass
-    assert (unversioned / "version").read_text() == "5\n" and store.converted_from == version
+    assert (unversioned / "version").read_text() == "6\n" and store.converted_from == version
     assert dict(store.records(["vnet0"])) == {"vnet0": None} and store.marker() is None
     assert store.kernel_contents("base") is None
 
@@ -131,4 +131,42 @@ def test_an_unreadable_version_1_ports_json_converts_to_no_records(unversioned):
     store = Store(str(unversioned))
     with store.locked():
         pass
-    assert store.index() == {} and not (unversioned / "ports.json").exists()
+    assert store.index().all() == {} and not (unversioned / "ports.json").exists()
+
+
+ENTRIES = {"vnet0": [7, 4, True, "clean-traffic", "d0", ["52:54:00:00:00:01"], None, "s0"],
+           "vnet1": [9, 2, False, "no-mac-spoofing", "d1", [], "u1", None]}
+
+
+def _v5_store(root, entries):
+    store = Store(str(root))
+    with store.locked():
+        pass
+    (root / "version").write_text("5\n")
+    (root / "index.json").write_text(json.dumps(entries))
+    (root / "ports" / "vnet0.json").write_text(json.dumps(RECORD))
+    return store
+
+
+def test_a_version_5_index_is_split_into_shards_and_nothing_is_reinstalled(unversioned):
+    store = _v5_store(unversioned, ENTRIES)
+    with store.locked(create=False):  # check mode reads index.json as it is
+        assert store.index().all() == ENTRIES
+    with store.locked():
+        pass
+    assert (unversioned / "version").read_text() == "6\n" and not (unversioned / "index.json").exists()
+    index = store.index()
+    assert index.all() == ENTRIES and len(index) == 2 and index.totals["rules"] == 6 and index.free_id() == 1
+    assert index.shapes() == {"s0": "vnet0"} and index.roots() == {"clean-traffic": 1, "no-mac-spoofing": 1}
+    assert dict(store.records(["vnet0"])) == {"vnet0": RECORD}  # the kernel's rules are as version 5 made them
+    assert store.converted_from == 5
+
+
+def test_an_interrupted_version_5_change_is_undone_before_splitting(unversioned):
+    """The journal names index.json: the old one is put back and split, not the half-changed one."""
+    store = _v5_store(unversioned, ENTRIES)
+    (unversioned / "journal.json").write_text(json.dumps({"ports": ["vnet1"], "undo": {
+        str(unversioned / "index.json"): json.dumps({"vnet0": ENTRIES["vnet0"]})}}))
+    with store.locked():
+        assert store.journal() == ["vnet1"]  # the ports stay named for the kernel to be put right
+    assert store.index().all() == {"vnet0": ENTRIES["vnet0"]} and not (unversioned / "index.json").exists()

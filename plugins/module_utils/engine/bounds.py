@@ -13,7 +13,7 @@ would visit. The limits come from measurements (docs/performance.md).
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .errors import NwfilterError
 from .model import Filter, Rule
@@ -92,11 +92,12 @@ def _size(filters: Mapping[str, Filter], name: str, children: List[Tuple[int, in
     return depth, width, occurrences
 
 
-def check_host_rules(counts: Mapping[str, int]) -> None:
-    """Refuse a change after which the host's ports (``counts``: nft rules
-    per port) would hold more than MAX_HOST_RULES nft rules."""
-    total = sum(counts.values())
+def check_host_rules(total: int, counts: Callable[[], Mapping[str, int]]) -> None:
+    """Refuse a change after which the host's ports would hold ``total`` nft
+    rules, more than MAX_HOST_RULES (``counts``, per port, are read only then,
+    to name the largest)."""
     if total > MAX_HOST_RULES:
+        counts = counts()
         biggest = max(counts, key=counts.__getitem__)
         raise NwfilterError(f"the host's bindings would hold {total} nft rules, more than {MAX_HOST_RULES} "
                             f"(the largest, {biggest!r}, {counts[biggest]})")

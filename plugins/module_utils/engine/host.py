@@ -28,6 +28,7 @@ from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
 from .overlaps import binding_addresses
+from .port_index import ROOT, SHAPE, PortIndex, new_entry
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
@@ -72,21 +73,20 @@ class ChangeResult:
 
 @dataclass
 class _State:
-    """The stored state. Bindings, learned addresses and port records are
-    read on first use; ``summary`` has what a change needs of every port
-    without reading it (the store's index)."""
+    """The stored state. Bindings, learned addresses, port records and the
+    index's shards are read on first use; the index (``port_index``) has what
+    a change needs of each port without reading it, and totals over all."""
     filters: Dict[str, Filter]  # the user's own (built-ins are overlaid, not stored)
     bindings: LazyMap  # of Binding
     learned: LazyMap  # of {"IP": [...], "IPV6": [...]}
-    port_ids: Dict[str, int]
+    index: PortIndex  # per port with an id: its index entry (store.index_entry)
     installed: LazyMap  # per port, what it has in our tables as last applied ({"chains", "elements", "rules", "sets"})
-    summary: Dict[str, list]  # per port with a record: its index entry without the id (store.index_entry)
 
     def copy(self) -> "_State":
         """A state to change; model objects are immutable, and the lazy maps
-        record what is set in them, so that only that is written."""
-        return _State(dict(self.filters), self.bindings.copy(), self.learned.copy(), dict(self.port_ids),
-                      self.installed.copy(), dict(self.summary))
+        and the index record what is set in them, so that only that is written."""
+        return _State(dict(self.filters), self.bindings.copy(), self.learned.copy(), self.index.copy(),
+                      self.installed.copy())
 
     def live(self, ports: Set[str]) -> Dict[str, PortLive]:
         records = {p: self.installed.get(p) for p in ports}
@@ -102,7 +102,7 @@ class _State:
 
     def shapes(self) -> Dict[str, str]:
         """Per shape in use, one of its ports."""
-        return {entry[6]: portdev for portdev, entry in self.summary.items() if entry[6] is not None}
+        return self.index.shapes()
 
     def shape_change(self, kernel: Mapping[str, str], used: Mapping[str, str], install: Collection["Shape"],
                      base: bool, before: "_State", stale: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
@@ -123,37 +123,36 @@ class _State:
             tuple(shape for shape in {s.name: s for s in install}.values() if base or shape.name not in kernel),
             tuple(foreign))
 
-    def index(self) -> Dict[str, list]:
-        return {p: [i, *self.summary.get(p, [0, False, None, None, None, None, None])] for p, i in self.port_ids.items()}
-
     def as_files(self) -> tuple:
-        return self.filters, self.bindings, self.learned, self.installed, self.index()
+        return self.filters, self.bindings, self.learned, self.installed, self.index
 
     def _indexed(self, portdev: str) -> Optional[list]:
-        """The port's index entry without its id, when it tells of the binding
-        (not when the binding was read anyway: it may have changed since)."""
-        entry = self.summary.get(portdev)
-        return entry if entry is not None and entry[3] is not None and self.bindings.loaded(portdev) is None else None
+        """The port's index entry, when it tells of the binding (not when the
+        binding was read anyway: it may have changed since)."""
+        if self.bindings.loaded(portdev) is not None:
+            return None
+        entry = self.index.get(portdev)
+        return entry if entry is not None and entry[ROOT] is not None else None
 
     def root(self, portdev: str) -> str:
         """The root filter of a binding."""
         entry = self._indexed(portdev)
-        return entry[2] if entry else self.bindings[portdev].filterref.filter
+        return entry[ROOT] if entry else self.bindings[portdev].filterref.filter
 
     def holds(self, binding: Binding) -> bool:
         """Whether this very binding is stored."""
         if binding.portdev not in self.bindings:
             return False
         entry = self._indexed(binding.portdev)
-        return entry[3] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
+        return entry[4] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
 
     def addresses(self, portdev: str) -> List[str]:
         entry = self._indexed(portdev)
-        return list(entry[4]) if entry else binding_addresses(self.bindings[portdev])
+        return list(entry[5]) if entry else binding_addresses(self.bindings[portdev])
 
     def owner(self, portdev: str) -> Optional[str]:
         entry = self._indexed(portdev)
-        return entry[5] if entry else self.bindings[portdev].owner_uuid
+        return entry[6] if entry else self.bindings[portdev].owner_uuid
 
     def installing(self, program: "PortProgram") -> None:
         """Record what this port's program puts in the kernel."""
@@ -170,7 +169,8 @@ class _State:
                                "sets": sorted(list(s) for s in program.shape.sets)}
             record["members"] = sorted(list(m) for m in program.members)
         self.installed[program.portdev] = record
-        self.summary[program.portdev] = index_entry(0, record, self.bindings[program.portdev])[1:]
+        self.index.set(program.portdev, index_entry(self.index.id(program.portdev), record,
+                                                    self.bindings[program.portdev]))
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.filters}
@@ -275,11 +275,9 @@ def _adopt_port_ids(state: _State, kernel: Kernel, ports: Set[str]) -> None:
     """Ports the store lost the record of keep the id the kernel holds for
     them, where no other port has it: an id is never handed to another port
     while the kernel still uses it."""
-    used = set(state.port_ids.values())
     for portdev, port_id in sorted(kernel.port_ids().items()):
-        if portdev in ports and portdev not in state.port_ids and port_id not in used:
-            state.port_ids[portdev] = port_id
-            used.add(port_id)
+        if portdev in ports and portdev not in state.index and not state.index.used_ids() >> port_id & 1:
+            state.index.set(portdev, new_entry(port_id))
 
 
 def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optional["PortProgram"]]:
@@ -291,7 +289,7 @@ def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optiona
         return resolver.resolve(state.all_filters(), binding, _extra(state, binding)), None
     except resolver.MissingVariables as exc:
         if exc.learnable and _learning_mode(binding) != "none":
-            port_id = state.port_ids[portdev]
+            port_id = state.index.id(portdev)
             return None, _compiler().compile_learning(binding, binding.parameters, port_id, "IPV6" in exc.names)
         raise
 
@@ -310,7 +308,7 @@ def _program(state: _State, portdev: str) -> "PortProgram":
     ruleset, learning = _resolved(state, portdev)
     if ruleset is None:
         return cast("PortProgram", learning)  # _resolved gives one of the two
-    return _compiler().compile_port(state.bindings[portdev], ruleset, state.port_ids[portdev])
+    return _compiler().compile_port(state.bindings[portdev], ruleset, state.index.id(portdev))
 
 
 class Host:
@@ -340,18 +338,16 @@ class Host:
         """The stored state; with ``unreadable``, bindings that cannot be read
         are left out and named there (with an index that cannot be read, every
         binding is without a port record, and a record that cannot be read is none)."""
-        try:
-            index = self.store.index()
-        except NwfilterError as exc:
-            if unreadable is None:
-                raise
-            unreadable["index.json"] = str(exc)
-            index = {}
+        index = self.store.index()
+        if unreadable is not None:
+            try:
+                index.all()
+            except NwfilterError as exc:
+                unreadable["index"] = str(exc)
+                index = PortIndex.of({})
         filters = self.store.filters({} if unreadable is not None else None)  # a binding using it fails to compile
         return _State(filters, self.store.bindings(unreadable), self.store.learned({} if unreadable is not None else None),
-                      {p: entry[0] for p, entry in index.items()},
-                      self.store.records(index),
-                      {p: entry[1:] for p, entry in index.items()})
+                      index, self.store.records(index.ports, index.__contains__))
 
     def filters(self) -> Dict[str, Filter]:
         return {**BUILTIN_FILTERS, **self.store.filters()}
@@ -405,9 +401,8 @@ class Host:
         The generation is read first and kept (``_checked``): a commit made
         while our tables are read may be missed by the listing, so the store
         never vouches for a later generation than that one."""
-        unrecorded = set(state.bindings) - set(state.port_ids)
         self._checked = self.generation.marker()
-        if interrupted is None and not unrecorded and self.store.marker() == list(self._checked):
+        if interrupted is None and self.store.marker() == list(self._checked):
             return None
         kernel = self.nft.kernel()
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.kernel_contents("base")), kernel
@@ -442,9 +437,9 @@ class Host:
                     raise NwfilterError(f"no binding for {portdev!r}")
             not_in_force = self._not_in_force(state)
             # what finds a port in its shape's sets, as nft lists it: its name, its id as sender and receiver
-            shapes = {portdev: (state.summary[portdev][6], [f'"{portdev}"', f"0x{state.port_ids[portdev]:08x}",
-                                                            f"0x{state.port_ids[portdev] << TO_SHIFT:08x}"])
-                      for portdev in ports if portdev in state.summary and state.summary[portdev][6]}
+            entries = {portdev: state.index.get(portdev) for portdev in ports}
+            shapes = {portdev: (entry[SHAPE], [f'"{portdev}"', f"0x{entry[0]:08x}", f"0x{entry[0] << TO_SHIFT:08x}"])
+                      for portdev, entry in entries.items() if entry is not None and entry[SHAPE]}
             in_force = self.nft.ports_rules(ports, shapes)
         filters = state.all_filters()
         found: Dict[str, Dict[str, object]] = {}
@@ -454,7 +449,7 @@ class Host:
             found[portdev] = {"learning": learning is not None, "learned": state.learned.get(portdev, {}),
                               "locked": self._locked(learning) if learning else {},
                               "resolved_rules": describe(ruleset) if ruleset is not None else [],
-                              "nft": in_force[portdev], "port_id": state.port_ids[portdev],
+                              "nft": in_force[portdev], "port_id": state.index.id(portdev),
                               "tree": sorted(_tree(filters, binding.filterref.filter)),
                               "in_force": not_in_force[portdev] is None}
             if not_in_force[portdev]:
@@ -506,11 +501,14 @@ class Host:
 
     def layer3_warning(self) -> Optional[str]:
         """Why the stored bindings' layer-3/4 rules see no bridged traffic, if they do not."""
-        ports = sorted(p for p, entry in self.store.index().items() if entry[2])  # those with layer-3 chains
+        index = self.store.index()
+        if not index.totals["layer3"]:
+            return None
         from . import bridge_netfilter  # pylint: disable=import-outside-toplevel
-        off = bridge_netfilter.disabled(self.netns) if ports else []
+        off = bridge_netfilter.disabled(self.netns)
         if not off:
             return None
+        ports = list(index.find(lambda entry: entry[2]))  # those with layer-3 chains
         shown = ", ".join(ports[:3]) + (f" and {len(ports) - 3} more" if len(ports) > 3 else "")
         return (f"the layer-3/4 rules of {shown} see no bridged traffic: {' and '.join(off)} must be 1 "
                 "(load the br_netfilter module and set them, as libvirt also requires)")
@@ -544,16 +542,17 @@ class Host:
                 self.store.undo()
         converted = self.store.converted_from  # under this call's lock
         state = self._load()
-        checked = self._check_kernel(state, interrupted)
         version = self.store.check_version() if check and state.bindings else STORE_VERSION
-        if version < STORE_VERSION:
+        if version < max(REINSTALLED_FOR):  # check mode: whatever the kernel lacks, the conversion puts back
             notes.append(f"the store would be converted from format {version} to {STORE_VERSION}: "
                          "every port's rules would be reinstalled")
+            return state, notes
+        checked = self._check_kernel(state, interrupted)
         if checked is None:
             return state, notes
         found, kernel = checked
         notes += found.problems
-        if converted is not None and state.bindings:
+        if converted is not None and converted < max(REINSTALLED_FOR) and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
             notes = [note for note in notes if not note.endswith((f": {NO_RECORD}", NOT_READ_BACK, NO_PORT_USES))]
             reasons = "; ".join(reason for version, reason in sorted(REINSTALLED_FOR.items()) if version > converted)
@@ -584,20 +583,19 @@ class Host:
         writes) is on disk before the kernel changes and removed once every
         file is in place; whoever finds it undoes the change (``_verified``)."""
         for portdev in remove:
-            new.port_ids.pop(portdev, None)
+            new.index.pop(portdev)
             new.learned.pop(portdev, None)
             new.installed.pop(portdev, None)
-            new.summary.pop(portdev, None)
-        used = set(new.port_ids.values())
-        free = (i for i in range(1, MAX_PORT_ID + 1) if i not in used)
         for portdev in sorted(rebuild):
-            if portdev not in new.port_ids:
-                new.port_ids[portdev] = next(free, 0)
-                if not new.port_ids[portdev]:
+            if portdev not in new.index:
+                port_id = new.index.free_id()
+                if port_id > MAX_PORT_ID:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
+                new.index.set(portdev, new_entry(port_id))
         programs = [_program(new, portdev) for portdev in sorted(rebuild)]
-        check_host_rules({**{p: entry[0] for p, entry in new.summary.items()},
-                          **{p.portdev: p.rule_count for p in programs}})
+        growth = sum(p.rule_count - new.index[p.portdev][1] for p in programs)
+        check_host_rules(new.index.totals["rules"] + growth, lambda: {
+            **{p: entry[1] for p, entry in new.index.all().items()}, **{p.portdev: p.rule_count for p in programs}})
         if check:
             return [p.portdev for p in programs if p.learning]
         if prune is not None:  # every port is rebuilt but ``prune[1]``: what else the shapes' sets hold goes
@@ -620,10 +618,10 @@ class Host:
         if touched or live is not None:
             try:
                 self.store.begin(plan)
-                if new.port_ids:
+                if len(new.index):
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
-                    base = self._apply(programs, sorted(remove), before, live is not None or not old.port_ids,
+                    base = self._apply(programs, sorted(remove), before, live is not None or not len(old.index),
                                        lambda base: new.shape_change(kernel_shapes, used_shapes, installed_shapes, base,
                                                                      old, stale_shapes, named),
                                        generation=checked)
@@ -656,12 +654,12 @@ class Host:
             back = old.shape_change(used_shapes, kernel_shapes, [p.shape for p in old_programs if p.shape is not None],
                                     True, new)
             self.nft.apply(_compiler().transaction(old_programs, sorted(touched - set(old.bindings)), new.live(touched),
-                                                   True, back) if old.port_ids else REMOVE_ALL)
+                                                   True, back) if len(old.index) else REMOVE_ALL)
             self.store.undo()
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
-        if base or not new.port_ids:
+        if base or not len(new.index):
             self.store.set_kernel_contents("base", base_read if vouched else None)
         elif base_read:  # the dispatch chains were rewritten
             recorded = self.store.kernel_contents("base")
@@ -700,7 +698,7 @@ class Host:
                     shape["chains"] = [list(c) for c in known["shape"]["chains"]]
         rewritten = list(BASE_CHAINS) + list(FIXED_CHAINS) if base else \
             sorted(DISPATCH) if shapes.dispatch_changes else []
-        contents = self.nft.contents(sorted(set(unread)) + rewritten, sum(entry[0] for entry in new.summary.values()))
+        contents = self.nft.contents(sorted(set(unread)) + rewritten, new.index.totals["rules"])
         for record in records.values():
             for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):
                 if len(chain) == 4:
@@ -709,10 +707,15 @@ class Host:
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()
-        # one walk per distinct root filter, not per binding: bindings mostly share a few trees
-        roots = {p: state.root(p) for p in state.bindings}
-        using = {root for root in set(roots.values()) if name in _tree(filters, root)}
-        return sorted(p for p, root in roots.items() if root in using)
+        # one walk per distinct root filter, not per binding: bindings mostly share a few trees; no
+        # binding is looked at when the index says none has a root whose tree holds the filter
+        roots = state.index.roots()
+        if None not in roots and not any(name in _tree(filters, root) for root in roots if root is not None) \
+                and all(p in state.index for p in state.bindings.assigned):
+            return []
+        by_port = {p: state.root(p) for p in state.bindings}
+        using = {root for root in set(by_port.values()) if name in _tree(filters, root)}
+        return sorted(p for p, root in by_port.items() if root in using)
 
     def define_filter(self, flt: Filter, check: bool = False) -> ChangeResult:
         with self._changing(check):
@@ -845,7 +848,9 @@ class Host:
             kernel = self.nft.kernel()
             _adopt_port_ids(state, kernel, set(state.bindings))
             probe = state.copy()
-            probe.port_ids = {p: probe.port_ids.get(p, 1) for p in state.bindings}
+            for portdev in state.bindings:
+                if portdev not in probe.index:
+                    probe.index.set(portdev, new_entry(1))  # any id: only whether it compiles is wanted
             for portdev in sorted(state.bindings):
                 try:
                     _program(probe, portdev)

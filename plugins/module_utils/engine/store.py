@@ -6,8 +6,9 @@ directory, plus the port ids and learned addresses the host keeps.
 
 A change reads and writes what it touches, not the whole store: bindings,
 learned addresses and port records are one file each, read on first use
-(``LazyMap``), and ``index.json`` holds what a change needs of every port (its
-id, its rule count, its binding's root filter, whether it has layer-3 rules).
+(``LazyMap``), and the index (``port_index``) holds what a change needs of
+each port (its id, its rule count, its binding's root filter, whether it has
+layer-3 rules) in shards, with totals over all ports.
 
 Every file is replaced atomically (write, fsync, rename, fsync the directory),
 and one lock serialises whole read-change-apply-write cycles, so concurrent
@@ -22,12 +23,13 @@ import hashlib
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import NwfilterError
 from .lazy_map import LazyMap
 from .model import Binding, Filter
 from .overlaps import binding_addresses
+from .port_index import PortIndex, entries_text, parse_entries
 from .xml_form import MAX_DOCUMENT, binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 if TYPE_CHECKING:  # the networks' code is imported when networks are read: a binding's change never needs it
@@ -50,8 +52,12 @@ DEFAULT_ROOT = "/etc/vmguard"
 # Version 5 shares chains among ports of one shape (nft_compile.Shape): the
 # index names each port's shape, our base chains changed; converting forgets
 # the records, as for version 3.
-STORE_VERSION = 5
-# why a conversion to each version reinstalls every port (Host._verified says it)
+# Version 6 split index.json into the shards and totals of index/
+# (port_index): a change reads and writes its ports' shards only. The kernel's
+# rules are as for version 5: converting splits the file and reinstalls nothing.
+STORE_VERSION = 6
+# why a conversion to each version reinstalls every port (Host._verified says it); a
+# conversion from a version after these reinstalls nothing
 REINSTALLED_FOR = {3: "port ids of 14 bits in the packet mark",
                    4: "what the kernel holds of each chain is read back and recorded",
                    5: "ports alike share chains"}
@@ -185,6 +191,15 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _identity(path: str) -> Optional[list]:
+    """What changes when a file is added to, removed from or replaced in a directory."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+
+
 def _record_valid(record: object) -> bool:
     return isinstance(record, dict) and all(
         isinstance(record.get(key), list) and all(isinstance(item, list) for item in record[key])
@@ -194,27 +209,6 @@ def _record_valid(record: object) -> bool:
 def _ports_valid(value: object) -> bool:  # version 1's ports.json
     return isinstance(value, dict) and all(_record_valid(record) and _count(record.get("id"))
                                            for record in value.values())
-
-
-def _text_or_none(value: object) -> bool:
-    return value is None or isinstance(value, str)
-
-
-def _index_valid(value: object) -> bool:
-    """Every entry as ``index_entry`` makes it (a loop, not nested all(): it is read at every change)."""
-    if not isinstance(value, dict):
-        return False
-    for entry in value.values():
-        if not isinstance(entry, list) or len(entry) not in (7, 8):
-            return False
-        if len(entry) == 7:  # as versions 2-4 wrote it (no shape)
-            entry.append(None)
-        port_id, rules, layer3, root, digest, addresses, owner, shape = entry
-        if not (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
-                and _text_or_none(shape)
-                and _text_or_none(digest) and _text_or_none(owner) and (addresses is None or _strings(addresses))):
-            return False
-    return True
 
 
 def binding_digest(binding: Binding) -> str:
@@ -242,10 +236,6 @@ def _record_text(record: dict) -> str:
     return json.dumps(record, sort_keys=True) + "\n"
 
 
-def _index_text(index: Dict[str, list]) -> str:
-    return json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n"
-
-
 # A plan of store writes: (path, new text or None to remove), and the ports it touches
 Plan = Tuple[List[Tuple[str, Optional[str]]], List[str]]
 
@@ -257,7 +247,8 @@ class Store:
         self.root = root
         self.dirs = {name: os.path.join(root, name) for name in ("filters", "bindings", "learned", "networks")}
         self.records_dir = os.path.join(root, "ports")  # what each port has in the kernel
-        self.index_path = os.path.join(root, "index.json")
+        self.index_dir = os.path.join(root, "index")
+        self.old_index_path = os.path.join(root, "index.json")  # versions 2-5
         self.converted_from: Optional[int] = None  # the version the current lock's holder converted from
 
     @contextlib.contextmanager
@@ -270,7 +261,7 @@ class Store:
             return
         try:
             if create:
-                for path in [*self.dirs.values(), self.records_dir]:
+                for path in [*self.dirs.values(), self.records_dir, self.index_dir]:
                     os.makedirs(path, mode=0o755, exist_ok=True)
             handle = open(lock, "a" if create else "r", encoding="utf-8")  # pylint: disable=consider-using-with
         except OSError as exc:
@@ -296,17 +287,39 @@ class Store:
                                 f"({STORE_VERSION}): upgrade the collection and the learner role first "
                                 "(docs/upgrading.md)", f"store {self.root}")
         if stamp and version < STORE_VERSION:
+            ports = self.journal()
+            if ports is not None:  # the old files back now, while the journal names them as that version kept them
+                self.undo()
+                atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": {}}))
             if version == 1:
                 self._convert_from_v1()
-            self._forget_records()
+            if version < max(REINSTALLED_FOR):
+                self._forget_records()
+            self._split_index()
             atomic_write(path, f"{STORE_VERSION}\n")
             _remove(os.path.join(self.root, "ports.json"))
+            _remove(self.old_index_path)
             self.converted_from = version
             return STORE_VERSION
         return version
 
+    def _split_index(self) -> None:
+        """Version 6: index.json's entries into the shards of index/ (any
+        shard already there is a leftover of an interrupted conversion)."""
+        for name in os.listdir(self.index_dir):
+            _remove(os.path.join(self.index_dir, name))
+        text = _text_of(self.old_index_path)
+        try:
+            entries = parse_entries(self.old_index_path, text) if text else {}
+        except NwfilterError:  # as an unreadable index: the kernel check adopts the ids the kernel holds
+            entries = {}
+        split = PortIndex(self.index_dir, _text_of).copy()
+        for port, entry in entries.items():
+            split.set(port, entry)
+        atomic_write_many(split.writes(PortIndex(self.index_dir, _text_of)))
+
     def _forget_records(self) -> None:
-        """Versions 3 and 4 (``REINSTALLED_FOR``). With no record and no
+        """Versions 3 to 5 (``REINSTALLED_FOR``). With no record and no
         generation marker, the next kernel check finds every port to
         reinstall, base chains included (Host._verified), all in one
         transaction; an interrupted conversion forgets them again."""
@@ -325,17 +338,13 @@ class Store:
         conversion is done again. An unreadable ports.json converts to no
         index: the next change's kernel check adopts the ids the kernel holds
         and reinstalls those ports, as for a lost record."""
-        if self.journal() is not None:  # the old files back now, while the journal still names ports.json
-            ports = self.journal()
-            self.undo()
-            atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": {}}))
         try:
             records = self._v1_records()
         except NwfilterError:
             records = {}
         bindings = self.bindings({})
         index = {port: index_entry(record["id"], record, bindings.get(port)) for port, record in records.items()}
-        atomic_write(self.index_path, _index_text(index))
+        atomic_write(self.old_index_path, entries_text(index))
 
     def _v1_records(self) -> Dict[str, dict]:
         path = os.path.join(self.root, "ports.json")
@@ -374,15 +383,22 @@ class Store:
         return {flt.name: flt for flt in parsed.values()}
 
     def _lazy(self, kind: str, parse: Callable[[str, str], object]) -> LazyMap:
-        """The files of ``kind`` by name, each read and parsed on first use."""
+        """The files of ``kind`` by name, each read and parsed on first use;
+        the directory is listed only when all are wanted."""
         self.check_version()
         directory = self.dirs[kind]
         extension = ".json" if kind == "learned" else ".xml"
-        try:
-            names = sorted(name[:-len(extension)] for name in os.listdir(directory)
-                           if name.endswith(extension) and not name.startswith("."))
-        except FileNotFoundError:
-            names = []
+
+        def names() -> List[str]:
+            try:
+                return sorted(name[:-len(extension)] for name in os.listdir(directory)
+                              if name.endswith(extension) and not name.startswith("."))
+            except FileNotFoundError:
+                return []
+
+        def exists(name: str) -> bool:
+            return not name.startswith(".") and "/" not in name and \
+                os.path.exists(os.path.join(directory, name + extension))
 
         def load(name: str) -> object:
             path = os.path.join(directory, name + extension)
@@ -393,7 +409,7 @@ class Store:
                 return parse(name, text)
             except NwfilterError as exc:
                 raise (exc if str(exc).startswith("stored file") else exc.within(f"stored file {path}")) from None
-        return LazyMap(names, load)
+        return LazyMap(names, load, exists=exists)
 
     def bindings(self, unreadable: Optional[Dict[str, str]] = None) -> LazyMap:
         """Every binding by port, read on first use; with ``unreadable``, all
@@ -433,23 +449,27 @@ class Store:
             return LazyMap.of(self._read_all("learned", parse, unreadable))
         return self._lazy("learned", parse)
 
-    def index(self) -> Dict[str, list]:
-        """Per port with a record: its ``index_entry``."""
-        if self.check_version() == 1:
-            return {port: index_entry(record["id"], record, None) for port, record in self._v1_records().items()}
-        text = _text_of(self.index_path)
-        return _json_of(self.index_path, text, _index_valid,
-                        "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]") \
-            if text else {}
+    def index(self) -> PortIndex:
+        """Per port with a record: its ``index_entry``, each shard read on first use."""
+        version = self.check_version()
+        if version == 1:
+            return PortIndex.of({port: index_entry(record["id"], record, None)
+                                 for port, record in self._v1_records().items()})
+        if version < 6:  # read as it is (check mode); converted by the next change
+            text = _text_of(self.old_index_path)
+            return PortIndex.of(parse_entries(self.old_index_path, text) if text else {})
+        return PortIndex(self.index_dir, _text_of)
 
-    def records(self, ports: Iterable[str]) -> LazyMap:
+    def records(self, ports: Union[Iterable[str], Callable[[], Iterable[str]]],
+                exists: Optional[Callable[[str], bool]] = None) -> LazyMap:
         """What each of these ports has in the kernel as last installed
         (``chains``, ``elements``, ``rules``, ``sets``), read on first use.
         A record is rebuilt when lost (they are not fsynced): one missing or
         unreadable is None, and the kernel check reinstalls its port."""
         if self.check_version() == 1:
             v1 = self._v1_records()
-            return LazyMap.of({port: {k: v for k, v in v1[port].items() if k != "id"} for port in ports if port in v1})
+            known = ports() if callable(ports) else ports
+            return LazyMap.of({port: {k: v for k, v in v1[port].items() if k != "id"} for port in known if port in v1})
 
         def load(port: str) -> Optional[dict]:
             # read afresh, not through _text_of's cache: a record is rewritten in place, and two
@@ -461,7 +481,7 @@ class Store:
                 return _json_of(path, text, _record_valid, "a port record")
             except (OSError, UnicodeDecodeError, NwfilterError):
                 return None
-        return LazyMap(ports, load)
+        return LazyMap(ports, load, exists=exists)
 
     def _rebuildable(self, path: str) -> bool:
         return os.path.dirname(path) == self.records_dir
@@ -488,10 +508,9 @@ class Store:
                                         f"{MAX_DOCUMENT} the store reads back", f"{kind} {key!r}")
                 writes.append((os.path.join(directory, name), text))
             extension = ".json" if directory in (self.dirs["learned"], self.records_dir) else ".xml"
-            for key in [key for key in before if key not in after]:
+            for key in after.gone(before) if isinstance(after, LazyMap) else [k for k in before if k not in after]:
                 writes.insert(0, (os.path.join(directory, key + extension), None))
-        if old[4] != new[4]:
-            writes.append((self.index_path, _index_text(new[4])))
+        writes += new[4].writes(old[4])  # the index last
         return writes, ports
 
     def with_records(self, plan: Plan, records: Dict[str, dict], before: Mapping[str, Optional[dict]]) -> Plan:
@@ -545,7 +564,7 @@ class Store:
 
     def sweep(self) -> None:
         """Remove the temporary files of writes that were interrupted."""
-        for directory in [self.root, *self.dirs.values(), self.records_dir]:
+        for directory in [self.root, *self.dirs.values(), self.records_dir, self.index_dir]:
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(directory):
                     if entry.name.startswith(".tmp-"):
@@ -584,16 +603,25 @@ class Store:
 
     # The kernel's ruleset generation after our last commit (nft_generation):
     # a hint that spares listing the ruleset, so it is written without fsync.
+    # It holds while the bindings and the index directories are as we left
+    # them: a binding file added or removed by anyone else, or an index shard
+    # lost, makes the next change compare the kernel with every binding.
     @property
     def _marker_path(self) -> str:
         return os.path.join(self.root, "kernel.json")
 
+    def _directories(self) -> list:
+        return [_identity(self.dirs["bindings"]), _identity(self.index_dir)]
+
     def marker(self) -> Optional[list]:
         try:
             with open(self._marker_path, encoding="utf-8") as handle:
-                return json.load(handle)
+                found = json.load(handle)
         except (OSError, ValueError):
             return None
+        if not isinstance(found, dict) or found.get("directories") != self._directories():
+            return None
+        return found.get("kernel")
 
     def set_marker(self, marker: Optional[Sequence[object]]) -> None:
         if marker is None:
@@ -601,5 +629,5 @@ class Store:
             return
         tmp = os.path.join(self.root, f".tmp-kernel-{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(list(marker), handle)
+            json.dump({"kernel": list(marker), "directories": self._directories()}, handle)
         os.replace(tmp, self._marker_path)

@@ -1,0 +1,259 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmguard developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The store's index of ports, read and written in part: a change of one
+port on a host with 10,000 reads one shard of about 40 entries and the
+totals, not every port's entry.
+
+``index/<xx>.json``, for 256 values of ``xx`` (a hash of the port's name):
+each port's entry (``store.index_entry``). ``index/totals.json``: what a
+change needs of all ports together, kept as the entries change: the ids in
+use, the count of ports, of nft rules and of ports with layer-3 chains, and
+per shape and per root filter the count of ports using it. The totals are
+derived: one that cannot be read is counted again from every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+from .errors import NwfilterError
+
+TOTALS = "totals.json"
+SHAPE, ROOT = 7, 3  # where an entry names its shape and its root filter (store.index_entry)
+DESCRIPTION = "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]"
+
+
+def new_entry(port_id: int) -> list:
+    """The entry of a port given an id and not installed yet."""
+    return [port_id, 0, False, None, None, None, None, None]
+
+
+def shard_of(port: str) -> str:
+    return hashlib.sha1(port.encode("utf-8", "surrogateescape")).hexdigest()[:2]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text_or_none(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _entry_valid(entry: object) -> bool:
+    if not isinstance(entry, list) or len(entry) not in (7, 8):
+        return False
+    if len(entry) == 7:  # as versions 2-4 wrote it (no shape)
+        entry.append(None)
+    port_id, rules, layer3, root, digest, addresses, owner, shape = entry
+    return (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
+            and _text_or_none(shape) and _text_or_none(digest) and _text_or_none(owner)
+            and (addresses is None or (isinstance(addresses, list) and all(isinstance(a, str) for a in addresses))))
+
+
+def parse_entries(path: str, text: str) -> Dict[str, list]:
+    """A map of ports to entries (a shard, or version 2-5's index.json), or a
+    one-line error naming the file (a loop, not nested all(): it is read at every change)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise NwfilterError(f"not valid JSON ({exc})", f"stored file {path}") from None
+    if not isinstance(value, dict) or not all(_entry_valid(entry) for entry in value.values()):
+        raise NwfilterError(f"not {DESCRIPTION}", f"stored file {path}")
+    return value
+
+
+def entries_text(entries: Dict[str, list]) -> str:
+    return json.dumps(entries, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def _empty_totals() -> dict:
+    return {"ports": 0, "rules": 0, "layer3": 0, "ids": 0, "shapes": {}, "roots": {}}
+
+
+def _totals_valid(value: object) -> bool:
+    return (isinstance(value, dict) and all(_count(value.get(k)) for k in ("ports", "rules", "layer3"))
+            and isinstance(value.get("ids"), str) and all(c in "0123456789abcdef" for c in value["ids"])
+            and isinstance(value.get("roots"), dict) and all(_count(n) for n in value["roots"].values())
+            and isinstance(value.get("shapes"), dict)
+            and all(isinstance(s, list) and len(s) == 2 and _count(s[0]) and _text_or_none(s[1])
+                    for s in value["shapes"].values()))
+
+
+class PortIndex:
+    """Entries by port, each shard read on first use. A ``copy`` to change
+    reads through its parent and knows the shards it changed (``writes``)."""
+
+    def __init__(self, directory: str, read: Callable[[str], Optional[str]],
+                 parent: Optional["PortIndex"] = None) -> None:
+        self.directory = directory
+        self._read = read  # a file's text, None when there is none
+        self._parent = parent
+        self._shards: Dict[str, Dict[str, list]] = {}
+        self._changed: Set[str] = set()
+        self._totals: Optional[dict] = None
+
+    @classmethod
+    def of(cls, entries: Dict[str, list]) -> "PortIndex":
+        """An index held in memory (a store of an older format, read as it is)."""
+        found = cls("", lambda _path: None)
+        for port, entry in entries.items():
+            found.set(port, entry)
+        found._changed.clear()
+        return found
+
+    # ---- reading -------------------------------------------------------
+    def _shard(self, name: str) -> Dict[str, list]:
+        found = self._shards.get(name)
+        if found is None:
+            if self._parent is not None:
+                found = self._parent._shard(name)
+            else:
+                path = os.path.join(self.directory, f"{name}.json")
+                text = self._read(path)
+                found = parse_entries(path, text) if text else {}
+                if any(shard_of(port) != name for port in found):
+                    raise NwfilterError(f"holds a port of another shard: not {DESCRIPTION}", f"stored file {path}")
+            self._shards[name] = found
+        return found
+
+    def _writable(self, name: str) -> Dict[str, list]:
+        if name not in self._changed:
+            self._shards[name] = dict(self._shard(name))
+            self._changed.add(name)
+        return self._shards[name]
+
+    def get(self, port: str) -> Optional[list]:
+        return self._shard(shard_of(port)).get(port)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, str) and port in self._shard(shard_of(port))
+
+    def all(self) -> Dict[str, list]:
+        """Every port's entry (reads every shard)."""
+        return {port: entry for name in (f"{n:02x}" for n in range(256)) for port, entry in self._shard(name).items()}
+
+    def ports(self) -> List[str]:
+        return sorted(self.all())
+
+    def __len__(self) -> int:
+        return self.totals["ports"]
+
+    def __getitem__(self, port: str) -> list:
+        entry = self.get(port)
+        if entry is None:
+            raise KeyError(port)
+        return entry
+
+    def id(self, port: str) -> int:
+        return self[port][0]
+
+    @property
+    def totals(self) -> dict:
+        if self._totals is None:
+            if self._parent is not None:
+                parent = self._parent.totals
+                self._totals = {**parent, "shapes": {k: list(v) for k, v in parent["shapes"].items()},
+                                "roots": dict(parent["roots"])}
+            else:
+                self._totals = self._read_totals()
+        return self._totals
+
+    def _read_totals(self) -> dict:
+        text = self._read(os.path.join(self.directory, TOTALS)) if self.directory else None
+        try:
+            found = json.loads(text) if text else None
+        except ValueError:
+            found = None
+        if _totals_valid(found):
+            found["ids"] = int(found["ids"], 16)  # the ids in use, as bits; kept as an int until written
+            return found
+        totals = _empty_totals()  # derived: counted again from every shard
+        for port, entry in self.all().items():
+            _add(totals, port, entry, 1)
+        if text is not None or self.all():
+            self._changed.add(TOTALS)  # written with the next change
+        return totals
+
+    def used_ids(self) -> int:
+        """The ids in use, as the bits of an int."""
+        return self.totals["ids"]
+
+    def free_id(self) -> int:
+        """The lowest id no port has (ids start at 1)."""
+        used = self.used_ids() | 1
+        return (~used & (used + 1)).bit_length() - 1
+
+    def shapes(self) -> Dict[str, str]:
+        """Per shape in use, one of its ports (found in the shards when the
+        port the totals named has left it)."""
+        shapes = self.totals["shapes"]
+        wanted = {name for name, (_count, port) in shapes.items() if port is None}
+        if wanted:
+            for port, entry in self.all().items():
+                if entry[SHAPE] in wanted and shapes[entry[SHAPE]][1] is None:
+                    shapes[entry[SHAPE]][1] = port
+                    self._changed.add(TOTALS)
+        return {name: port for name, (_count, port) in shapes.items()}
+
+    def roots(self) -> Dict[Optional[str], int]:
+        """Ports per root filter (None: bindings the index could not read)."""
+        return {name or None: count for name, count in self.totals["roots"].items()}
+
+    def find(self, wanted: Callable[[list], bool]) -> Iterator[str]:
+        """The ports whose entry is ``wanted``, reading every shard."""
+        return (port for port, entry in sorted(self.all().items()) if wanted(entry))
+
+    # ---- changing --------------------------------------------------------
+    def copy(self) -> "PortIndex":
+        return PortIndex(self.directory, self._read, parent=self)
+
+    def set(self, port: str, entry: list) -> None:
+        shard = self._writable(shard_of(port))
+        old = shard.get(port)
+        if old is not None:
+            _add(self.totals, port, old, -1)
+        _add(self.totals, port, entry, 1)
+        shard[port] = entry
+        self._changed.add(TOTALS)
+
+    def pop(self, port: str) -> Optional[list]:
+        if port not in self:
+            return None
+        entry = self._writable(shard_of(port)).pop(port)
+        _add(self.totals, port, entry, -1)
+        self._changed.add(TOTALS)
+        return entry
+
+    def writes(self, before: "PortIndex") -> List[Tuple[str, str]]:
+        """The files of the shards that differ from ``before``, and the totals with them."""
+        shards = [name for name in sorted(self._changed - {TOTALS}) if self._shards[name] != before._shard(name)]
+        writes = [(os.path.join(self.directory, f"{name}.json"), entries_text(self._shards[name])) for name in shards]
+        if writes or (TOTALS in self._changed and self.totals != before.totals):
+            totals = {**self.totals, "ids": f"{self.totals['ids']:x}"}
+            writes.append((os.path.join(self.directory, TOTALS), json.dumps(totals, sort_keys=True) + "\n"))
+        return writes
+
+
+def _add(totals: dict, port: str, entry: list, sign: int) -> None:
+    """Count ``entry`` of ``port`` in (``sign`` 1) or out of (-1) ``totals``."""
+    totals["ports"] += sign
+    totals["rules"] += sign * entry[1]
+    totals["layer3"] += sign * entry[2]
+    totals["ids"] = totals["ids"] | (1 << entry[0]) if sign > 0 else totals["ids"] & ~(1 << entry[0])
+    root = entry[ROOT] or ""
+    totals["roots"][root] = totals["roots"].get(root, 0) + sign
+    if not totals["roots"][root]:
+        del totals["roots"][root]
+    if entry[SHAPE] is not None:
+        count, held = totals["shapes"].get(entry[SHAPE], [0, None])
+        count += sign
+        if not count:
+            totals["shapes"].pop(entry[SHAPE], None)
+        else:
+            totals["shapes"][entry[SHAPE]] = [count, port if sign > 0 and held is None else
+                                              None if sign < 0 and held == port else held]
