@@ -773,7 +773,7 @@ class Host:
         with self._changing(check):
             old, repaired = self._verified(check)
             new = old.copy()
-            remove = set(old.bindings) if exclusive else set(old.bindings) & set(unbind)
+            remove = set(old.bindings) if exclusive else {p for p in unbind if p in old.bindings}
             if unbind_owner is not None:
                 remove |= {p for p in old.bindings if old.owner(p) == unbind_owner}
             remove -= set(wanted)
