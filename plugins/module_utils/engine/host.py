@@ -27,7 +27,6 @@ from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
-from .overlaps import binding_addresses
 from .port_index import ROOT, SHAPE, PortIndex, new_entry
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
@@ -145,10 +144,6 @@ class _State:
             return False
         entry = self._indexed(binding.portdev)
         return entry[4] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
-
-    def addresses(self, portdev: str) -> List[str]:
-        entry = self._indexed(portdev)
-        return list(entry[5]) if entry else binding_addresses(self.bindings[portdev])
 
     def owner(self, portdev: str) -> Optional[str]:
         entry = self._indexed(portdev)
@@ -358,11 +353,14 @@ class Host:
     def bindings(self) -> Dict[str, Binding]:
         return dict(self.store.bindings())
 
-    def addresses(self) -> Dict[str, List[str]]:
-        """Per binding, its MAC, IP and IPV6 addresses (``binding_addresses``),
-        from the store's index: no binding is read for it."""
-        state = self._load()
-        return {portdev: state.addresses(portdev) for portdev in state.bindings}
+    def holding(self, addresses: Sequence[str]) -> Dict[str, List[str]]:
+        """Per binding bound to any of these addresses (``binding_addresses``),
+        those it is bound to, from the store's index: no binding is read."""
+        found: Dict[str, List[str]] = {}
+        for address, ports in self.store.index().holding(addresses).items():
+            for portdev in ports:
+                found.setdefault(portdev, []).append(address)
+        return found
 
     def _apply(self, programs: List["PortProgram"], remove: List[str], before: Mapping[str, PortLive],
                base: bool, shapes: Callable[[bool], "ShapeChange"], generation: Optional[int] = None) -> bool:

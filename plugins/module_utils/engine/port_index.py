@@ -6,11 +6,12 @@ port on a host with 10,000 reads one shard of about 40 entries and the
 totals, not every port's entry.
 
 ``index/<xx>.json``, for 256 values of ``xx`` (a hash of the port's name):
-each port's entry (``store.index_entry``). ``index/totals.json``: what a
-change needs of all ports together, kept as the entries change: the ids in
+each port's entry (``store.index_entry``). What a change needs of all ports
+together is kept as the entries change: ``index/totals.json`` has the ids in
 use, the count of ports, of nft rules and of ports with layer-3 chains, and
-per shape and per root filter the count of ports using it. The totals are
-derived: one that cannot be read is counted again from every shard.
+per shape and per root filter the count of ports using it; ``index/address-<xx>.json``
+(a hash of the address) has the ports bound to each address. Both are
+derived: one that cannot be read is counted again from every port's entry.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .errors import NwfilterError
 
 TOTALS = "totals.json"
+ADDRESS = "address-"  # the shards of ports by address
 SHAPE, ROOT = 7, 3  # where an entry names its shape and its root filter (store.index_entry)
 DESCRIPTION = "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]"
 
@@ -71,6 +73,11 @@ def entries_text(entries: Dict[str, list]) -> str:
     return json.dumps(entries, sort_keys=True, separators=(",", ":")) + "\n"
 
 
+def _address_valid(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(ports, list) and all(isinstance(p, str) for p in ports)
+                                           for ports in value.values())
+
+
 def _empty_totals() -> dict:
     return {"ports": 0, "rules": 0, "layer3": 0, "ids": 0, "shapes": {}, "roots": {}}
 
@@ -108,10 +115,13 @@ class PortIndex:
 
     # ---- reading -------------------------------------------------------
     def _shard(self, name: str) -> Dict[str, list]:
+        """A shard of entries by port (``xx``) or of ports by address (``address-xx``)."""
         found = self._shards.get(name)
         if found is None:
             if self._parent is not None:
                 found = self._parent._shard(name)
+            elif name.startswith(ADDRESS):
+                found = self._address_shard(name)
             else:
                 path = os.path.join(self.directory, f"{name}.json")
                 text = self._read(path)
@@ -119,6 +129,23 @@ class PortIndex:
                 if any(shard_of(port) != name for port in found):
                     raise NwfilterError(f"holds a port of another shard: not {DESCRIPTION}", f"stored file {path}")
             self._shards[name] = found
+        return found
+
+    def _address_shard(self, name: str) -> Dict[str, list]:
+        text = self._read(os.path.join(self.directory, f"{name}.json")) if self.directory else None
+        try:
+            found = json.loads(text) if text else None
+        except ValueError:
+            found = None
+        if _address_valid(found):
+            return found
+        found = {}  # derived: counted again from every port's entry
+        for port, entry in self.all().items():
+            for address in entry[5] or ():
+                if f"{ADDRESS}{shard_of(address)}" == name:
+                    found.setdefault(address, []).append(port)
+        if text is not None or found:
+            self._changed.add(name)  # written with the next change
         return found
 
     def _writable(self, name: str) -> Dict[str, list]:
@@ -132,6 +159,10 @@ class PortIndex:
 
     def __contains__(self, port: object) -> bool:
         return isinstance(port, str) and port in self._shard(shard_of(port))
+
+    def holding(self, addresses: Iterable[str]) -> Dict[str, List[str]]:
+        """Per address (``overlaps.binding_addresses``), the ports bound to it."""
+        return {address: self._shard(f"{ADDRESS}{shard_of(address)}").get(address, []) for address in addresses}
 
     def all(self) -> Dict[str, list]:
         """Every port's entry (reads every shard)."""
@@ -218,6 +249,7 @@ class PortIndex:
         if old is not None:
             _add(self.totals, port, old, -1)
         _add(self.totals, port, entry, 1)
+        self._move(port, old[5] if old else None, entry[5])
         shard[port] = entry
         self._changed.add(TOTALS)
 
@@ -226,8 +258,20 @@ class PortIndex:
             return None
         entry = self._writable(shard_of(port)).pop(port)
         _add(self.totals, port, entry, -1)
+        self._move(port, entry[5], None)
         self._changed.add(TOTALS)
         return entry
+
+    def _move(self, port: str, before: Optional[List[str]], after: Optional[List[str]]) -> None:
+        """Keep the ports by address as the port's addresses go from ``before`` to ``after``."""
+        for address, sign in [(a, -1) for a in set(before or ()) - set(after or ())] + \
+                [(a, 1) for a in set(after or ()) - set(before or ())]:
+            shard = self._writable(f"{ADDRESS}{shard_of(address)}")
+            ports = [p for p in shard.get(address, []) if p != port] + ([port] if sign > 0 else [])
+            if ports:
+                shard[address] = sorted(ports)
+            else:
+                shard.pop(address, None)
 
     def writes(self, before: "PortIndex") -> List[Tuple[str, str]]:
         """The files of the shards that differ from ``before``, and the totals with them."""
