@@ -166,7 +166,7 @@ def main() -> None:
     if portdev is not None:
         engine_call(module, check_ifname, portdev, "portdev")
     host = host_for(module)
-    stored = engine_call(module, host.bindings)
+    stored = engine_call(module, host.bindings, None if portdev is None else [portdev])
     ports = None if portdev is None else [portdev] if portdev in stored else []
     bindings = {p: dict(binding_to_dict(stored[p]), **status) for p, status in engine_call(module, host.report, ports).items()}
     user = engine_call(module, host.user_filters)

@@ -14,6 +14,7 @@ from engine.errors import NwfilterError
 from engine.host import Host
 from engine.integrity import compare
 from engine.model import Binding, FilterRef
+from engine.port_index import shard_of
 from engine.xml_form import filter_from_xml
 from old_stores import to_index_json
 from lab.netns import run
@@ -260,6 +261,23 @@ def test_restore_restores_what_it_can_read(lab, host):
         host.report()
     with pytest.raises(NwfilterError, match="other0.xml: not UTF-8 text"):
         host.unbind("other0")
+
+
+def test_restore_rewrites_an_index_it_cannot_read(lab, host):
+    """A damaged shard of the index is named by every change that reads it;
+    restore adopts the ids the kernel holds and writes the index anew."""
+    vm = lab.guests["vm"]
+    _bind(lab, host)
+    port_id = host.store.index()[vm.port][0]
+    shard = os.path.join(host.store.index_dir, f"{shard_of(vm.port)}.json")
+    with open(shard, "w", encoding="utf-8") as handle:
+        handle.write("{garbage")
+    with pytest.raises(NwfilterError, match=f"^stored file {shard}: not valid JSON"):
+        host.unbind(vm.port)
+    result = Host(host.store.root, netns=lab.host).restore()  # as at boot
+    assert result.rebuilt == [vm.port] and len(result.skipped) == 1 and "not valid JSON" in result.skipped[0]
+    assert host.store.index()[vm.port][0] == port_id and len(host.store.index()) == 1
+    assert not _spoofed_passes(lab) and host.report()[vm.port]["in_force"]
 
 
 def test_no_bindings_no_tables(lab, host):

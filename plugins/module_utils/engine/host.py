@@ -339,7 +339,7 @@ class Host:
                 index.all()
             except NwfilterError as exc:
                 unreadable["index"] = str(exc)
-                index = PortIndex.of({})
+                index = PortIndex.blank(self.store.index_dir)
         filters = self.store.filters({} if unreadable is not None else None)  # a binding using it fails to compile
         return _State(filters, self.store.bindings(unreadable), self.store.learned({} if unreadable is not None else None),
                       index, self.store.records(index.ports, index.__contains__))
@@ -350,8 +350,10 @@ class Host:
     def user_filters(self) -> Dict[str, Filter]:
         return self.store.filters()
 
-    def bindings(self) -> Dict[str, Binding]:
-        return dict(self.store.bindings())
+    def bindings(self, ports: Optional[Sequence[str]] = None) -> Dict[str, Binding]:
+        """The stored bindings (of ``ports``, when given: only those are read)."""
+        stored = self.store.bindings()
+        return dict(stored) if ports is None else {p: stored[p] for p in ports if p in stored}
 
     def holding(self, addresses: Sequence[str]) -> Dict[str, List[str]]:
         """Per binding bound to any of these addresses (``binding_addresses``),
@@ -405,18 +407,18 @@ class Host:
         kernel = self.nft.kernel()
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.kernel_contents("base")), kernel
 
-    def _not_in_force(self, state: _State) -> Dict[str, Optional[str]]:
-        """Per binding, None when the kernel holds its rules as stored, else
+    def _not_in_force(self, state: _State, ports: Sequence[str]) -> Dict[str, Optional[str]]:
+        """Per binding of ``ports``, None when the kernel holds its rules as stored, else
         why not (the caller holds the store's lock: a change half done is no finding)."""
         interrupted = self.store.journal()
         checked = self._check_kernel(state, interrupted)
         if checked is None:
-            return {p: None for p in state.bindings}
+            return {p: None for p in ports}
         found = checked[0]
         reasons = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in found.problems if ": " in line}
         reasons.update({p: "a change of it was interrupted" for p in interrupted or () if p not in reasons})
         base = "; ".join(line for line in found.problems if ": " not in line) if found.base else None
-        return {p: base or reasons.get(p) for p in state.bindings}
+        return {p: base or reasons.get(p) for p in ports}
 
     def status(self, portdev: str) -> Dict[str, object]:
         return self.report([portdev])[portdev]
@@ -433,7 +435,7 @@ class Host:
             for portdev in ports:
                 if portdev not in state.bindings:
                     raise NwfilterError(f"no binding for {portdev!r}")
-            not_in_force = self._not_in_force(state)
+            not_in_force = self._not_in_force(state, ports)
             # what finds a port in its shape's sets, as nft lists it: its name, its id as sender and receiver
             entries = {portdev: state.index.get(portdev) for portdev in ports}
             shapes = {portdev: (entry[SHAPE], [f'"{portdev}"', f"0x{entry[0]:08x}", f"0x{entry[0] << TO_SHIFT:08x}"])

@@ -103,6 +103,7 @@ class PortIndex:
         self._shards: Dict[str, Dict[str, list]] = {}
         self._changed: Set[str] = set()
         self._totals: Optional[dict] = None
+        self._rewrite = parent._rewrite if parent is not None else False  # write every file (``blank``)
 
     @classmethod
     def of(cls, entries: Dict[str, list]) -> "PortIndex":
@@ -111,6 +112,14 @@ class PortIndex:
         for port, entry in entries.items():
             found.set(port, entry)
         found._changed.clear()
+        return found
+
+    @classmethod
+    def blank(cls, directory: str) -> "PortIndex":
+        """An empty index in place of one that cannot be read: its copies
+        write every file of the directory."""
+        found = cls(directory, lambda _path: None)
+        found._rewrite = True
         return found
 
     # ---- reading -------------------------------------------------------
@@ -275,8 +284,11 @@ class PortIndex:
 
     def writes(self, before: "PortIndex") -> List[Tuple[str, str]]:
         """The files of the shards that differ from ``before``, and the totals with them."""
-        shards = [name for name in sorted(self._changed - {TOTALS}) if self._shards[name] != before._shard(name)]
-        writes = [(os.path.join(self.directory, f"{name}.json"), entries_text(self._shards[name])) for name in shards]
+        if self._rewrite:
+            shards = [f"{prefix}{n:02x}" for prefix in ("", ADDRESS) for n in range(256)]
+        else:
+            shards = [name for name in sorted(self._changed - {TOTALS}) if self._shards[name] != before._shard(name)]
+        writes = [(os.path.join(self.directory, f"{name}.json"), entries_text(self._shard(name))) for name in shards]
         if writes or (TOTALS in self._changed and self.totals != before.totals):
             totals = {**self.totals, "ids": f"{self.totals['ids']:x}"}
             writes.append((os.path.join(self.directory, TOTALS), json.dumps(totals, sort_keys=True) + "\n"))
