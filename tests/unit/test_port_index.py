@@ -8,7 +8,7 @@ import os
 from hypothesis import given, settings, strategies as st
 
 from engine.lazy_map import LazyMap
-from engine.port_index import ADDRESS, TOTALS, PortIndex, shard_of
+from engine.port_index import BY, TOTALS, PortIndex, owner_key, shard_of
 from engine.store import atomic_write_many
 
 PORTS = [f"vnet{n}" for n in range(12)]
@@ -17,8 +17,8 @@ PORTS = [f"vnet{n}" for n in range(12)]
 ADDRESSES = ["MAC 52:54:00:00:00:01", "IP 192.0.2.1", "IP 192.0.2.2"]
 
 
-def _entry(port_id, rules=3, layer3=False, root="clean-traffic", shape="s1", addresses=()):
-    return [port_id, rules, layer3, root, "d", list(addresses), None, shape]
+def _entry(port_id, rules=3, layer3=False, root="clean-traffic", shape="s1", addresses=(), owner=None):
+    return [port_id, rules, layer3, root, "d", list(addresses), owner, shape]
 
 
 def _recount(entries):
@@ -32,7 +32,7 @@ def _counts(index):
 
 operations = st.lists(st.tuples(st.sampled_from(PORTS), st.one_of(st.none(), st.tuples(
     st.integers(1, 200), st.booleans(), st.sampled_from(["a", "b", None]), st.sampled_from(["s1", "s2", None]),
-    st.lists(st.sampled_from(ADDRESSES), unique=True)))),
+    st.lists(st.sampled_from(ADDRESSES), unique=True), st.sampled_from([None, "u1", "u2"])))),
     max_size=30)
 
 
@@ -48,9 +48,9 @@ def test_the_totals_are_a_count_of_the_entries(tmp_path_factory, changes):
             index.pop(port)
             entries.pop(port, None)
         else:
-            rules, layer3, root, shape, addresses = change
+            rules, layer3, root, shape, addresses, owner = change
             entries[port] = _entry(index.free_id() if port not in index else index.id(port), rules, layer3, root, shape,
-                                   addresses)
+                                   addresses, owner)
             index.set(port, entries[port])
     assert index.all() == entries and _counts(index) == _recount(entries)
     assert {name: index.get(port)[7] for name, port in index.shapes().items()} == {n: n for n in _recount(entries)["shapes"]}
@@ -58,6 +58,7 @@ def test_the_totals_are_a_count_of_the_entries(tmp_path_factory, changes):
     again = PortIndex(directory, _read)
     assert again.all() == entries and _counts(again) == _recount(entries)
     assert again.holding(ADDRESSES) == {a: sorted(p for p, e in entries.items() if a in e[5]) for a in ADDRESSES}
+    assert again.holding([owner_key("u1")]) == {owner_key("u1"): sorted(p for p, e in entries.items() if e[6] == "u1")}
     ids = sorted(entry[0] for entry in entries.values())
     assert len(ids) == len(set(ids)) and again.free_id() == min(set(range(1, 20)) - set(ids))
 
@@ -92,7 +93,7 @@ def test_lost_totals_are_counted_again_and_written_with_the_next_change(tmp_path
     index.set("vnet1", _entry(2, shape="s1", addresses=ADDRESSES[:1]))
     atomic_write_many(index.writes(stored))
     (tmp_path / TOTALS).write_text('{"ports": "many"}')
-    (tmp_path / f"{ADDRESS}{shard_of(ADDRESSES[0])}.json").unlink()
+    (tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json").unlink()
     stored = PortIndex(str(tmp_path), _read)
     assert stored.holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet0", "vnet1"]}
     assert len(stored) == 2 and stored.free_id() == 3 and stored.shapes() == {"s1": "vnet0"}

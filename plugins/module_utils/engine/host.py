@@ -27,7 +27,7 @@ from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
-from .port_index import ROOT, SHAPE, PortIndex, new_entry
+from .port_index import ROOT, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
@@ -775,7 +775,8 @@ class Host:
             new = old.copy()
             remove = set(old.bindings) if exclusive else {p for p in unbind if p in old.bindings}
             if unbind_owner is not None:
-                remove |= {p for p in old.bindings if old.owner(p) == unbind_owner}
+                owned = old.index.holding([owner_key(unbind_owner)])[owner_key(unbind_owner)]
+                remove |= {p for p in owned if p in old.bindings and old.owner(p) == unbind_owner}
             remove -= set(wanted)
             rebuild = {p for p, b in wanted.items() if not old.holds(b)}
             for portdev in remove:

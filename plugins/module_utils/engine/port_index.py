@@ -9,9 +9,10 @@ totals, not every port's entry.
 each port's entry (``store.index_entry``). What a change needs of all ports
 together is kept as the entries change: ``index/totals.json`` has the ids in
 use, the count of ports, of nft rules and of ports with layer-3 chains, and
-per shape and per root filter the count of ports using it; ``index/address-<xx>.json``
-(a hash of the address) has the ports bound to each address. Both are
-derived: one that cannot be read is counted again from every port's entry.
+per shape and per root filter the count of ports using it; ``index/by-<xx>.json``
+(a hash of the key) has the ports bound to each address and owned by each
+domain (``lookup_keys``). Both are derived: one that cannot be read is
+counted again from every port's entry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tupl
 from .errors import NwfilterError
 
 TOTALS = "totals.json"
-ADDRESS = "address-"  # the shards of ports by address
+BY = "by-"  # the shards of ports by address and by owner
 SHAPE, ROOT = 7, 3  # where an entry names its shape and its root filter (store.index_entry)
 DESCRIPTION = "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]"
 
@@ -32,6 +33,16 @@ DESCRIPTION = "a map of ports to [id, rules, layer-3, filter, digest, addresses,
 def new_entry(port_id: int) -> list:
     """The entry of a port given an id and not installed yet."""
     return [port_id, 0, False, None, None, None, None, None]
+
+
+def lookup_keys(entry: list) -> List[str]:
+    """What finds the port of an entry in the ``by-`` shards: its binding's
+    addresses (``overlaps.binding_addresses``) and "owner <uuid>"."""
+    return list(entry[5] or ()) + ([owner_key(entry[6])] if entry[6] else [])
+
+
+def owner_key(uuid: str) -> str:
+    return f"owner {uuid}"
 
 
 def shard_of(port: str) -> str:
@@ -124,13 +135,13 @@ class PortIndex:
 
     # ---- reading -------------------------------------------------------
     def _shard(self, name: str) -> Dict[str, list]:
-        """A shard of entries by port (``xx``) or of ports by address (``address-xx``)."""
+        """A shard of entries by port (``xx``) or of ports by lookup key (``by-xx``)."""
         found = self._shards.get(name)
         if found is None:
             if self._parent is not None:
                 found = self._parent._shard(name)
-            elif name.startswith(ADDRESS):
-                found = self._address_shard(name)
+            elif name.startswith(BY):
+                found = self._lookup_shard(name)
             else:
                 path = os.path.join(self.directory, f"{name}.json")
                 text = self._read(path)
@@ -140,7 +151,7 @@ class PortIndex:
             self._shards[name] = found
         return found
 
-    def _address_shard(self, name: str) -> Dict[str, list]:
+    def _lookup_shard(self, name: str) -> Dict[str, list]:
         text = self._read(os.path.join(self.directory, f"{name}.json")) if self.directory else None
         try:
             found = json.loads(text) if text else None
@@ -150,8 +161,8 @@ class PortIndex:
             return found
         found = {}  # derived: counted again from every port's entry
         for port, entry in self.all().items():
-            for address in entry[5] or ():
-                if f"{ADDRESS}{shard_of(address)}" == name:
+            for address in lookup_keys(entry):
+                if f"{BY}{shard_of(address)}" == name:
                     found.setdefault(address, []).append(port)
         if text is not None or found:
             self._changed.add(name)  # written with the next change
@@ -170,8 +181,8 @@ class PortIndex:
         return isinstance(port, str) and port in self._shard(shard_of(port))
 
     def holding(self, addresses: Iterable[str]) -> Dict[str, List[str]]:
-        """Per address (``overlaps.binding_addresses``), the ports bound to it."""
-        return {address: self._shard(f"{ADDRESS}{shard_of(address)}").get(address, []) for address in addresses}
+        """Per lookup key (``lookup_keys``), the ports it finds."""
+        return {address: self._shard(f"{BY}{shard_of(address)}").get(address, []) for address in addresses}
 
     def all(self) -> Dict[str, list]:
         """Every port's entry (reads every shard)."""
@@ -258,7 +269,7 @@ class PortIndex:
         if old is not None:
             _add(self.totals, port, old, -1)
         _add(self.totals, port, entry, 1)
-        self._move(port, old[5] if old else None, entry[5])
+        self._move(port, lookup_keys(old) if old else [], lookup_keys(entry))
         shard[port] = entry
         self._changed.add(TOTALS)
 
@@ -267,15 +278,14 @@ class PortIndex:
             return None
         entry = self._writable(shard_of(port)).pop(port)
         _add(self.totals, port, entry, -1)
-        self._move(port, entry[5], None)
+        self._move(port, lookup_keys(entry), [])
         self._changed.add(TOTALS)
         return entry
 
-    def _move(self, port: str, before: Optional[List[str]], after: Optional[List[str]]) -> None:
-        """Keep the ports by address as the port's addresses go from ``before`` to ``after``."""
-        for address, sign in [(a, -1) for a in set(before or ()) - set(after or ())] + \
-                [(a, 1) for a in set(after or ()) - set(before or ())]:
-            shard = self._writable(f"{ADDRESS}{shard_of(address)}")
+    def _move(self, port: str, before: List[str], after: List[str]) -> None:
+        """Keep the ports by lookup key as the port's keys go from ``before`` to ``after``."""
+        for address, sign in [(a, -1) for a in set(before) - set(after)] + [(a, 1) for a in set(after) - set(before)]:
+            shard = self._writable(f"{BY}{shard_of(address)}")
             ports = [p for p in shard.get(address, []) if p != port] + ([port] if sign > 0 else [])
             if ports:
                 shard[address] = sorted(ports)
@@ -285,7 +295,7 @@ class PortIndex:
     def writes(self, before: "PortIndex") -> List[Tuple[str, str]]:
         """The files of the shards that differ from ``before``, and the totals with them."""
         if self._rewrite:
-            shards = [f"{prefix}{n:02x}" for prefix in ("", ADDRESS) for n in range(256)]
+            shards = [f"{prefix}{n:02x}" for prefix in ("", BY) for n in range(256)]
         else:
             shards = [name for name in sorted(self._changed - {TOTALS}) if self._shards[name] != before._shard(name)]
         writes = [(os.path.join(self.directory, f"{name}.json"), entries_text(self._shard(name))) for name in shards]
