@@ -10,6 +10,7 @@ import sys
 from engine.dict_form import filter_from_dict
 from engine.host import Host
 from engine.model import Binding, FilterRef
+from engine.store import STORE_VERSION
 from test_ansible import REPO, collections, play, tasks  # noqa: F401  pylint: disable=unused-import
 
 
@@ -105,15 +106,16 @@ def test_modules_and_service_refuse_a_newer_store(lab, collections, tmp_path):  
     line, a store written by a newer release; nothing is applied."""
     root = tmp_path / "store"
     play(lab, collections, tmp_path, tasks(str(root)))
-    assert (root / "version").read_text() == "5\n"
-    (root / "version").write_text("6\n")
+    newer = STORE_VERSION + 1
+    assert (root / "version").read_text() == f"{STORE_VERSION}\n"
+    (root / "version").write_text(f"{newer}\n")
     ruleset = lab.nft_list()
     results = play(lab, collections, tmp_path, [{"vmguard.nwfilter.nwfilter_info": {"root": str(root)}}]
                    + tasks(str(root), ip="192.0.2.11"))
     for result in results:
-        assert result.get("failed") and "format version 6 is newer than this copy" in result["msg"], result
+        assert result.get("failed") and f"format version {newer} is newer than this copy" in result["msg"], result
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "plugins", "module_utils"), REPO]))
     restore = subprocess.run(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", str(root),
                               "--restore"], capture_output=True, text=True, env=env, check=False)
     assert restore.returncode == 1 and "restore failed: store" in restore.stderr
-    assert "format version 6 is newer" in restore.stderr and lab.nft_list() == ruleset
+    assert f"format version {newer} is newer" in restore.stderr and lab.nft_list() == ruleset
