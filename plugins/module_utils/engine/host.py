@@ -542,8 +542,8 @@ class Host:
                 self.store.undo()
         converted = self.store.converted_from  # under this call's lock
         state = self._load()
-        version = self.store.check_version() if check and state.bindings else STORE_VERSION
-        if version < max(REINSTALLED_FOR):  # check mode: whatever the kernel lacks, the conversion puts back
+        version = self.store.check_version() if check else STORE_VERSION
+        if version < max(REINSTALLED_FOR) and state.bindings:  # check mode: what the kernel lacks, the conversion puts back
             notes.append(f"the store would be converted from format {version} to {STORE_VERSION}: "
                          "every port's rules would be reinstalled")
             return state, notes
