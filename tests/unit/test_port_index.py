@@ -105,6 +105,21 @@ def test_lost_totals_are_counted_again_and_written_with_the_next_change(tmp_path
     assert PortIndex(str(tmp_path), _read).holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet1"]}
 
 
+def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
+    stored = PortIndex(str(tmp_path), _read)
+    index = stored.copy()
+    index.set("vnet0", _entry(1, addresses=ADDRESSES[:1]))
+    atomic_write_many(index.writes(stored))
+    lost = tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json"
+    lost.write_text("[")
+    stored = PortIndex(str(tmp_path), _read)
+    assert stored.holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet0"]}
+    index = stored.copy()
+    index.set("vnet1", _entry(2))
+    atomic_write_many(index.writes(stored))
+    assert json.loads(lost.read_text()) == {ADDRESSES[0]: ["vnet0"]}
+
+
 def test_a_lazy_map_lists_its_keys_only_when_all_are_wanted():
     listed, asked = [], []
 

@@ -113,6 +113,7 @@ class PortIndex:
         self._parent = parent
         self._shards: Dict[str, Dict[str, list]] = {}
         self._changed: Set[str] = set()
+        self._recounted: Set[str] = set()  # files counted again from the entries: written with the next change
         self._totals: Optional[dict] = None
         self._rewrite = parent._rewrite if parent is not None else False  # write every file (``blank``)
 
@@ -165,7 +166,7 @@ class PortIndex:
                 if f"{BY}{shard_of(address)}" == name:
                     found.setdefault(address, []).append(port)
         if text is not None or found:
-            self._changed.add(name)  # written with the next change
+            self._recounted.add(name)
         return found
 
     def _writable(self, name: str) -> Dict[str, list]:
@@ -227,7 +228,7 @@ class PortIndex:
         for port, entry in self.all().items():
             _add(totals, port, entry, 1)
         if text is not None or self.all():
-            self._changed.add(TOTALS)  # written with the next change
+            self._recounted.add(TOTALS)
         return totals
 
     def used_ids(self) -> int:
@@ -294,12 +295,18 @@ class PortIndex:
 
     def writes(self, before: "PortIndex") -> List[Tuple[str, str]]:
         """The files of the shards that differ from ``before``, and the totals with them."""
+        recounted: Set[str] = set()
+        index: Optional[PortIndex] = self
+        while index is not None:
+            recounted |= index._recounted
+            index = index._parent
         if self._rewrite:
             shards = [f"{prefix}{n:02x}" for prefix in ("", BY) for n in range(256)]
         else:
-            shards = [name for name in sorted(self._changed - {TOTALS}) if self._shards[name] != before._shard(name)]
+            shards = sorted(name for name in (self._changed | recounted) - {TOTALS}
+                            if name in recounted or self._shard(name) != before._shard(name))
         writes = [(os.path.join(self.directory, f"{name}.json"), entries_text(self._shard(name))) for name in shards]
-        if writes or (TOTALS in self._changed and self.totals != before.totals):
+        if writes or TOTALS in recounted or (TOTALS in self._changed and self.totals != before.totals):
             totals = {**self.totals, "ids": f"{self.totals['ids']:x}"}
             writes.append((os.path.join(self.directory, TOTALS), json.dumps(totals, sort_keys=True) + "\n"))
         return writes
