@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Iterator, List, MutableMapping, Optional, Set, TypeVar, Union
 
 V = TypeVar("V")
+ASKED = 64  # keys asked about one by one before the keys are listed instead
 
 
 class LazyMap(MutableMapping[str, V]):
@@ -85,6 +86,8 @@ class LazyMap(MutableMapping[str, V]):
         if not isinstance(key, str):
             return False
         if key not in self._known:
+            if len(self._known) >= ASKED:  # many keys asked about: one listing costs less
+                return key in self._all()
             self._known[key] = self._exists(key)
         return self._known[key]
 
