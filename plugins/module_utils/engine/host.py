@@ -365,7 +365,8 @@ class Host:
         return found
 
     def _apply(self, programs: List["PortProgram"], remove: List[str], before: Mapping[str, PortLive],
-               base: bool, shapes: Callable[[bool], "ShapeChange"], generation: Optional[int] = None) -> bool:
+               base: bool, shapes: Callable[[bool], "ShapeChange"], generation: Optional[int] = None,
+               ids: bool = True) -> bool:
         """One transaction. Our base chains are rewritten only when our tables
         are missing (rewriting them makes the kernel re-validate every port):
         a script without them fails then, and the retry puts them back. Not
@@ -377,7 +378,8 @@ class Host:
         bound to ``generation``: the kernel refuses it if anyone committed
         since the kernel was checked; then nft's script, which copes with
         anything, does it (and a port's set elements: ``shapes(base)`` are
-        the shapes around the change). Returns whether our base chains were rewritten."""
+        the shapes around the change). Without ``ids``, rewriting our base
+        chains leaves the id chains as they are. Returns whether our base chains were rewritten."""
         change = shapes(base)
         if not programs and not base and generation is not None and not change.dispatch_changes:
             try:
@@ -386,7 +388,7 @@ class Host:
             except OSError:
                 pass
         try:
-            self.nft.apply(_compiler().transaction(programs, remove, before, base, change))
+            self.nft.apply(_compiler().transaction(programs, remove, before, base, change, ids))
             return base
         except NwfilterError:
             if base:
@@ -568,13 +570,16 @@ class Host:
             return state, notes
         new = state.copy()
         _adopt_port_ids(new, kernel, damaged)
-        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, found.foreign)
+        # the id chains were found whole unless something of our base was not: they stay as they are
+        self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, found.foreign,
+                     ids=found.base)
         return new, notes
 
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
                 live: Optional[Mapping[str, PortLive]] = None,
                 stale_shapes: Optional[Mapping[str, Tuple[tuple, tuple]]] = None,
-                foreign: Sequence["Foreign"] = (), prune: Optional[Tuple[Kernel, Collection[str]]] = None) -> List[str]:
+                foreign: Sequence["Foreign"] = (), prune: Optional[Tuple[Kernel, Collection[str]]] = None,
+                ids: bool = True) -> List[str]:
         """Compile, apply as one transaction and store; returns the ports now
         learning. What a port has in the kernel is taken from the store
         (``installed``) unless ``live`` (read from nft) is given.
@@ -624,7 +629,7 @@ class Host:
                     base = self._apply(programs, sorted(remove), before, live is not None or not len(old.index),
                                        lambda base: new.shape_change(kernel_shapes, used_shapes, installed_shapes, base,
                                                                      old, stale_shapes, named),
-                                       generation=checked)
+                                       generation=checked, ids=ids)
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
             except OSError as exc:
@@ -635,7 +640,8 @@ class Host:
                 raise
             try:
                 change = new.shape_change(kernel_shapes, used_shapes, installed_shapes, base, old, stale_shapes, named)
-                records, base_read = self._read_back(new, old, programs, before, base, change, kernel_shapes)
+                records, base_read = self._read_back(new, old, programs, before, base and ids, change, kernel_shapes,
+                                                     base and not ids)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
@@ -659,9 +665,9 @@ class Host:
             self.store.end()
             raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                 "nothing changed") from None
-        if base or not len(new.index):
+        if (base and ids) or not len(new.index):
             self.store.set_kernel_contents("base", base_read if vouched else None)
-        elif base_read:  # the dispatch chains were rewritten
+        elif base_read:  # our base chains without the id chains, or the dispatch chains, were rewritten
             recorded = self.store.kernel_contents("base")
             self.store.set_kernel_contents("base", {**recorded, **base_read} if vouched and recorded else None)
         if touched or live is not None:
@@ -670,11 +676,12 @@ class Host:
         return [p.portdev for p in programs if p.learning]
 
     def _read_back(self, new: _State, old: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
-                   base: bool, shapes: "ShapeChange", kernel_shapes: Mapping[str, str]
+                   base: bool, shapes: "ShapeChange", kernel_shapes: Mapping[str, str], hooked: bool = False
                    ) -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
         """The programs' port records with what the kernel holds in each chain,
         and our base chains' content when they were rewritten (the dispatch
-        chains' when the shapes changed): read back right after our commit
+        chains' when the shapes changed; with ``hooked``, the base chains with
+        hooks and the dispatch chains): read back right after our commit
         where it wrote a chain; a chain the transaction left alone (``before``
         has its rules, or the shape was there) keeps what its record said."""
         records, unread = {}, []
@@ -697,7 +704,7 @@ class Host:
                 else:
                     shape["chains"] = [list(c) for c in known["shape"]["chains"]]
         rewritten = list(BASE_CHAINS) + list(FIXED_CHAINS) if base else \
-            sorted(DISPATCH) if shapes.dispatch_changes else []
+            list(BASE_CHAINS) + sorted(DISPATCH) if hooked else sorted(DISPATCH) if shapes.dispatch_changes else []
         contents = self.nft.contents(sorted(set(unread)) + rewritten, new.index.totals["rules"])
         for record in records.values():
             for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):

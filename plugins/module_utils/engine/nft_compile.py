@@ -515,7 +515,7 @@ def _shape_lines(shapes: ShapeChange, base: bool) -> Tuple[List[str], List[str],
 
 
 def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: LiveState, base: bool = True,
-                shapes: Optional[ShapeChange] = None) -> str:
+                shapes: Optional[ShapeChange] = None, ids: bool = True) -> str:
     """One nft script: our tables and base chains (idempotent), then every
     installed port's chains refilled and map elements replaced where they
     change, and every removed port's deleted. Nothing outside our two tables
@@ -532,11 +532,13 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     mark map's key) freed by one port may be taken by another in the same
     transaction. Every chain filled is flushed first, even one ``live`` says
     is new: a chain the store does not know of (an interrupted change, someone
-    else's) is replaced, never appended to."""
+    else's) is replaced, never appended to. Without ``ids``, ``base`` leaves
+    the id chains as they are (nft_layout.base_script)."""
     shapes = shapes or ShapeChange.fresh(install)
     first, going, adding = _shape_lines(shapes, base)
     gone = {f"{name}/" for name in set(shapes.kernel) - set(shapes.used)}  # their sets go whole, elements and all
-    lines = ([layout.BASE.rstrip("\n")] if base else []) + first
+    script = layout.BASE if ids else layout.base_script(layout.FROM_MASK, layout.TO_SHIFT, ids=False)
+    lines = ([script.rstrip("\n")] if base else []) + first
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
     members_by_set: Dict[Tuple[str, str], List[str]] = {}
     specs: Dict[Tuple[str, str], str] = {}

@@ -89,9 +89,11 @@ def _id_chains(from_mask: int, to_shift: int) -> str:
     return "\n".join(lines)
 
 
-def base_script(from_mask: int, to_shift: int) -> str:
+def base_script(from_mask: int, to_shift: int, ids: bool = True) -> str:
     """Our tables, maps and base chains, for a mark layout. The dispatch
-    chains are created, not flushed: they hold the shapes' rules."""
+    chains are created, not flushed: they hold the shapes' rules. Without
+    ``ids``, the 512 id chains are left as they are (a repair that found them
+    whole: refilling them costs most of a small repair)."""
     return f"""add table bridge {TABLE}
 add map bridge {TABLE} from_vm {{ type ifname : verdict; }}
 add map bridge {TABLE} to_vm {{ type ifname : verdict; }}
@@ -102,7 +104,7 @@ add chain bridge {TABLE} forward {{ type filter hook forward priority -200; poli
 add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 300; policy accept; }}
 add chain bridge {TABLE} shared_o
 add chain bridge {TABLE} shared_i
-{_id_chains(from_mask, to_shift)}
+{_id_chains(from_mask, to_shift) if ids else ""}
 flush chain bridge {TABLE} prerouting
 flush chain bridge {TABLE} forward
 flush chain bridge {TABLE} postrouting
