@@ -120,6 +120,25 @@ def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
     assert json.loads(lost.read_text()) == {ADDRESSES[0]: ["vnet0"]}
 
 
+def test_a_lost_shard_is_counted_out_of_the_totals(tmp_path):
+    """The full kernel check recounts: ids of the lost ports are free again, the counts are right."""
+    stored = PortIndex(str(tmp_path), _read)
+    index = stored.copy()
+    for number, port in enumerate(PORTS, 1):
+        index.set(port, _entry(number))
+    atomic_write_many(index.writes(stored))
+    (tmp_path / f"{shard_of('vnet0')}.json").unlink()
+    stored = PortIndex(str(tmp_path), _read)
+    lost = [port for port in PORTS if shard_of(port) == shard_of("vnet0")]
+    assert len(stored) == len(PORTS) and stored.free_id() == len(PORTS) + 1  # as the totals say
+    stored.recount()
+    assert len(stored) == len(PORTS) - len(lost) and stored.free_id() == min(PORTS.index(p) for p in lost) + 1
+    index = stored.copy()
+    index.set("vnet99", _entry(99))
+    atomic_write_many(index.writes(stored))
+    assert len(PortIndex(str(tmp_path), _read)) == len(PORTS) - len(lost) + 1
+
+
 def test_a_lazy_map_lists_its_keys_only_when_all_are_wanted():
     listed, asked = [], []
 

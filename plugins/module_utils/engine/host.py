@@ -407,6 +407,7 @@ class Host:
         if interrupted is None and self.store.marker() == list(self._checked):
             return None
         kernel = self.nft.kernel()
+        state.index.recount()  # every binding and shard is read here anyway
         return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.kernel_contents("base")), kernel
 
     def _not_in_force(self, state: _State, ports: Sequence[str]) -> Dict[str, Optional[str]]:
@@ -852,6 +853,7 @@ class Host:
                 self.store.sweep()
             unreadable: Dict[str, str] = {}
             state = self._load(unreadable)
+            state.index.recount()
             self._checked = self.generation.marker()  # before the listing: see _check_kernel
             kernel = self.nft.kernel()
             _adopt_port_ids(state, kernel, set(state.bindings))

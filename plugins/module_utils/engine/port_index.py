@@ -237,6 +237,17 @@ class PortIndex:
             self._recounted.add(TOTALS)
         return totals
 
+    def recount(self) -> None:
+        """Count the totals again from every entry, and keep the count if it
+        differs (a shard lost or put back from a backup leaves them wrong;
+        the full kernel check calls this, reading every shard anyway)."""
+        counted = _empty_totals()
+        for port, entry in sorted(self.all().items()):
+            _add(counted, port, entry, 1)
+        if _counts(counted) != _counts(self.totals):
+            self._totals = counted
+            self._recounted.add(TOTALS)
+
     def used_ids(self) -> int:
         """The ids in use, as the bits of an int."""
         return self.totals["ids"]
@@ -316,6 +327,11 @@ class PortIndex:
             totals = {**self.totals, "ids": f"{self.totals['ids']:x}"}
             writes.append((os.path.join(self.directory, TOTALS), json.dumps(totals, sort_keys=True) + "\n"))
         return writes
+
+
+def _counts(totals: dict) -> dict:
+    """The totals without the port each names for its shapes."""
+    return {**totals, "shapes": {name: count for name, (count, _port) in totals["shapes"].items()}}
 
 
 def _add(totals: dict, port: str, entry: list, sign: int) -> None:
