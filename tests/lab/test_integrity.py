@@ -15,7 +15,7 @@ from engine.host import Host
 from engine.integrity import compare
 from engine.model import Binding, FilterRef
 from engine.port_index import shard_of
-from engine.xml_form import filter_from_xml
+from engine.xml_form import binding_to_xml, filter_from_xml
 from old_stores import to_index_json
 from lab.netns import run
 from lab.probes import run_probes, standard_probes
@@ -283,6 +283,19 @@ def test_a_repair_leaves_whole_id_chains_alone(lab, host):
     assert not host.converge().changed
     lab.nft("flush chain bridge vmguard id/from/lo/1")
     assert host.converge().repaired == ["chain bridge vmguard id/from/lo/1 has other rules than we put there"]
+
+
+def test_a_binding_file_put_in_place_by_hand_is_installed_by_the_next_call(lab, host):
+    """The kernel's generation is unchanged, but the bindings' directory is
+    not as our last commit left it: the next call compares every binding."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    _bind(lab, host)
+    assert host.report()[vm.port]["in_force"]
+    path = os.path.join(host.store.root, "bindings", f"{peer.port}.xml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(binding_to_xml(Binding(peer.port, peer.mac, FilterRef("no-mac-spoofing"))))
+    assert host.converge().repaired == [f"{peer.port}: the store has no record of what it installed"]
+    assert host.report()[peer.port]["in_force"] and not host.converge().changed
 
 
 def test_restore_rewrites_an_index_it_cannot_read(lab, host):
