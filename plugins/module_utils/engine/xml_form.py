@@ -228,7 +228,23 @@ def filter_to_xml(flt: Filter) -> str:
     return _text(_element("filter", attrs, children))
 
 
+# a binding's text by the object's identity (its parameters make it unhashable): a change
+# renders each binding it writes twice, for the store and for its diff
+_BINDING_TEXTS: Dict[int, Tuple[Binding, str]] = {}
+
+
 def binding_to_xml(binding: Binding) -> str:
+    found = _BINDING_TEXTS.get(id(binding))
+    if found is not None and found[0] is binding:
+        return found[1]
+    if len(_BINDING_TEXTS) > 20000:
+        _BINDING_TEXTS.clear()
+    text = _binding_text(binding)
+    _BINDING_TEXTS[id(binding)] = (binding, text)
+    return text
+
+
+def _binding_text(binding: Binding) -> str:
     owner = [_element("name", (), text=binding.owner_name)] if binding.owner_name else []
     if binding.owner_uuid:
         owner.append(_element("uuid", (), text=binding.owner_uuid))
