@@ -12,6 +12,7 @@ import re
 import pytest
 
 from engine import host as host_module
+from engine import store as store_module
 from engine import nft_compile, nft_layout
 from engine.host import Host
 from engine.model import Binding, FilterRef
@@ -62,6 +63,42 @@ def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch)
     assert host.set_bindings([_clean(vm)], exclusive=True).changed
     assert len(sent) == 1 and lab.nft_list() == before
     assert not _spoofed_passes(lab) and not host.converge().changed
+
+
+@pytest.mark.parametrize("change", ["bind", "change", "unbind", "define an unused filter"])
+def test_a_change_reads_what_it_touches_not_the_host(lab, host, monkeypatch, change):
+    """On a host with 300 bindings, one change lists no directory of the
+    store and reads a handful of its files (the port's binding, record and
+    index shards, the totals, its shape's record), whatever the host holds."""
+    others = [Binding(f"many{i}", f"52:54:00:44:{i >> 8:02x}:{i & 0xff:02x}",
+                      FilterRef("clean-traffic", {"IP": (f"10.44.{i >> 8}.{i & 0xff}",)})) for i in range(300)]
+    host.set_bindings(others)
+    wanted = Binding("vnet9", "52:54:00:00:00:99", FilterRef("clean-traffic", {"IP": ("10.45.0.9",)}))
+    if change in ("change", "unbind"):
+        host.bind(wanted)
+    fresh = Host(host.store.root, netns=lab.host)  # as the next module run
+    listed, read = [], []
+    monkeypatch.setattr(store_module.os, "listdir", lambda path, listdir=os.listdir: listed.append(path) or listdir(path))
+    monkeypatch.setattr(store_module.os, "scandir", lambda path, scandir=os.scandir: listed.append(path) or scandir(path))
+    monkeypatch.setattr(store_module, "_text_of", lambda path, *rest, text_of=store_module._text_of:
+                        read.append(path) or text_of(path, *rest))
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *rest, **named: opened.append(path) or real_open(path, *rest, **named))
+    if change == "bind":
+        result = fresh.bind(wanted)
+    elif change == "change":
+        result = fresh.bind(Binding("vnet9", "52:54:00:00:00:99", FilterRef("clean-traffic", {"IP": ("10.45.0.8",)})))
+    elif change == "unbind":
+        result = fresh.unbind("vnet9")
+    else:
+        result = fresh.define_filter(filter_from_xml("<filter name='unused'><rule action='drop' direction='in'>"
+                                                     "<tcp dstportstart='9'/></rule></filter>"))
+    monkeypatch.undo()
+    files = [path for path in read + opened if isinstance(path, str) and path.startswith(host.store.root)]
+    assert result.changed and [path for path in listed if path != host.store.dirs["filters"]] == []
+    assert {path for path in files if "/bindings/" in path} <= {os.path.join(host.store.dirs["bindings"], "vnet9.xml")}
+    assert len(set(files)) <= 16, sorted(set(files))  # the lock, version, journal, marker, shards, records...
 
 
 def _stored(host, port):
