@@ -71,13 +71,18 @@ def _read(path):
         return None
 
 
-def test_a_change_writes_its_shard_and_the_totals_only(tmp_path):
-    stored = PortIndex(str(tmp_path), _read)
+def _stored_ports(directory):
+    """An index of PORTS (ids 1, 2, ...) written to ``directory``, as read back."""
+    stored = PortIndex(str(directory), _read)
     index = stored.copy()
     for number, port in enumerate(PORTS, 1):
         index.set(port, _entry(number))
     atomic_write_many(index.writes(stored))
-    stored = PortIndex(str(tmp_path), _read)
+    return PortIndex(str(directory), _read)
+
+
+def test_a_change_writes_its_shard_and_the_totals_only(tmp_path):
+    stored = _stored_ports(tmp_path)
     index = stored.copy()
     index.set("vnet3", _entry(4))  # as it was
     assert index.writes(stored) == []
@@ -122,11 +127,7 @@ def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
 
 def test_a_lost_shard_is_counted_out_of_the_totals(tmp_path):
     """The full kernel check recounts: ids of the lost ports are free again, the counts are right."""
-    stored = PortIndex(str(tmp_path), _read)
-    index = stored.copy()
-    for number, port in enumerate(PORTS, 1):
-        index.set(port, _entry(number))
-    atomic_write_many(index.writes(stored))
+    _stored_ports(tmp_path)
     (tmp_path / f"{shard_of('vnet0')}.json").unlink()
     stored = PortIndex(str(tmp_path), _read)
     lost = [port for port in PORTS if shard_of(port) == shard_of("vnet0")]
