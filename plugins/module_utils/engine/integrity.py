@@ -11,13 +11,11 @@ read by ``Nft``."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from . import nft_layout as layout
 from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, id_part, map_target, portdev_of
-from .set_members import IFNAMSIZ, decode, encode
+from .set_members import decode, encode, keyed_port
 
 Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
@@ -193,16 +191,6 @@ def foreign_members(kernel: Kernel, members: Iterable[Tuple[str, str, str]], spe
     return found
 
 
-def _keyed(family: str, key: bytes, end: bytes, by_id: Mapping[int, str]) -> Optional[str]:
-    """The port an element of a shape's set is keyed by: its name (bridge),
-    or its id as sender or receiver (inet; an interval set's key is in
-    network byte order, set_members)."""
-    if family == "bridge":
-        return key[:IFNAMSIZ].rstrip(b"\0").decode(errors="replace")
-    mark = struct.unpack(">I" if end else "=I", key[:4])[0]
-    return by_id.get(mark & layout.FROM_MASK or mark >> layout.TO_SHIFT)
-
-
 def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found: Findings) -> None:
     """The shapes' sets hold exactly the elements of the ports that use
     them (a port's own are compared in _port_problem); our chains and sets
@@ -218,7 +206,7 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
     by_id = {port_id: port for port, port_id in kernel.port_ids().items()}
     for (family, name), extra in foreign_members(kernel, members, specs).items():
         found.foreign += extra
-        keyed = {_keyed(family, key, end, by_id) for _family, _name, key, end, _text in extra}
+        keyed = {keyed_port(family, key, end, by_id) for _family, _name, key, end, _text in extra}
         ports = keyed & set(records)
         found.damaged |= ports  # an element keyed by a port of ours changes what its rules let through
         found.problems += [f"{port}: set {family} {name} holds an element we did not put there" for port in sorted(ports)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 
@@ -112,6 +112,16 @@ def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
         parts.append(low if low == high else f"{low}-{high}")
         offset += size
     return " . ".join(parts)
+
+
+def keyed_port(family: str, key: bytes, end: bytes, by_id: Mapping[int, str]) -> Optional[str]:
+    """The port an element of a shape's set is keyed by (``port_prefixes``
+    the other way): its name (bridge), or its id as sender or receiver
+    (inet; an interval set's key is in network byte order)."""
+    if family == "bridge":
+        return key[:IFNAMSIZ].rstrip(b"\0").decode(errors="replace")
+    mark = struct.unpack(">I" if end else "=I", key[:4])[0]
+    return by_id.get(mark & layout.FROM_MASK or mark >> layout.TO_SHIFT)
 
 
 def port_prefixes(portdev: str, port_id: Optional[int]) -> List[bytes]:
