@@ -21,7 +21,7 @@ from .errors import NwfilterError
 from .model import Binding, Filter
 from .integrity import (BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Foreign, Kernel,
                         base_contents, compare, foreign_members)
-from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, TO_SHIFT, PortLive, digest, shape_parts
+from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest, listed_keys, shape_parts
 from .nft_delete import remove_members, remove_ports
 from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
@@ -439,9 +439,8 @@ class Host:
                 if portdev not in state.bindings:
                     raise NwfilterError(f"no binding for {portdev!r}")
             not_in_force = self._not_in_force(state, ports)
-            # what finds a port in its shape's sets, as nft lists it: its name, its id as sender and receiver
             entries = {portdev: state.index.get(portdev) for portdev in ports}
-            shapes = {portdev: (entry[SHAPE], [f'"{portdev}"', f"0x{entry[0]:08x}", f"0x{entry[0] << TO_SHIFT:08x}"])
+            shapes = {portdev: (entry[SHAPE], listed_keys(portdev, entry[0]))
                       for portdev, entry in entries.items() if entry is not None and entry[SHAPE]}
             in_force = self.nft.ports_rules(ports, shapes)
         filters = state.all_filters()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 TABLE = "vmguard"
 # A port id is 14 bits: 16,383 ports (store format 3; format 2 had 12 bits,
@@ -150,6 +150,12 @@ def port_key(part: str, portdev: str, port_id: int) -> str:
     if part in ("o", "i"):
         return f'"{portdev}"'
     return f"0x{port_id << TO_SHIFT if part == 'fo' else port_id:x}"
+
+
+def listed_keys(portdev: str, port_id: int) -> List[str]:
+    """What finds a port in its shape's sets as nft lists them (``port_key``
+    as nft prints it back): its name, its id as sender and as receiver."""
+    return [f'"{portdev}"', f"0x{port_id:08x}", f"0x{port_id << TO_SHIFT:08x}"]
 
 
 def key_expression(part: str) -> str:
