@@ -2,8 +2,8 @@
 # Copyright: vmguard developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The store's index of ports, read and written in part: a change of one
-port on a host with 10,000 reads one shard of about 40 entries and the
-totals, not every port's entry.
+port on a host with 10,000 reads one shard of about 160 entries, the
+shards of its addresses and the totals, not every port's entry.
 
 ``index/<xx>.json``, for 64 values of ``xx`` (a hash of the port's name):
 each port's entry (``store.index_entry``). What a change needs of all ports
@@ -87,7 +87,7 @@ def entries_text(entries: Dict[str, list]) -> str:
     return json.dumps(entries, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def _address_valid(value: object) -> bool:
+def _lookups_valid(value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(ports, list) and all(isinstance(p, str) for p in ports)
                                            for ports in value.values())
 
@@ -162,7 +162,7 @@ class PortIndex:
             found = json.loads(text) if text else None
         except ValueError:
             found = None
-        if _address_valid(found):
+        if _lookups_valid(found):
             return found
         if self._lookups is None:  # derived: counted again from every port's entry, all shards at once
             self._lookups = {}
