@@ -31,12 +31,29 @@ PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
 
 
-def _elements_by_key(block: str) -> Tuple[str, Dict[str, List[str]]]:
-    """A set or map as nft lists it: its head without elements, and its
-    elements by what finds a port (their first part, a name or an id)."""
+FEW_KEYS = 48  # keys looked for one by one in a listing (a few ports); more split it whole
+
+
+def _elements_by_key(block: str, keys: Collection[str]) -> Tuple[str, Dict[str, List[str]]]:
+    """A set or map as nft lists it: its head without elements, and of its
+    elements those of ``keys`` (what finds a port: their first part, a name
+    or an id). A few keys are searched for, so a report of one port does
+    not split 10,000 ports' elements."""
     head, _sep, listed = block.partition("elements = {")
+    listed = listed.rsplit("}", 2)[0]
     found: Dict[str, List[str]] = {}
-    for item in listed.rsplit("}", 2)[0].split(","):
+    if len(keys) <= FEW_KEYS:
+        for key in keys:
+            at = listed.find(key)
+            while at >= 0:
+                end = listed.find(",", at)
+                item = listed[at:end if end >= 0 else len(listed)].strip()
+                first = listed.rfind(",", 0, at) + 1  # the key must begin its element
+                if not listed[first:at].strip() and (item == key or item.startswith((f"{key} . ", f"{key} : "))):
+                    found.setdefault(key, []).append(item)
+                at = listed.find(key, at + len(key))
+        return head.rstrip(), found
+    for item in listed.split(","):
         item = item.strip()
         found.setdefault(re.split(r" [.:] ", item, 1)[0], []).append(item)
     return head.rstrip(), found
@@ -244,7 +261,8 @@ class Nft:
                     for portdev in ports:
                         chains[portdev].setdefault(family, []).append(f"\t{block.rstrip()}")
                     continue
-                head, by_key = _elements_by_key(block.rstrip()) if ports else ("", {})
+                head, by_key = _elements_by_key(block.rstrip(), {k for p in ports for k in shapes[p][1]}) \
+                    if ports else ("", {})
                 for portdev in ports:  # a shape's set or an id map: the port's own elements
                     mine = [item for key in shapes[portdev][1] for item in by_key.get(key, ())]
                     shown = head + ("\n\t\telements = { " + ", ".join(mine) + " }" if mine else "") + "\n\t}"
