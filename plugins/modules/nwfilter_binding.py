@@ -206,11 +206,11 @@ def main() -> None:
     output = dict(changed=result.changed, rebuilt=result.rebuilt, learning=learning, repaired=result.repaired)
     if module._diff:  # pylint: disable=protected-access
         output["diff"] = diff_of(result)
-    # the bindings bound to these addresses (the store's index: no binding is read), for the shared-address warning
+    # the bindings bound to these addresses (the store's index: no binding is read), for the shared-address
+    # warning; with exclusive, no other binding is left
+    exclusive = params["exclusive"] and params["bindings"] is not None
     addresses = sorted({address for b in wanted for address in binding_addresses(b)})
-    after = engine_call(module, host.holding, addresses) if addresses else {}
-    if params["exclusive"] and params["bindings"] is not None:  # no other binding is left
-        after = {p: found for p, found in after.items() if p in {b.portdev for b in wanted}}
+    after = engine_call(module, host.holding, addresses) if addresses and not exclusive else {}
     after.update((b.portdev, binding_addresses(b)) for b in wanted)
     for line in shared_addresses(after, {b.portdev for b in wanted}):
         module.warn(f"{line}: anti-spoofing lets each of them use it (a failover pair may mean to; "

@@ -9,6 +9,7 @@ from scapy.all import IP, UDP, Ether  # pylint: disable=no-name-in-module
 
 from attribute_samples import CASES, REFUSED, attributes as sample_attributes
 from engine.model import Binding, Filter, FilterRef, Match, Rule
+from engine.xml_form import filter_from_xml
 from lab.probes import Probe, run_probes, standard_probes, tagged
 from test_integrity import FOREIGN
 
@@ -41,6 +42,24 @@ def test_ports_alike_share_one_shape_and_each_keeps_its_own_values(lab, host):
     assert not _from_vm(lab, peer.ip) and _from_vm(lab, "192.0.2.50")
     lab.nft(FOREIGN)  # someone else's commit: the next call compares everything
     assert not host.converge().changed
+
+
+def test_a_redefine_deletes_the_old_shape_whole(lab, host, monkeypatch):
+    """Every port moves to a new shape: the old shape's sets go with their
+    elements, not one element of each port after another."""
+    vm, peer = lab.guests["vm"], lab.guests["peer"]
+    host.define_filter(filter_from_xml("<filter name='web'><filterref filter='clean-traffic'/></filter>"))
+    others = [Binding(f"other{n}", f"52:54:00:00:01:{n:02x}", FilterRef("web", {"IP": (f"192.0.2.{100 + n}",)}))
+              for n in range(3)]
+    host.set_bindings([Binding(vm.port, vm.mac, FilterRef("web", {"IP": (vm.ip,)}))] + others)
+    old = _shapes(lab)
+    scripts = []
+    monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (scripts.append(script), apply(script)))
+    host.define_filter(filter_from_xml("<filter name='web'><filterref filter='clean-traffic'/>"
+                                       "<rule action='accept' direction='in'><tcp dstportstart='22'/></rule></filter>"))
+    assert len(_shapes(lab)) == 1 and _shapes(lab) != old
+    assert not [line for script in scripts for line in script.splitlines() if line.startswith("delete element")]
+    assert not run_probes(lab, standard_probes(vm, peer))["spoofed ipv4"]
 
 
 def test_every_value_a_lookup_carries_is_compared_as_the_kernel_holds_it(lab, host):

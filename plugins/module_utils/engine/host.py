@@ -27,7 +27,7 @@ from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
-from .port_index import ROOT, SHAPE, PortIndex, new_entry, owner_key
+from .port_index import DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
@@ -143,11 +143,11 @@ class _State:
         if binding.portdev not in self.bindings:
             return False
         entry = self._indexed(binding.portdev)
-        return entry[4] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
+        return entry[DIGEST] == binding_digest(binding) if entry else self.bindings[binding.portdev] == binding
 
     def owner(self, portdev: str) -> Optional[str]:
         entry = self._indexed(portdev)
-        return entry[6] if entry else self.bindings[portdev].owner_uuid
+        return entry[OWNER] if entry else self.bindings[portdev].owner_uuid
 
     def installing(self, program: "PortProgram") -> None:
         """Record what this port's program puts in the kernel."""
@@ -440,7 +440,7 @@ class Host:
                     raise NwfilterError(f"no binding for {portdev!r}")
             not_in_force = self._not_in_force(state, ports)
             entries = {portdev: state.index.get(portdev) for portdev in ports}
-            shapes = {portdev: (entry[SHAPE], listed_keys(portdev, entry[0]))
+            shapes = {portdev: (entry[SHAPE], listed_keys(portdev, entry[ID]))
                       for portdev, entry in entries.items() if entry is not None and entry[SHAPE]}
             in_force = self.nft.ports_rules(ports, shapes)
         filters = state.all_filters()
@@ -510,7 +510,7 @@ class Host:
         off = bridge_netfilter.disabled(self.netns)
         if not off:
             return None
-        ports = list(index.find(lambda entry: entry[2]))  # those with layer-3 chains
+        ports = list(index.find(lambda entry: entry[LAYER3]))  # those with layer-3 chains
         shown = ", ".join(ports[:3]) + (f" and {len(ports) - 3} more" if len(ports) > 3 else "")
         return (f"the layer-3/4 rules of {shown} see no bridged traffic: {' and '.join(off)} must be 1 "
                 "(load the br_netfilter module and set them, as libvirt also requires)")
@@ -598,9 +598,9 @@ class Host:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
                 new.index.set(portdev, new_entry(port_id))
         programs = [_program(new, portdev) for portdev in sorted(rebuild)]
-        growth = sum(p.rule_count - new.index[p.portdev][1] for p in programs)
+        growth = sum(p.rule_count - new.index[p.portdev][RULES] for p in programs)
         check_host_rules(new.index.totals["rules"] + growth, lambda: {
-            **{p: entry[1] for p, entry in new.index.all().items()}, **{p.portdev: p.rule_count for p in programs}})
+            **{p: entry[RULES] for p, entry in new.index.all().items()}, **{p.portdev: p.rule_count for p in programs}})
         if check:
             return [p.portdev for p in programs if p.learning]
         if prune is not None:  # every port is rebuilt but ``prune[1]``: what else the shapes' sets hold goes
@@ -640,8 +640,7 @@ class Host:
                 raise
             try:
                 change = new.shape_change(kernel_shapes, used_shapes, installed_shapes, base, old, stale_shapes, named)
-                records, base_read = self._read_back(new, old, programs, before, base and ids, change, kernel_shapes,
-                                                     base and not ids)
+                records, base_read = self._read_back(new, old, programs, before, base, ids, change, kernel_shapes)
                 marker = self.generation.marker()
             except (NwfilterError, OSError):
                 marker = None  # committed all the same: the next call compares our tables with the store
@@ -676,12 +675,12 @@ class Host:
         return [p.portdev for p in programs if p.learning]
 
     def _read_back(self, new: _State, old: _State, programs: List["PortProgram"], before: Mapping[str, PortLive],
-                   base: bool, shapes: "ShapeChange", kernel_shapes: Mapping[str, str], hooked: bool = False
+                   base: bool, ids: bool, shapes: "ShapeChange", kernel_shapes: Mapping[str, str]
                    ) -> Tuple[Dict[str, dict], Optional[Dict[str, str]]]:
         """The programs' port records with what the kernel holds in each chain,
-        and our base chains' content when they were rewritten (the dispatch
-        chains' when the shapes changed; with ``hooked``, the base chains with
-        hooks and the dispatch chains): read back right after our commit
+        and our base chains' content when they were rewritten (without
+        ``ids``, not the id chains, which were left alone; the dispatch
+        chains' when the shapes changed): read back right after our commit
         where it wrote a chain; a chain the transaction left alone (``before``
         has its rules, or the shape was there) keeps what its record said."""
         records, unread = {}, []
@@ -703,8 +702,10 @@ class Host:
                     unread += [(c[0], c[1]) for c in shape["chains"]]
                 else:
                     shape["chains"] = [list(c) for c in known["shape"]["chains"]]
-        rewritten = list(BASE_CHAINS) + list(FIXED_CHAINS) if base else \
-            list(BASE_CHAINS) + sorted(DISPATCH) if hooked else sorted(DISPATCH) if shapes.dispatch_changes else []
+        if base:
+            rewritten = list(BASE_CHAINS) + (list(FIXED_CHAINS) if ids else sorted(DISPATCH))
+        else:
+            rewritten = sorted(DISPATCH) if shapes.dispatch_changes else []
         contents = self.nft.contents(sorted(set(unread)) + rewritten, new.index.totals["rules"])
         for record in records.values():
             for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):
@@ -717,8 +718,7 @@ class Host:
         # one walk per distinct root filter, not per binding: bindings mostly share a few trees; no
         # binding is looked at when the index says none has a root whose tree holds the filter
         roots = state.index.roots()
-        if None not in roots and not any(name in _tree(filters, root) for root in roots if root is not None) \
-                and all(p in state.index for p in state.bindings.assigned):
+        if None not in roots and not any(name in _tree(filters, root) for root in roots):
             return []
         by_port = {p: state.root(p) for p in state.bindings}
         using = {root for root in set(by_port.values()) if name in _tree(filters, root)}

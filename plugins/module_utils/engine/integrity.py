@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, id_part, map_target, portdev_of
+from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, id_part, map_target, owner_of, portdev_of
 from .set_members import decode, encode, keyed_port
 
 Chain = Tuple[str, str]  # (family, name)
@@ -179,10 +179,10 @@ def foreign_members(kernel: Kernel, members: Iterable[Tuple[str, str, str]], spe
     expected: Dict[Chain, Set[Tuple[bytes, bytes]]] = {}
     for family, name, element in members:
         expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
-    shapes = {"/".join(name.split("/")[:2]) for _family, name in expected}
+    shapes = {owner_of(name) for _family, name in expected}
     found: Dict[Chain, List[Foreign]] = {}
     for (family, name), held in sorted(kernel.members.items()):
-        if "/".join(name.split("/")[:2]) in shapes:
+        if owner_of(name) in shapes:
             extra = [(key, end) for key, end in sorted(held - expected.get((family, name), set()))
                      if not any(key.startswith(prefix) for prefix in keep)]
             if extra:
@@ -202,7 +202,7 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
         if shape is not None:
             specs.update(((family, name), spec) for family, name, spec in shape["sets"])
             members += [tuple(member) for member in record["members"]]
-    used = {"/".join(name.split("/")[:2]) for _family, name in specs}
+    used = {owner_of(name) for _family, name in specs}
     by_id = {port_id: port for port, port_id in kernel.port_ids().items()}
     for (family, name), extra in foreign_members(kernel, members, specs).items():
         found.foreign += extra
@@ -215,7 +215,7 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
     if any(record is None for record in records.values()):
         return  # a shape no record names may be a port's without one
     for family, name in sorted(kernel.members):
-        shape = "/".join(name.split("/")[:2])
+        shape = owner_of(name)
         if shape not in used:
             chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
             sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]

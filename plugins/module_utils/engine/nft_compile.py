@@ -17,7 +17,7 @@ from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
-                         dispatch_rule, id_targets, key_expression, port_key, shape_parts)
+                         dispatch_rule, id_targets, key_expression, owner_of, port_key, shape_parts)
 from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 
@@ -536,7 +536,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
     the id chains as they are (nft_layout.base_script)."""
     shapes = shapes or ShapeChange.fresh(install)
     first, going, adding = _shape_lines(shapes, base)
-    gone = {f"{name}/" for name in set(shapes.kernel) - set(shapes.used)}  # their sets go whole, elements and all
+    gone_shapes = set(shapes.kernel) - set(shapes.used)  # their sets go whole, elements and all
     script = layout.BASE if ids else layout.base_script(layout.FROM_MASK, layout.TO_SHIFT, ids=False)
     lines = ([script.rstrip("\n")] if base else []) + first
     elements_by_map: Dict[Tuple[str, str], List[str]] = {}
@@ -549,7 +549,7 @@ def transaction(install: Sequence[PortProgram], remove: Sequence[str], live: Liv
         program = programs.get(portdev)
         members = set(program.members) if program else set()
         for family, name, element in sorted(now.members - members):
-            if name[:name.rindex("/") + 1] in gone:
+            if owner_of(name) in gone_shapes:
                 continue
             if base:  # may be gone from the kernel: ``add`` first
                 lines.append(f"add element {family} {TABLE} {name} {{ {element} }}")

@@ -223,6 +223,11 @@ def dispatch_rule(shape: str, part: str) -> str:
     return f"{key_expression(part)} @{shape}/{PORT_SETS[part]} jump {shape}/{part}"
 
 
+def owner_of(name: str) -> str:
+    """The port (``p/<port>``) or shape (``s/<digest>``) a chain or set of ours belongs to."""
+    return "/".join(name.split("/")[:2])
+
+
 def portdev_of(chain: str) -> Optional[str]:
     parts = chain.split("/")
     return parts[1] if len(parts) > 2 and parts[0] == "p" else None

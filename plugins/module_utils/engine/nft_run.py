@@ -14,7 +14,7 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Set
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import LibNftables, library
-from .nft_layout import ID_MAPS, TABLE, PortLive, portdev_of
+from .nft_layout import ID_MAPS, TABLE, PortLive, owner_of, portdev_of
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
@@ -255,7 +255,7 @@ class Nft:
             text = text.rstrip()[:-1]  # without the table's closing brace
             for block in re.split(r"\n\t(?=(?:chain|set|map) )", text)[1:]:
                 kind, name = block.split(" ", 2)[:2]
-                owner = name if name in ID_MAPS else "/".join(name.split("/")[:2])  # a port's, a shape's, an id map
+                owner = name if name in ID_MAPS else owner_of(name)
                 ports = users.get(owner, ()) if kind == "chain" or portdev_of(name) is None else ()
                 if kind == "chain":
                     for portdev in ports:

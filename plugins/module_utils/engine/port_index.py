@@ -29,7 +29,8 @@ BY = "by-"  # the shards of ports by address and by owner
 # 64 shards of each kind: a change at 10,000 ports reads about 160 entries, and a
 # bulk bind creates 129 files (a file's creation costs about 0.5 ms on this VM's ext4)
 SHARDS = [f"{n:02x}" for n in range(64)]
-SHAPE, ROOT = 7, 3  # where an entry names its shape and its root filter (store.index_entry)
+# an entry's fields (store.index_entry)
+ID, RULES, LAYER3, ROOT, DIGEST, ADDRESSES, OWNER, SHAPE = range(8)
 DESCRIPTION = "a map of ports to [id, rules, layer-3, filter, digest, addresses, owner, shape]"
 
 
@@ -41,7 +42,7 @@ def new_entry(port_id: int) -> list:
 def lookup_keys(entry: list) -> List[str]:
     """What finds the port of an entry in the ``by-`` shards: its binding's
     addresses (``overlaps.binding_addresses``) and "owner <uuid>"."""
-    return list(entry[5] or ()) + ([owner_key(entry[6])] if entry[6] else [])
+    return list(entry[ADDRESSES] or ()) + ([owner_key(entry[OWNER])] if entry[OWNER] else [])
 
 
 def owner_key(uuid: str) -> str:
@@ -52,7 +53,8 @@ def shard_of(port: str) -> str:
     return SHARDS[hashlib.sha1(port.encode("utf-8", "surrogateescape")).digest()[0] % len(SHARDS)]
 
 
-def _count(value: object) -> bool:
+def is_count(value: object) -> bool:
+    """Whether a JSON value is a count (an int, not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -66,7 +68,7 @@ def _entry_valid(entry: object) -> bool:
     if len(entry) == 7:  # as versions 2-4 wrote it (no shape)
         entry.append(None)
     port_id, rules, layer3, root, digest, addresses, owner, shape = entry
-    return (_count(port_id) and _count(rules) and isinstance(layer3, bool) and _text_or_none(root)
+    return (is_count(port_id) and is_count(rules) and isinstance(layer3, bool) and _text_or_none(root)
             and _text_or_none(shape) and _text_or_none(digest) and _text_or_none(owner)
             and (addresses is None or (isinstance(addresses, list) and all(isinstance(a, str) for a in addresses))))
 
@@ -97,11 +99,11 @@ def _empty_totals() -> dict:
 
 
 def _totals_valid(value: object) -> bool:
-    return (isinstance(value, dict) and all(_count(value.get(k)) for k in ("ports", "rules", "layer3"))
+    return (isinstance(value, dict) and all(is_count(value.get(k)) for k in ("ports", "rules", "layer3"))
             and isinstance(value.get("ids"), str) and all(c in "0123456789abcdef" for c in value["ids"])
-            and isinstance(value.get("roots"), dict) and all(_count(n) for n in value["roots"].values())
+            and isinstance(value.get("roots"), dict) and all(is_count(n) for n in value["roots"].values())
             and isinstance(value.get("shapes"), dict)
-            and all(isinstance(s, list) and len(s) == 2 and _count(s[0]) and _text_or_none(s[1])
+            and all(isinstance(s, list) and len(s) == 2 and is_count(s[0]) and _text_or_none(s[1])
                     for s in value["shapes"].values()))
 
 
@@ -207,7 +209,7 @@ class PortIndex:
         return entry
 
     def id(self, port: str) -> int:
-        return self[port][0]
+        return self[port][ID]
 
     @property
     def totals(self) -> dict:
@@ -229,21 +231,16 @@ class PortIndex:
         if _totals_valid(found):
             found["ids"] = int(found["ids"], 16)  # the ids in use, as bits; kept as an int until written
             return found
-        totals = _empty_totals()  # derived: counted again from every shard
-        entries = self.all()
-        for port, entry in sorted(entries.items()):
-            _add(totals, port, entry, 1)
+        entries = self.all()  # derived: counted again from every shard
         if text is not None or entries:
             self._recounted.add(TOTALS)
-        return totals
+        return _counted(entries)
 
     def recount(self) -> None:
         """Count the totals again from every entry, and keep the count if it
         differs (a shard lost or put back from a backup leaves them wrong;
         the full kernel check calls this, reading every shard anyway)."""
-        counted = _empty_totals()
-        for port, entry in sorted(self.all().items()):
-            _add(counted, port, entry, 1)
+        counted = _counted(self.all())
         if _counts(counted) != _counts(self.totals):
             self._totals = counted
             self._recounted.add(TOTALS)
@@ -329,6 +326,14 @@ class PortIndex:
         return writes
 
 
+def _counted(entries: Dict[str, list]) -> dict:
+    """The totals of these entries (the first port of each shape named for it)."""
+    totals = _empty_totals()
+    for port, entry in sorted(entries.items()):
+        _add(totals, port, entry, 1)
+    return totals
+
+
 def _counts(totals: dict) -> dict:
     """The totals without the port each names for its shapes."""
     return {**totals, "shapes": {name: count for name, (count, _port) in totals["shapes"].items()}}
@@ -337,9 +342,9 @@ def _counts(totals: dict) -> dict:
 def _add(totals: dict, port: str, entry: list, sign: int) -> None:
     """Count ``entry`` of ``port`` in (``sign`` 1) or out of (-1) ``totals``."""
     totals["ports"] += sign
-    totals["rules"] += sign * entry[1]
-    totals["layer3"] += sign * entry[2]
-    totals["ids"] = totals["ids"] | (1 << entry[0]) if sign > 0 else totals["ids"] & ~(1 << entry[0])
+    totals["rules"] += sign * entry[RULES]
+    totals["layer3"] += sign * entry[LAYER3]
+    totals["ids"] = totals["ids"] | (1 << entry[ID]) if sign > 0 else totals["ids"] & ~(1 << entry[ID])
     root = entry[ROOT] or ""
     totals["roots"][root] = totals["roots"].get(root, 0) + sign
     if not totals["roots"][root]:

@@ -29,7 +29,7 @@ from .errors import NwfilterError
 from .lazy_map import LazyMap
 from .model import Binding, Filter
 from .overlaps import binding_addresses
-from .port_index import PortIndex, entries_text, parse_entries
+from .port_index import PortIndex, entries_text, is_count, parse_entries
 from .xml_form import MAX_DOCUMENT, binding_from_xml, binding_to_xml, filter_from_xml, filter_to_xml
 
 if TYPE_CHECKING:  # the networks' code is imported when networks are read: a binding's change never needs it
@@ -187,10 +187,6 @@ def _learned_valid(value: object) -> bool:
     return isinstance(value, dict) and all(name in ("IP", "IPV6") and _strings(v) for name, v in value.items())
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _identity(path: str) -> Optional[list]:
     """What changes when a file is added to, removed from or replaced in a directory."""
     try:
@@ -207,7 +203,7 @@ def _record_valid(record: object) -> bool:
 
 
 def _ports_valid(value: object) -> bool:  # version 1's ports.json
-    return isinstance(value, dict) and all(_record_valid(record) and _count(record.get("id"))
+    return isinstance(value, dict) and all(_record_valid(record) and is_count(record.get("id"))
                                            for record in value.values())
 
 
@@ -219,8 +215,8 @@ def binding_digest(binding: Binding) -> str:
 
 
 def index_entry(port_id: int, record: dict, binding: Optional[Binding]) -> list:
-    """A port's line of index.json, what a change needs of every port without
-    reading it: [id, nft rules, has layer-3 chains, its binding's root filter,
+    """A port's entry in the index (``port_index``), what a change needs of
+    every port without reading it: [id, nft rules, has layer-3 chains, its binding's root filter,
     the binding's digest, its addresses (``binding_addresses``), its owner's
     UUID, its shape (nft_compile.Shape) or None]; the binding's four are
     None when the binding could not be read."""
@@ -313,10 +309,11 @@ class Store:
             entries = parse_entries(self.old_index_path, text) if text else {}
         except NwfilterError:  # as an unreadable index: the kernel check adopts the ids the kernel holds
             entries = {}
-        split = PortIndex(self.index_dir, _text_of).copy()
+        empty = PortIndex(self.index_dir, _text_of)
+        split = empty.copy()
         for port, entry in entries.items():
             split.set(port, entry)
-        atomic_write_many(split.writes(PortIndex(self.index_dir, _text_of)))
+        atomic_write_many(split.writes(empty))
 
     def _forget_records(self) -> None:
         """Versions 3 to 5 (``REINSTALLED_FOR``). With no record and no
