@@ -63,7 +63,10 @@ def _play(work: str, netns: str, tasks: List[dict], keep: bool = False,
     times = os.path.join(work, "times.jsonl")
     if os.path.exists(times):
         os.remove(times)
-    book = os.path.join(work, "play.yml")
+    # not beside the collections: Ansible prefers a playbook's adjacent collections/ to ANSIBLE_COLLECTIONS_PATH,
+    # which made every version run this tree's code
+    book = os.path.join(work, "plays", "play.yml")
+    os.makedirs(os.path.dirname(book), exist_ok=True)
     with open(book, "w", encoding="utf-8") as out:
         json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], out)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(work, collections),
