@@ -12,6 +12,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Union
 
+from ansible_collections.vmguard.nwfilter.plugins.module_utils import payload_import
+
+payload_import.install()  # before the engine's first import
+
+# pylint: disable=wrong-import-position
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.errors import NwfilterError
 from ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host import ChangeResult, Host
 
