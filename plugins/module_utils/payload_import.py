@@ -7,9 +7,10 @@ each file once.
 A module runs from the zip that Ansible sends with every task, where Python
 caches no bytecode, and zipimport compiles a module's source twice: once to
 name its file while it builds the module's spec, and again to run it
-(CPython gh-141276, open for 3.13 to 3.15). For the engine that was about 0.05 s of every task. This
-finder names the file itself and leaves loading to zipimport; outside a zip
-(tests, the learner, the controller) it is not installed."""
+(CPython gh-141276, open for 3.13 to 3.15). For the engine that was about
+0.05 s of every task. This finder names the file itself and leaves loading
+to zipimport; outside a zip (tests, the learner, the controller) it is not
+installed."""
 
 from __future__ import annotations
 
