@@ -8,6 +8,7 @@ import re
 from scapy.all import IP, UDP, Ether  # pylint: disable=no-name-in-module
 
 from attribute_samples import CASES, REFUSED, attributes as sample_attributes
+from engine.host import FEW_PORTS
 from engine.model import Binding, Filter, FilterRef, Match, Rule
 from engine.xml_form import filter_from_xml
 from lab.probes import Probe, run_probes, standard_probes, tagged
@@ -82,5 +83,18 @@ def test_every_value_a_lookup_carries_is_compared_as_the_kernel_holds_it(lab, ho
     host.set_bindings(bindings)
     listing = lab.nft_list()
     assert len(_shapes(lab)) > 20 and len(re.findall(r"\n\tset s/\S+/v\d+ ", listing)) > 20
+    # a report of a few ports gets their elements by key; of many, from nft's listing: the same text
+    every = host.report()
+    assert len(every) > FEW_PORTS and "\tmap id_from_lo {\n\t\ttype ifname : verdict\n\t\telements = {" in listing
+    for binding in bindings:
+        few = host.report([binding.portdev])[binding.portdev]["nft"]
+        assert _elements_sorted(few) == _elements_sorted(every[binding.portdev]["nft"]), binding.portdev
+        assert "\t}\n\t}" not in few  # a set shown without elements is closed once
     lab.nft(FOREIGN)
     assert host.converge().repaired == []
+
+
+def _elements_sorted(listing):
+    """nft lists a set's elements in the kernel's order; a port's by key come in its record's."""
+    return re.sub(r"elements = \{ ([^}]*) \}", lambda m: "elements = { " + ", ".join(sorted(m.group(1).split(", "))) + " }",
+                  listing)

@@ -31,6 +31,8 @@ from .port_index import DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
+FEW_PORTS = 16  # a report of up to this many reads their elements by key, not the table's listing
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -442,7 +444,8 @@ class Host:
             entries = {portdev: state.index.get(portdev) for portdev in ports}
             shapes = {portdev: (entry[SHAPE], listed_keys(portdev, entry[ID]))
                       for portdev, entry in entries.items() if entry is not None and entry[SHAPE]}
-            in_force = self.nft.ports_rules(ports, shapes)
+            # a few ports are read by their elements' keys, many in one listing (Nft.ports_rules)
+            in_force = self.nft.ports_rules(ports, shapes, state.live(set(ports)) if len(ports) <= FEW_PORTS else None)
         filters = state.all_filters()
         found: Dict[str, Dict[str, object]] = {}
         for portdev in ports:

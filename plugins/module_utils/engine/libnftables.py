@@ -16,7 +16,7 @@ import weakref
 from typing import Optional
 
 CLONE_NEWNET = 0x40000000
-OUTPUT_JSON = 1 << 4
+OUTPUT_JSON, OUTPUT_TERSE = 1 << 4, 1 << 11  # nft -j, nft -t (sets without their elements)
 SONAME = "libnftables.so.1"
 
 
@@ -63,9 +63,9 @@ def _new_context() -> int:
     return ctx
 
 
-def _run(ctx: int, commands: str, json_output: bool) -> "tuple[int, str, str]":
+def _run(ctx: int, commands: str, output: int) -> "tuple[int, str, str]":
     lib = _lib()
-    lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON if json_output else 0)
+    lib.nft_ctx_output_set_flags(ctx, output)
     code = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
     # nft 1.0.6 prints a dormant table's flags from freed memory: never let such bytes raise
     output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
@@ -86,9 +86,9 @@ def _serve(netns: str, jobs: "queue.Queue[Optional[tuple]]", entered: "queue.Que
     entered.put(None)
     try:
         for job in iter(jobs.get, None):
-            commands, json_output, done = job
+            commands, output, done = job
             try:
-                done.put((_run(ctx, commands, json_output), None))
+                done.put((_run(ctx, commands, output), None))
             except BaseException as exc:  # pylint: disable=broad-except
                 done.put((None, exc))
     finally:
@@ -108,17 +108,17 @@ class LibNftables:
         self._ctx: Optional[int] = None
         self._jobs: "Optional[queue.Queue[Optional[tuple]]]" = None
 
-    def run(self, commands: str, json_output: bool = False) -> "tuple[int, str, str]":
-        """(return code, output, error text) of running ``commands``."""
+    def run(self, commands: str, output: int = 0) -> "tuple[int, str, str]":
+        """(return code, output, error text) of running ``commands`` (``output``: OUTPUT_* flags)."""
         with self._lock:
             if self.netns is None:
                 if self._ctx is None:
                     self._ctx = _new_context()
                     weakref.finalize(self, _lib().nft_ctx_free, self._ctx)
-                return _run(self._ctx, commands, json_output)
-            return self._in_namespace(commands, json_output)
+                return _run(self._ctx, commands, output)
+            return self._in_namespace(commands, output)
 
-    def _in_namespace(self, commands: str, json_output: bool) -> "tuple[int, str, str]":
+    def _in_namespace(self, commands: str, output: int) -> "tuple[int, str, str]":
         # setns moves only the calling thread: a worker thread stays in the namespace
         if self._jobs is None:
             jobs: "queue.Queue[Optional[tuple]]" = queue.Queue()
@@ -130,7 +130,7 @@ class LibNftables:
             self._jobs = jobs
             weakref.finalize(self, jobs.put, None)
         done: "queue.Queue[tuple]" = queue.Queue()
-        self._jobs.put((commands, json_output, done))
+        self._jobs.put((commands, output, done))
         outcome, failure = done.get()
         if failure is not None:
             raise failure

@@ -10,26 +10,15 @@ their address-lock sets deleted."""
 
 from __future__ import annotations
 
-import struct
 from typing import Iterable, List, Optional, Tuple
 
 from .nft_layout import TABLE, PortLive
-from .set_members import encode
-from .nft_netlink import NFTA_LIST_ELEM, NLA_F_NESTED, Netlink, attribute, cstring
+from .set_members import element_list, encode, map_key
+from .nft_netlink import Netlink, attribute, cstring
 
 NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 8, 11, 14
-IFNAMSIZ = 16
 # attributes: table and name are 1 and 3 for a chain, 1 and 2 for a rule's chain, a set and an element list
 NAME_ATTRIBUTES = {NFT_MSG_DELCHAIN: (1, 3), NFT_MSG_DELRULE: (1, 2), NFT_MSG_DELSET: (1, 2)}
-NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
-
-
-def _key(key: str) -> bytes:
-    """A map key as nft syntax (our maps': an interface name or a port mark) as the kernel holds it."""
-    if key.startswith('"'):
-        return key.strip('"').encode().ljust(IFNAMSIZ, b"\0")  # type ifname: the name, zero-padded
-    return struct.pack("=I", int(key, 0))  # type mark: 32 bits in host byte order
 
 
 def _named(message: int, family: str, name: str) -> Tuple[int, str, bytes]:
@@ -44,7 +33,7 @@ def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
     for port in ports:
         found += [_element(family, name, *encode(port.specs[family, name], element))
                   for family, name, element in sorted(port.members)]
-        found += [_element(family, vmap, _key(key)) for family, vmap, key in sorted(port.elements)]
+        found += [_element(family, vmap, map_key(key)) for family, vmap, key in sorted(port.elements)]
     chains = sorted({chain for port in ports for chain in port.chains})
     found += [_named(NFT_MSG_DELRULE, family, name) for family, name in chains]
     found += [_named(NFT_MSG_DELCHAIN, family, name) for family, name in chains]
@@ -54,12 +43,7 @@ def messages(ports: Iterable[PortLive]) -> List[Tuple[int, str, bytes]]:
 
 def _element(family: str, name: str, key: bytes, end: bytes = b"") -> Tuple[int, str, bytes]:
     """Deleting one element of a set (``end``: of an interval set's element, its key's end)."""
-    data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, key))
-    if end:
-        data += attribute(NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, end))
-    return (NFT_MSG_DELSETELEM, family, attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE))
-            + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
-            + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attribute(NFTA_LIST_ELEM | NLA_F_NESTED, data)))
+    return NFT_MSG_DELSETELEM, family, element_list(name, key, end)
 
 
 def remove_members(netlink: Netlink, elements: Iterable[Tuple[str, str, bytes, bytes]],

@@ -6,6 +6,8 @@ reading back what of ours is in force."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import re
 import struct
@@ -13,50 +15,64 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Set
 
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
-from .libnftables import LibNftables, library
+from .libnftables import OUTPUT_JSON, OUTPUT_TERSE, LibNftables, library
 from .nft_layout import ID_MAPS, TABLE, PortLive, owner_of, portdev_of
+from .set_members import (NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS,
+                          NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, decode, element_list, encode, map_key,
+                          map_key_text)
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
 FAMILIES = ("bridge", "inet")
+OUTPUT_OPTIONS = {"-j": OUTPUT_JSON, "-t": OUTPUT_TERSE}  # nft's options, as libnftables takes them
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFT_TABLE_F_DORMANT = 1, 2, 0x1
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NF_ACCEPT = 1, 3, 4, 5, 1
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
-NFT_MSG_GETSETELEM, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 13, 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
+NFT_MSG_GETSETELEM = 13
+NFTA_SET_ELEM_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 2, 2, 1, 2
+VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 # chains read back after a commit, and rules in our tables, for one dump per table (Nft.contents)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
 
 
-FEW_KEYS = 48  # keys looked for one by one in a listing (a few ports); more split it whole
-
-
-def _elements_by_key(block: str, keys: Collection[str]) -> Tuple[str, Dict[str, List[str]]]:
-    """A set or map as nft lists it: its head without elements, and of its
-    elements those of ``keys`` (what finds a port: their first part, a name
-    or an id). A few keys are searched for, so a report of one port does
-    not split 10,000 ports' elements."""
-    head, _sep, listed = block.partition("elements = {")
-    listed = listed.rsplit("}", 2)[0]
+def _elements_by_key(block: str) -> Tuple[str, Dict[str, List[str]]]:
+    """A set or map as nft lists it: its head, without elements or closing
+    brace, and its elements by their key's first part (what finds a port: its
+    name or its id, nft_layout.listed_keys)."""
+    head, _sep, listed = block.rstrip().rpartition("elements = {")
+    if not _sep:
+        return block.rstrip()[:-1].rstrip(), {}
     found: Dict[str, List[str]] = {}
-    if len(keys) <= FEW_KEYS:
-        for key in keys:
-            at = listed.find(key)
-            while at >= 0:
-                end = listed.find(",", at)
-                item = listed[at:end if end >= 0 else len(listed)].strip()
-                first = listed.rfind(",", 0, at) + 1  # the key must begin its element
-                if not listed[first:at].strip() and (item == key or item.startswith((f"{key} . ", f"{key} : "))):
-                    found.setdefault(key, []).append(item)
-                at = listed.find(key, at + len(key))
-        return head.rstrip(), found
-    for item in listed.split(","):
+    for item in listed.rsplit("}", 2)[0].split(","):
         item = item.strip()
         found.setdefault(re.split(r" [.:] ", item, 1)[0], []).append(item)
     return head.rstrip(), found
+
+
+def _our_blocks(listing: str, family: str) -> List[str]:
+    """The chains, sets and maps of our table of ``family`` in nft's listing."""
+    start = listing.find(f"table {family} {TABLE} {{\n")
+    if start < 0:
+        return []
+    end = listing.find("\n}\n", start)
+    return re.split(r"\n\t(?=(?:chain|set|map) )", listing[start:end if end >= 0 else len(listing)])[1:]
+
+
+def _verdict(data: bytes) -> str:
+    """A verdict map element's data as nft lists it (``jump chain``); empty for no verdict."""
+    verdict = dict(each_attribute(dict(each_attribute(data)).get(NFTA_DATA_VERDICT, b"")))
+    if NFTA_VERDICT_CODE not in verdict:
+        return ""
+    code = VERDICTS.get(struct.unpack(">i", verdict[NFTA_VERDICT_CODE][:4])[0], "?")
+    chain = verdict.get(NFTA_VERDICT_CHAIN)
+    return f"{code} {text(chain)}" if chain else code
+
+
+def _shown(head: str, elements: Sequence[str]) -> str:
+    return "\t" + head + ("\n\t\telements = { " + ", ".join(elements) + " }" if elements else "") + "\n\t}"
 
 
 class Nft:
@@ -89,9 +105,9 @@ class Nft:
     def _run(self, args: List[str], stdin: str = "") -> str:
         lib = self._backend()
         if lib is not None:
-            json_output = args[:1] == ["-j"]
-            commands = stdin if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
-            code, output, error = lib.run(commands, json_output)
+            options = list(itertools.takewhile(OUTPUT_OPTIONS.__contains__, args))
+            commands = stdin if args[-2:] == ["-f", "-"] else " ".join(args[len(options):])
+            code, output, error = lib.run(commands, sum(OUTPUT_OPTIONS[option] for option in options))
         else:
             import subprocess  # pylint: disable=import-outside-toplevel  # without libnftables only
             try:
@@ -231,13 +247,19 @@ class Nft:
         return [str(e) for item in json.loads(out).get("nftables", []) if "set" in item
                 for e in item["set"].get("elem", [])]
 
-    def ports_rules(self, portdevs: Sequence[str], shapes: Mapping[str, Tuple[str, Sequence[str]]]) -> Dict[str, str]:
+    def ports_rules(self, portdevs: Sequence[str], shapes: Mapping[str, Tuple[str, Sequence[str]]],
+                    live: Optional[Mapping[str, PortLive]] = None) -> Dict[str, str]:
         """Per port, the exact rules in force, as nft prints them: its own
         chains, or (``shapes``: per port of a shape, its name and the keys
-        that find the port, nft_layout.port_key) the shape's chains and the
-        port's elements of its sets. One listing per table for all the ports,
-        so a change running at the same time cannot make it fail and many
-        ports cost no more listings than one."""
+        that find the port, nft_layout.listed_keys) the shape's chains and the
+        port's elements of its sets. Read in one go for all the ports, so a
+        change running at the same time cannot make it fail.
+
+        Many ports: one listing per table. A few (``live``: per port, what its
+        record says it holds): one terse listing, which reads no set element
+        (nft 1.0.6 reads every element of a table to list even one chain of
+        it), and each port's elements asked of the kernel by their keys, so
+        that the read costs what it shows, not what the host holds."""
         users: Dict[str, List[str]] = {}  # per block of ours, the ports it is shown for
         for portdev in portdevs:
             if portdev in shapes:
@@ -249,11 +271,11 @@ class Nft:
         chains: Dict[str, Dict[str, List[str]]] = {p: {} for p in portdevs}
         for family in FAMILIES:
             try:
-                text = self._run(["list", "table", family, TABLE])
+                listing = self._run(["list", "table", family, TABLE] if live is None
+                                    else ["-t", "list", "ruleset", family])
             except NwfilterError:
                 continue  # the table does not exist
-            text = text.rstrip()[:-1]  # without the table's closing brace
-            for block in re.split(r"\n\t(?=(?:chain|set|map) )", text)[1:]:
+            for block in _our_blocks(listing, family):
                 kind, name = block.split(" ", 2)[:2]
                 owner = name if name in ID_MAPS else owner_of(name)
                 ports = users.get(owner, ()) if kind == "chain" or portdev_of(name) is None else ()
@@ -261,12 +283,41 @@ class Nft:
                     for portdev in ports:
                         chains[portdev].setdefault(family, []).append(f"\t{block.rstrip()}")
                     continue
-                head, by_key = _elements_by_key(block.rstrip(), {k for p in ports for k in shapes[p][1]}) \
-                    if ports else ("", {})
+                head, by_key = _elements_by_key(block)
                 for portdev in ports:  # a shape's set or an id map: the port's own elements
-                    mine = [item for key in shapes[portdev][1] for item in by_key.get(key, ())]
-                    shown = head + ("\n\t\telements = { " + ", ".join(mine) + " }" if mine else "") + "\n\t}"
-                    chains[portdev].setdefault(family, []).append(f"\t{shown}")
+                    mine = self._elements_of(family, name, live[portdev]) if live is not None \
+                        else [item for key in shapes[portdev][1] for item in by_key.get(key, ())]
+                    chains[portdev].setdefault(family, []).append(_shown(head, mine))
         return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
                                  for family, blocks in found.items())
                 for portdev, found in chains.items()}
+
+    def _elements_of(self, family: str, name: str, port: PortLive) -> List[str]:
+        """A port's elements of one of its shape's sets or of an id map, as
+        nft lists them, of those its record names that the kernel holds."""
+        if name in ID_MAPS:
+            held = [self.element(family, name, map_key(key)) for f, m, key in sorted(port.elements) if (f, m) == (family, name)]
+            return [f"{map_key_text(found[0])} : {found[2]}" for found in held if found]
+        spec = port.specs.get((family, name), "")
+        held = [self.element(family, name, *encode(spec, element))
+                for f, s, element in sorted(port.members) if (f, s) == (family, name)]
+        return [shown for shown in (decode(spec, found[0], found[1]) for found in held if found) if shown]
+
+    def element(self, family: str, name: str, key: bytes, end: bytes = b"") -> Optional[Tuple[bytes, bytes, str]]:
+        """One element of a set or map of ours, got by its key as the kernel
+        holds it (set_members): its key, its key's end and, of a verdict map's
+        element, the verdict as nft lists it; None when the kernel holds none."""
+        try:
+            replies = self.netlink.request(NFT_MSG_GETSETELEM, [NFTA_SET_ELEM_LIST_ELEMENTS], family,
+                                           element_list(name, key, end))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        for reply in replies:
+            for _kind, element in each_attribute(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                parts = dict(each_attribute(element))
+                return (dict(each_attribute(parts.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE, b""),
+                        dict(each_attribute(parts.get(NFTA_SET_ELEM_KEY_END, b""))).get(NFTA_DATA_VALUE, b""),
+                        _verdict(parts.get(NFTA_SET_ELEM_DATA, b"")))
+        return None

@@ -16,9 +16,13 @@ import struct
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
+from .nft_netlink import NFTA_LIST_ELEM, NLA_F_NESTED, attribute, cstring
 
 IFNAMSIZ = 16
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_DATA_VALUE = 1, 10, 1
 _NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")  # an interface name safe to write between quotes
+ETHER_TYPES = {0x0800: "ip", 0x0806: "arp", 0x86DD: "ip6", 0x8100: "8021q", 0x88A8: "8021ad"}  # the names nft lists
 _RAW = re.compile(r"@(ll|nh|th),(\d+),(\d+)")
 # expression -> bytes of one value (network byte order)
 _WIDTHS: Dict[str, int] = {"ether saddr": 6, "ether daddr": 6, "ip saddr": 4, "ip daddr": 4, "ip6 saddr": 16,
@@ -86,14 +90,25 @@ def _text(expr: str, data: bytes, interval: bool) -> Optional[str]:
         name = data.rstrip(b"\0").decode("ascii", errors="replace")
         return f'"{name}"' if _NAME.fullmatch(name) else None
     if expr in ("meta mark", "mark"):
-        return f"0x{struct.unpack('>I' if interval else '=I', data[:4])[0]:x}"
+        return f"0x{struct.unpack('>I' if interval else '=I', data[:4])[0]:08x}"  # as nft lists a mark
     width = lookup_width(expr)
     number = int.from_bytes(data[:width], "big")
     if expr.startswith(("ether ", "ip ", "ip6 ")) and expr != "ether type":
         if width == 6:
             return ":".join(f"{byte:02x}" for byte in data[:6])
         return str(ipaddress.ip_address(number if width == 4 else number.to_bytes(16, "big")))
+    if expr == "ether type":
+        return ETHER_TYPES.get(number, f"0x{number:04x}")
     return str(number) if expr.startswith("th ") else f"0x{number:x}"
+
+
+def _range(expr: str, low: str, high: str) -> str:
+    """A range as nft lists it: a network of addresses as a prefix."""
+    if expr.startswith(("ip ", "ip6 ")):
+        networks = list(ipaddress.summarize_address_range(ipaddress.ip_address(low), ipaddress.ip_address(high)))
+        if len(networks) == 1:
+            return str(networks[0])
+    return f"{low}-{high}"
 
 
 def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
@@ -109,7 +124,7 @@ def decode(spec: str, key: bytes, end: bytes) -> Optional[str]:
         high = _text(expr, end[offset:offset + size], True) if end else low
         if low is None or high is None:
             return None
-        parts.append(low if low == high else f"{low}-{high}")
+        parts.append(low if low == high else _range(expr, low, high))
         offset += size
     return " . ".join(parts)
 
@@ -130,3 +145,27 @@ def port_prefixes(portdev: str, port_id: Optional[int]) -> List[bytes]:
     marks = [struct.pack(order, port_id << shift) for shift in (0, layout.TO_SHIFT) for order in ("=I", ">I")
              ] if port_id else []
     return [portdev.encode().ljust(IFNAMSIZ, b"\0")] + marks
+
+
+def map_key(key: str) -> bytes:
+    """A key of our verdict maps in nft syntax (an interface name or a port mark) as the kernel holds it."""
+    if key.startswith('"'):
+        return key.strip('"').encode().ljust(IFNAMSIZ, b"\0")  # type ifname: the name, zero-padded
+    return struct.pack("=I", int(key, 0))  # type mark: 32 bits in host byte order
+
+
+def map_key_text(key: bytes) -> str:
+    """``map_key`` the other way, as nft lists it."""
+    if len(key) == IFNAMSIZ:
+        return '"' + key.rstrip(b"\0").decode(errors="replace") + '"'
+    return f"0x{struct.unpack('=I', key[:4])[0]:08x}"
+
+
+def element_list(name: str, key: bytes, end: bytes = b"") -> bytes:
+    """The netlink attributes naming one element of a set of ours (``end``:
+    of an interval set's element, its key's end), to delete or to get it."""
+    data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, key))
+    if end:
+        data += attribute(NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, end))
+    return (attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(layout.TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
+            + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attribute(NFTA_LIST_ELEM | NLA_F_NESTED, data)))
