@@ -31,6 +31,7 @@ NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NF_ACCEPT
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
 NFT_MSG_GETSETELEM = 13
+UNRECORDED = PortLive(set(), set())  # a port whose record cannot be read: none of its elements is known
 NFTA_SET_ELEM_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 2, 2, 1, 2
 VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
@@ -285,7 +286,7 @@ class Nft:
                     continue
                 head, by_key = _elements_by_key(block)
                 for portdev in ports:  # a shape's set or an id map: the port's own elements
-                    mine = self._elements_of(family, name, live[portdev]) if live is not None \
+                    mine = self._elements_of(family, name, live.get(portdev, UNRECORDED)) if live is not None \
                         else [item for key in shapes[portdev][1] for item in by_key.get(key, ())]
                     chains[portdev].setdefault(family, []).append(_shown(head, mine))
         return {portdev: "".join(f"table {family} {TABLE} {{\n" + "\n".join(blocks) + "\n}\n"
