@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 import struct
-from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
 from .integrity import BASE_MAPS, Chain, Kernel
@@ -31,12 +31,12 @@ NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NF_ACCEPT
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME = 10, 1, 2
 NFT_MSG_GETSETELEM = 13
-UNRECORDED = PortLive(set(), set())  # a port whose record cannot be read: none of its elements is known
 NFTA_SET_ELEM_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 2, 2, 1, 2
 VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
 PER_CHAIN_DUMPS_FROM = 10000  # chains in one of our tables (Nft._rules)
 # chains read back after a commit, and rules in our tables, for one dump per table (Nft.contents)
 TABLE_DUMP_FROM, TABLE_DUMP_RULES = 2000, 50000
+UNRECORDED = PortLive(set(), set())  # a port whose record cannot be read: none of its elements is known
 
 
 def _elements_by_key(block: str) -> Tuple[str, Dict[str, List[str]]]:
@@ -60,6 +60,15 @@ def _our_blocks(listing: str, family: str) -> List[str]:
         return []
     end = listing.find("\n}\n", start)
     return re.split(r"\n\t(?=(?:chain|set|map) )", listing[start:end if end >= 0 else len(listing)])[1:]
+
+
+def _elements(reply: Dict[int, bytes]) -> Iterator[Tuple[bytes, bytes, bytes]]:
+    """(key, key end or empty, data) of each set element in a netlink reply."""
+    for _kind, element in each_attribute(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+        parts = dict(each_attribute(element))
+        key, end = (dict(each_attribute(parts.get(kind, b""))).get(NFTA_DATA_VALUE, b"")
+                    for kind in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END))
+        yield key, end, parts.get(NFTA_SET_ELEM_DATA, b"")
 
 
 def _verdict(data: bytes) -> str:
@@ -227,13 +236,8 @@ class Nft:
         end or empty), the form set_members.encode gives."""
         wanted = [NFTA_SET_ELEM_LIST_ELEMENTS]
         request = attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
-        found = set()
-        for reply in self.netlink.request(NFT_MSG_GETSETELEM, wanted, family, request, dump=True):
-            for _kind, element in each_attribute(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
-                parts = {kind: dict(each_attribute(value)).get(NFTA_DATA_VALUE, b"")
-                         for kind, value in each_attribute(element) if kind in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END)}
-                found.add((parts.get(NFTA_SET_ELEM_KEY, b""), parts.get(NFTA_SET_ELEM_KEY_END, b"")))
-        return found
+        return {(key, end) for reply in self.netlink.request(NFT_MSG_GETSETELEM, wanted, family, request, dump=True)
+                for key, end, _data in _elements(reply)}
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""
@@ -297,7 +301,8 @@ class Nft:
         """A port's elements of one of its shape's sets or of an id map, as
         nft lists them, of those its record names that the kernel holds."""
         if name in ID_MAPS:
-            held = [self.element(family, name, map_key(key)) for f, m, key in sorted(port.elements) if (f, m) == (family, name)]
+            held = [self.element(family, name, map_key(key))
+                    for f, m, key in sorted(port.elements) if (f, m) == (family, name)]
             return [f"{map_key_text(found[0])} : {found[2]}" for found in held if found]
         spec = port.specs.get((family, name), "")
         held = [self.element(family, name, *encode(spec, element))
@@ -315,10 +320,6 @@ class Nft:
             if exc.errno == errno.ENOENT:
                 return None
             raise
-        for reply in replies:
-            for _kind, element in each_attribute(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
-                parts = dict(each_attribute(element))
-                return (dict(each_attribute(parts.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE, b""),
-                        dict(each_attribute(parts.get(NFTA_SET_ELEM_KEY_END, b""))).get(NFTA_DATA_VALUE, b""),
-                        _verdict(parts.get(NFTA_SET_ELEM_DATA, b"")))
+        for key, end, data in (found for reply in replies for found in _elements(reply)):
+            return key, end, _verdict(data)
         return None
