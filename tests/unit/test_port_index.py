@@ -110,6 +110,23 @@ def test_lost_totals_are_counted_again_and_written_with_the_next_change(tmp_path
     assert PortIndex(str(tmp_path), _read).holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet1"]}
 
 
+def test_a_shape_whose_named_port_left_is_found_in_the_first_shards(tmp_path):
+    """With many ports in a shape, naming another reads a shard or two, not all 64."""
+    stored = PortIndex(str(tmp_path), _read)
+    index = stored.copy()
+    for number in range(1000):
+        index.set(f"vnet{number}", _entry(number + 1))
+    atomic_write_many(index.writes(stored))
+    read = []
+    stored = PortIndex(str(tmp_path), lambda path: read.append(os.path.basename(path)) or _read(path))
+    named = stored.shapes()["s1"]
+    index = stored.copy()
+    index.pop(named)
+    read.clear()
+    assert index.shapes()["s1"] not in (None, named)
+    assert len([name for name in read if name != TOTALS]) <= 2, read
+
+
 def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
     stored = PortIndex(str(tmp_path), _read)
     index = stored.copy()

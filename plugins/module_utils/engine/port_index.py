@@ -259,9 +259,12 @@ class PortIndex:
         port the totals named has left it)."""
         shapes = self.totals["shapes"]
         wanted = {name for name, (_count, port) in shapes.items() if port is None}
-        if wanted:
-            for port, entry in sorted(self.all().items()):
-                if entry[SHAPE] in wanted and shapes[entry[SHAPE]][1] is None:
+        for shard in SHARDS:  # shard by shard: a shape of many ports has one in the first read
+            if not wanted:
+                break
+            for port, entry in sorted(self._shard(shard).items()):
+                if entry[SHAPE] in wanted:
+                    wanted.discard(entry[SHAPE])
                     shapes[entry[SHAPE]][1] = port
                     self._changed.add(TOTALS)
         return {name: port for name, (_count, port) in shapes.items()}
