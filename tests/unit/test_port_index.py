@@ -127,6 +127,29 @@ def test_a_shape_whose_named_port_left_is_found_in_the_first_shards(tmp_path):
     assert len([name for name in read if name != TOTALS]) <= 2, read
 
 
+def test_a_lookup_shard_put_back_from_a_backup_is_counted_again_by_the_full_check(tmp_path):
+    stored = PortIndex(str(tmp_path), _read)
+    index = stored.copy()
+    index.set("vnet0", _entry(1, addresses=ADDRESSES[:1]))
+    atomic_write_many(index.writes(stored))
+    shard = tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json"
+    backup = shard.read_text()
+    stored = PortIndex(str(tmp_path), _read)
+    index = stored.copy()
+    index.pop("vnet0")
+    index.set("vnet1", _entry(2, addresses=ADDRESSES[:1]))
+    atomic_write_many(index.writes(stored))
+    shard.write_text(backup)  # valid JSON, but of a port that left
+    stored = PortIndex(str(tmp_path), _read)
+    assert stored.holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet0"]}
+    stored.recount()  # what the full kernel check and restore do
+    assert stored.holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet1"]}
+    index = stored.copy()
+    index.set("vnet2", _entry(3))
+    atomic_write_many(index.writes(stored))
+    assert json.loads(shard.read_text()) == {ADDRESSES[0]: ["vnet1"]}
+
+
 def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
     stored = PortIndex(str(tmp_path), _read)
     index = stored.copy()

@@ -166,15 +166,19 @@ class PortIndex:
             found = None
         if _lookups_valid(found):
             return found
-        if self._lookups is None:  # derived: counted again from every port's entry, all shards at once
+        found = self._counted_lookups().get(name, {})
+        if text is not None or found:
+            self._recounted.add(name)
+        return found
+
+    def _counted_lookups(self) -> Dict[str, Dict[str, list]]:
+        """The lookup shards counted again from every port's entry, all at once."""
+        if self._lookups is None:
             self._lookups = {}
             for port, entry in sorted(self.all().items()):
                 for key in lookup_keys(entry):
                     self._lookups.setdefault(f"{BY}{shard_of(key)}", {}).setdefault(key, []).append(port)
-        found = self._lookups.get(name, {})
-        if text is not None or found:
-            self._recounted.add(name)
-        return found
+        return self._lookups
 
     def _writable(self, name: str) -> Dict[str, list]:
         if name not in self._changed:
@@ -237,13 +241,20 @@ class PortIndex:
         return _counted(entries)
 
     def recount(self) -> None:
-        """Count the totals again from every entry, and keep the count if it
-        differs (a shard lost or put back from a backup leaves them wrong;
-        the full kernel check calls this, reading every shard anyway)."""
+        """Count the totals and the lookup shards again from every entry, and
+        keep what differs (a shard lost or put back from a backup leaves them
+        wrong; the full kernel check and restore call this, reading every
+        port's shard anyway)."""
         counted = _counted(self.all())
         if _counts(counted) != _counts(self.totals):
             self._totals = counted
             self._recounted.add(TOTALS)
+        lookups = self._counted_lookups()
+        for name in (f"{BY}{shard}" for shard in SHARDS):
+            found = lookups.get(name, {})
+            if {key: sorted(ports) for key, ports in self._shard(name).items()} != found:
+                self._shards[name] = found
+                self._recounted.add(name)
 
     def used_ids(self) -> int:
         """The ids in use, as the bits of an int."""
