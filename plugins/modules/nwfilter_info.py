@@ -123,7 +123,9 @@ bindings:
       elements: str
       sample: ["out root: jump mac (priority -800)", "out mac: 500 return mac srcmacaddr=52:54:00:aa:00:01", "out mac: 500 drop mac"]
     nft:
-      description: The nftables rules in force for this binding, as C(nft list) prints them.
+      description:
+        - The nftables rules in force for this binding, as C(nft list) prints them, read from the kernel.
+        - Chains that many bindings share are shown with this binding's elements of their sets only.
       type: str
       sample: "table bridge vmguard {\n\tchain p/vnet0/o {\n\t\tether type ip jump p/vnet0/o/ipv4-ip\n\t\tdrop\n\t}\n}\n"
     port_id:
