@@ -101,6 +101,26 @@ def test_a_change_reads_what_it_touches_not_the_host(lab, host, monkeypatch, cha
     assert len(set(files)) <= 16, sorted(set(files))  # the lock, version, journal, marker, shards, records...
 
 
+def test_the_learners_scan_reads_only_the_bindings_that_may_learn(lab, host, monkeypatch):
+    """The learner asks which bindings learn on every store change: the
+    index answers for the bindings that give every address their tree uses."""
+    given = [Binding(f"many{i}", f"52:54:00:45:00:{i:02x}", FilterRef("clean-traffic", {"IP": (f"10.46.0.{i}",)}))
+             for i in range(100)]
+    learning = [Binding("vnet7", "52:54:00:00:00:77", FilterRef("clean-traffic", {})),
+                Binding("vnet8", "52:54:00:00:00:88",  # IPv4 given, IPv6 learned
+                        FilterRef("vmguard-clean-traffic-dualstack", {"IP": ("10.46.1.8",)}))]
+    host.set_bindings(given + learning)
+    fresh = Host(host.store.root, netns=lab.host)  # as the service after a store change
+    read = []
+    monkeypatch.setattr(store_module, "_text_of", lambda path, *rest, text_of=store_module._text_of:
+                        read.append(path) or text_of(path, *rest))
+    found = fresh.learnable()
+    monkeypatch.undo()
+    assert {port: sorted(learned) for port, (_binding, _mode, learned) in found.items()} == \
+        {"vnet7": ["IP"], "vnet8": ["IPV6"]}
+    assert sorted(os.path.basename(path) for path in read if "/bindings/" in path) == ["vnet7.xml", "vnet8.xml"]
+
+
 def _stored(host, port):
     """What the store says the port has in our tables (its set elements included)."""
     return host._load().live({port})[port]  # pylint: disable=protected-access

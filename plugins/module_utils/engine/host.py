@@ -27,7 +27,7 @@ from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .lazy_map import LazyMap
-from .port_index import DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
+from .port_index import ADDRESSES, DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
 from .xml_form import binding_to_xml, filter_to_xml
 
@@ -485,7 +485,8 @@ class Host:
         found = {}
         filters = state.all_filters()
         memo: Dict[tuple, Set[str]] = {}  # only the variables' names matter: ports alike share one walk
-        for portdev, binding in state.bindings.items():
+        for portdev in self._may_learn(state, filters):
+            binding = state.bindings[portdev]
             mode = _learning_mode(binding)
             if mode == "none":
                 continue
@@ -496,6 +497,27 @@ class Host:
             if needed:
                 learned = state.learned.get(portdev, {})
                 found[portdev] = (binding, mode, {name: learned.get(name, []) for name in sorted(needed)})
+        return found
+
+    @staticmethod
+    def _may_learn(state: _State, filters: Mapping[str, Filter]) -> List[str]:
+        """The bindings that may have an address to learn, found in the index
+        (10,000 bindings are not read on every store change): those whose
+        tree uses IP or IPV6 without their giving it, and those the index
+        does not know."""
+        uses: Dict[str, Set[str]] = {}  # per root filter, which of IP and IPV6 its tree leaves unset
+        entries = state.index.all()
+        found = []
+        for portdev in state.bindings:
+            entry = entries.get(portdev)
+            root = entry[ROOT] if entry is not None else None
+            if root is not None and root not in uses:
+                try:
+                    uses[root] = set(_resolver().unset_variables(filters, root)) & {"IP", "IPV6"}
+                except NwfilterError:  # the binding's own walk says why
+                    uses[root] = {"IP", "IPV6"}
+            if root is None or uses[root] - {address.split(" ", 1)[0] for address in entry[ADDRESSES] or ()}:
+                found.append(portdev)
         return found
 
     def waiting(self, ports: Optional[Sequence[str]] = None) -> Dict[str, Binding]:

@@ -17,7 +17,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import schema
 from .errors import NwfilterError
@@ -159,6 +159,12 @@ def _walk(filters: Mapping[str, Filter], root: str, where: str) -> List[_Instanc
 def _references(rule: Rule) -> Tuple[Tuple[str, VarRef], ...]:
     return tuple((name, ref) for name, ref in ((name, parse_reference(match.value))
                                                for name, match in rule.attributes.items()) if ref is not None)
+
+
+def unset_variables(filters: Mapping[str, Filter], root: str) -> FrozenSet[str]:
+    """The variables the tree of ``root`` uses and no filter of it sets: a
+    binding of it must give them (or a learner find them)."""
+    return _plan(filters, root, f"filter {root!r}").unset
 
 
 def missing_variables(filters: Mapping[str, Filter], binding: Binding,
