@@ -133,7 +133,3 @@ class Lab:
         """The handle of the first rule of that chain whose listing contains ``containing``."""
         listing = run(["ip", "netns", "exec", self.host, "nft", "-a", "list", "chain", family, table, chain]).stdout
         return next(line for line in listing.splitlines() if containing in line).rsplit("handle ", 1)[1].strip()
-
-    @property
-    def nft_argv(self) -> List[str]:
-        return ["ip", "netns", "exec", self.host, "nft"]

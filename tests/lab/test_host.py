@@ -59,7 +59,7 @@ def test_define_bind_redefine_identical_and_unbind(lab, host):
 
 def test_the_nft_command_works_as_well_as_the_library(lab, tmp_path):
     vm = lab.guests["vm"]
-    host = Host(str(tmp_path / "cmd"), lab.nft_argv)
+    host = Host(str(tmp_path / "cmd"), ["nft"], netns=lab.host)  # the command, run inside the lab's namespace
     host.bind(Binding(vm.port, vm.mac, FilterRef("clean-traffic", {"IP": (vm.ip,)})))
     assert '"vnet0" . 192.0.2.10' in host.status(vm.port)["nft"]
     verdicts = run_probes(lab, standard_probes(vm, lab.guests["peer"]))
