@@ -33,6 +33,7 @@ ARP_FIELDS: Dict[str, Tuple[int, int]] = {
     "hwtype": (0, 16), "protocoltype": (16, 16), "opcode": (48, 16), "arpsrcmacaddr": (64, 48),
     "arpsrcipaddr": (112, 32), "arpdstmacaddr": (144, 48), "arpdstipaddr": (192, 32),
 }
+ARP_MASKS = {name: name.replace("addr", "mask") for name in ARP_FIELDS if name.endswith("ipaddr")}
 # Neighbour discovery (RFC 4861), in bits from the start of the ICMPv6 header:
 # NS, NA and redirect carry the target address at 64; the options of NS and NA
 # start at 192. The link-layer address option an NS (source, 1) or an NA
@@ -121,8 +122,10 @@ class Attrs:
             raise NotShared(self.element, sorted(self.slots.intersection(names)))
 
     def take(self, name: str) -> Optional[Tuple[Any, bool]]:
-        self.used.add(name)
-        return self.values.get(name)
+        found = self.values.get(name)
+        if found is not None:
+            self.used.add(name)
+        return found
 
     def check_all_used(self) -> None:
         for name in self.values:
@@ -268,8 +271,8 @@ def _arp(attrs: Attrs, ethertype: int) -> List[str]:
         raise unsupported(attrs.element, "gratuitous")
     out = [f"ether type 0x{ethertype:04x}"]
     for name, field in ARP_FIELDS.items():
-        mask_name = name.replace("addr", "mask") if name.endswith("ipaddr") else None
-        out += _raw(attrs, name, "nh", field, mask_name)
+        if name in attrs.values:  # a rule names one or two of them
+            out += _raw(attrs, name, "nh", field, ARP_MASKS.get(name))
     return out
 
 
