@@ -127,12 +127,17 @@ def test_a_shape_whose_named_port_left_is_found_in_the_first_shards(tmp_path):
     assert len([name for name in read if name != TOTALS]) <= 2, read
 
 
-def test_a_lookup_shard_put_back_from_a_backup_is_counted_again_by_the_full_check(tmp_path):
+def _vnet0_at_an_address(tmp_path):
+    """An index of vnet0 bound to the first address, written; the path of that address's lookup shard."""
     stored = PortIndex(str(tmp_path), _read)
     index = stored.copy()
     index.set("vnet0", _entry(1, addresses=ADDRESSES[:1]))
     atomic_write_many(index.writes(stored))
-    shard = tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json"
+    return tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json"
+
+
+def test_a_lookup_shard_put_back_from_a_backup_is_counted_again_by_the_full_check(tmp_path):
+    shard = _vnet0_at_an_address(tmp_path)
     backup = shard.read_text()
     stored = PortIndex(str(tmp_path), _read)
     index = stored.copy()
@@ -151,11 +156,7 @@ def test_a_lookup_shard_put_back_from_a_backup_is_counted_again_by_the_full_chec
 
 
 def test_a_lost_address_shard_is_written_by_a_change_of_any_port(tmp_path):
-    stored = PortIndex(str(tmp_path), _read)
-    index = stored.copy()
-    index.set("vnet0", _entry(1, addresses=ADDRESSES[:1]))
-    atomic_write_many(index.writes(stored))
-    lost = tmp_path / f"{BY}{shard_of(ADDRESSES[0])}.json"
+    lost = _vnet0_at_an_address(tmp_path)
     lost.write_text("[")
     stored = PortIndex(str(tmp_path), _read)
     assert stored.holding(ADDRESSES[:1]) == {ADDRESSES[0]: ["vnet0"]}
