@@ -63,9 +63,9 @@ def _new_context() -> int:
     return ctx
 
 
-def _run(ctx: int, commands: str, output: int) -> "tuple[int, str, str]":
+def _run(ctx: int, commands: str, flags: int) -> "tuple[int, str, str]":
     lib = _lib()
-    lib.nft_ctx_output_set_flags(ctx, output)
+    lib.nft_ctx_output_set_flags(ctx, flags)
     code = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
     # nft 1.0.6 prints a dormant table's flags from freed memory: never let such bytes raise
     output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
@@ -86,9 +86,9 @@ def _serve(netns: str, jobs: "queue.Queue[Optional[tuple]]", entered: "queue.Que
     entered.put(None)
     try:
         for job in iter(jobs.get, None):
-            commands, output, done = job
+            commands, flags, done = job
             try:
-                done.put((_run(ctx, commands, output), None))
+                done.put((_run(ctx, commands, flags), None))
             except BaseException as exc:  # pylint: disable=broad-except
                 done.put((None, exc))
     finally:
@@ -108,17 +108,17 @@ class LibNftables:
         self._ctx: Optional[int] = None
         self._jobs: "Optional[queue.Queue[Optional[tuple]]]" = None
 
-    def run(self, commands: str, output: int = 0) -> "tuple[int, str, str]":
-        """(return code, output, error text) of running ``commands`` (``output``: OUTPUT_* flags)."""
+    def run(self, commands: str, flags: int = 0) -> "tuple[int, str, str]":
+        """(return code, output, error text) of running ``commands`` with the OUTPUT_* ``flags``."""
         with self._lock:
             if self.netns is None:
                 if self._ctx is None:
                     self._ctx = _new_context()
                     weakref.finalize(self, _lib().nft_ctx_free, self._ctx)
-                return _run(self._ctx, commands, output)
-            return self._in_namespace(commands, output)
+                return _run(self._ctx, commands, flags)
+            return self._in_namespace(commands, flags)
 
-    def _in_namespace(self, commands: str, output: int) -> "tuple[int, str, str]":
+    def _in_namespace(self, commands: str, flags: int) -> "tuple[int, str, str]":
         # setns moves only the calling thread: a worker thread stays in the namespace
         if self._jobs is None:
             jobs: "queue.Queue[Optional[tuple]]" = queue.Queue()
@@ -130,7 +130,7 @@ class LibNftables:
             self._jobs = jobs
             weakref.finalize(self, jobs.put, None)
         done: "queue.Queue[tuple]" = queue.Queue()
-        self._jobs.put((commands, output, done))
+        self._jobs.put((commands, flags, done))
         outcome, failure = done.get()
         if failure is not None:
             raise failure
