@@ -265,6 +265,15 @@ class Nft:
         (nft 1.0.6 reads every element of a table to list even one chain of
         it), and each port's elements asked of the kernel by their keys, so
         that the read costs what it shows, not what the host holds."""
+        if live is not None:
+            try:
+                return self._ports_rules(portdevs, shapes, live)
+            except OSError:  # a kernel that cannot get one element: the listing has them all
+                pass
+        return self._ports_rules(portdevs, shapes, None)
+
+    def _ports_rules(self, portdevs: Sequence[str], shapes: Mapping[str, Tuple[str, Sequence[str]]],
+                     live: Optional[Mapping[str, PortLive]]) -> Dict[str, str]:
         users: Dict[str, List[str]] = {}  # per block of ours, the ports it is shown for
         for portdev in portdevs:
             if portdev in shapes:
