@@ -1,9 +1,10 @@
 """Where a bulk bind of N ports goes: one set_bindings call of N bench-vm
 bindings in a fresh store, split into the engine's own work (resolve,
 compile, the script), nft (libnftables, one transaction) and the store
-(files written and fsynced), as wall and CPU time. Each round runs in a
-fresh process, as a module run does: the compiler's caches start empty
-(a second bulk of the same ports in one process reuses them).
+(files written and fsynced), as wall and CPU time; then a redefine of the
+filter they all use. Each step runs in a fresh process, as a module run
+does: the compiler's caches start empty (a second bulk of the same ports
+in one process reuses them).
 
     python -m bench.bulk [--ports N] [--rounds R]
 """
@@ -40,40 +41,58 @@ def _timing(parts: Dict[str, List[float]], name: str, call: Callable) -> Callabl
     return timed
 
 
-def bulk(netns: str, ports: int) -> Dict[str, float]:
+def bulk(root: str, netns: str, ports: int) -> Dict[str, float]:
+    """Bind ``ports`` bench-vm ports to an empty store in one call."""
     parts: Dict[str, List[float]] = {f"{name} {kind}": [] for name in ("nft", "store") for kind in ("wall", "CPU")}
-    with tempfile.TemporaryDirectory() as root:
-        host = Host(root, netns=netns)
-        host.define_filter(filter_from_xml(FILTER.format(port=22)))
-        bindings = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(ports)]
-        host.nft.apply = _timing(parts, "nft", host.nft.apply)
-        host.store.finish = _timing(parts, "store", host.store.finish)
-        wall, cpu = time.perf_counter(), time.process_time()
-        host.set_bindings(bindings)
-        figures = {"total wall": time.perf_counter() - wall, "total CPU": time.process_time() - cpu}
-        host.set_bindings([], exclusive=True)
+    host = Host(root, netns=netns)
+    host.define_filter(filter_from_xml(FILTER.format(port=22)))
+    bindings = [Binding(p, mac, FilterRef("bench-vm", {"IP": (ip,)})) for p, mac, ip in _ports(ports)]
+    host.nft.apply = _timing(parts, "nft", host.nft.apply)
+    host.store.finish = _timing(parts, "store", host.store.finish)
+    wall, cpu = time.perf_counter(), time.process_time()
+    host.set_bindings(bindings)
+    figures = {"total wall": time.perf_counter() - wall, "total CPU": time.process_time() - cpu}
     figures.update({name: sum(values[:1]) for name, values in parts.items()})  # the bind's own calls
     figures["engine wall"] = figures["total wall"] - figures["nft wall"] - figures["store wall"]
     return figures
+
+
+def redefine(root: str, netns: str) -> Dict[str, float]:
+    """Change the filter every port of the store uses: all of them are compiled again."""
+    host = Host(root, netns=netns)
+    wall = time.perf_counter()
+    host.define_filter(filter_from_xml(FILTER.format(port=23)))
+    return {"redefine wall (all ports)": time.perf_counter() - wall}
+
+
+def _child(operation: str, root: str, netns: str, ports: int) -> Dict[str, float]:
+    done = subprocess.run([sys.executable, "-m", "bench.bulk", "--ports", str(ports), "--child", operation, root, netns],
+                          capture_output=True, text=True, check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    return json.loads(done.stdout)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ports", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--in-namespace", help=argparse.SUPPRESS)  # one round, in this process (the child)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # operation, store, namespace: one step, here
     args = parser.parse_args()
-    if args.in_namespace:
-        print(json.dumps(bulk(args.in_namespace, args.ports)))
+    if args.child:
+        operation, root, netns = args.child
+        print(json.dumps(bulk(root, netns, args.ports) if operation == "bind" else redefine(root, netns)))
         return 0
     from lab.netns import Lab  # pylint: disable=import-outside-toplevel
+    runs = []
     with Lab("bb") as lab:
-        runs = [json.loads(subprocess.run([sys.executable, "-m", "bench.bulk", "--ports", str(args.ports),
-                                           "--in-namespace", lab.host], capture_output=True, text=True, check=True,
-                                          cwd=os.path.join(os.path.dirname(__file__), "..")).stdout)
-                for _round in range(args.rounds)]
-    print(f"# bulk bind of {args.ports} ports, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"median of {args.rounds} fresh processes (CPU: the process, libnftables included; nft's kernel work is system time)")
+        for _round in range(args.rounds):
+            with tempfile.TemporaryDirectory() as root:
+                found = _child("bind", root, lab.host, args.ports)
+                found.update(_child("redefine", root, lab.host, args.ports))
+                Host(root, netns=lab.host).set_bindings([], exclusive=True)
+            runs.append(found)
+    print(f"# bulk bind of {args.ports} ports, then a redefine of their filter, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{os.cpu_count()} cores, median of {args.rounds}, each step in a fresh process "
+          "(CPU: the process, libnftables included; nft's kernel work is system time)")
     print("\n| part | median | runs |\n| --- | --- | --- |")
     for name in runs[0]:
         values = [run[name] for run in runs]
