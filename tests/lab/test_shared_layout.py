@@ -87,10 +87,14 @@ def test_every_value_a_lookup_carries_is_compared_as_the_kernel_holds_it(lab, ho
     # a report of a few ports gets their elements by key; of many, from nft's listing: the same text
     every = host.report()
     assert len(every) > FEW_PORTS and "\tmap id_from_lo {\n\t\ttype ifname : verdict\n\t\telements = {" in listing
+    commands = []
+    monkeypatch.setattr(host.nft, "_run", lambda args, *rest, run=host.nft._run: commands.append(args) or run(args, *rest))
     for binding in bindings:
         few = host.report([binding.portdev])[binding.portdev]["nft"]
         assert _elements_sorted(few) == _elements_sorted(every[binding.portdev]["nft"]), binding.portdev
         assert "\t}\n\t}" not in few  # a set shown without elements is closed once
+    assert commands and all(args[:1] == ["-t"] for args in commands)  # no listing with the elements: none fell back
+    monkeypatch.undo()
     port = bindings[-1].portdev  # a kernel that cannot get one element: the listing is read instead
     monkeypatch.setattr(host.nft, "element", _unsupported)
     assert host.report([port])[port]["nft"] == every[port]["nft"]
