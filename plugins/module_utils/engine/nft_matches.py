@@ -10,6 +10,7 @@ source and destination, as libvirt does for the mirrored half of a rule.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -90,6 +91,11 @@ class NotShared(Exception):
 LOOKUP = "$K . {expr} {negate}@${kind}{value}$"
 
 
+@functools.lru_cache(maxsize=1 << 12)  # a port's address is written into several of its rules
+def _ipv4_int(address: str) -> int:
+    return int(ipaddress.IPv4Address(address))
+
+
 def _mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
@@ -133,6 +139,7 @@ class Attrs:
                 raise unsupported(self.element, name)
 
 
+@functools.lru_cache(maxsize=None)  # attribute names: a few dozen
 def _swapped(name: str) -> str:
     for old, new in (("srcport", "dstport"), ("dstport", "srcport"), ("srcip", "dstip"), ("dstip", "srcip"),
                      ("srcmac", "dstmac"), ("dstmac", "srcmac"), ("arpsrc", "arpdst"), ("arpdst", "arpsrc")):
@@ -188,7 +195,7 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
         return []
     value, negate = found
     offset, width = field
-    number = _mac_int(value) if width == 48 else int(ipaddress.IPv4Address(value)) if width == 32 and "ip" in name \
+    number = _mac_int(value) if width == 48 else _ipv4_int(value) if width == 32 and "ip" in name \
         else int(value)
     mask = attrs.take(mask_name) if mask_name else None
     expr = f"@{base},{offset},{width}"
