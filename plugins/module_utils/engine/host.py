@@ -26,6 +26,7 @@ from .nft_delete import remove_members, remove_ports
 from .set_members import port_prefixes
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
+from .overlaps import address_kinds
 from .lazy_map import LazyMap
 from .port_index import ADDRESSES, DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
@@ -516,7 +517,7 @@ class Host:
                     uses[root] = set(_resolver().unset_variables(filters, root)) & {"IP", "IPV6"}
                 except NwfilterError:  # the binding's own walk says why
                     uses[root] = {"IP", "IPV6"}
-            if root is None or uses[root] - {address.split(" ", 1)[0] for address in entry[ADDRESSES] or ()}:
+            if root is None or uses[root] - address_kinds(entry[ADDRESSES] or ()):
                 found.append(portdev)
         return found
 

@@ -18,8 +18,7 @@ from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import OUTPUT_JSON, OUTPUT_TERSE, LibNftables, library
 from .nft_layout import ID_MAPS, TABLE, PortLive, owner_of, portdev_of
 from .set_members import (NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS,
-                          NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, decode, element_list, encode, map_key,
-                          map_key_text)
+                          decode, element_list, encode, map_key, map_key_text, set_named)
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
 from .rule_content import chain_digest
 
@@ -234,10 +233,9 @@ class Nft:
     def set_members(self, family: str, name: str) -> Set[Tuple[bytes, bytes]]:
         """The elements of one of our sets as the kernel holds them: (key, key
         end or empty), the form set_members.encode gives."""
-        wanted = [NFTA_SET_ELEM_LIST_ELEMENTS]
-        request = attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
-        return {(key, end) for reply in self.netlink.request(NFT_MSG_GETSETELEM, wanted, family, request, dump=True)
-                for key, end, _data in _elements(reply)}
+        replies = self.netlink.request(NFT_MSG_GETSETELEM, [NFTA_SET_ELEM_LIST_ELEMENTS], family, set_named(name),
+                                       dump=True)
+        return {(key, end) for reply in replies for key, end, _data in _elements(reply)}
 
     def live(self) -> Dict[str, PortLive]:
         """Per port, the chains and verdict-map elements of ours in force now."""

@@ -8,7 +8,7 @@ modules warn rather than refuse."""
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Mapping, Sequence
+from typing import Collection, Dict, List, Mapping, Sequence, Set
 
 from .model import Binding
 
@@ -17,6 +17,11 @@ def binding_addresses(binding: Binding) -> List[str]:
     """The binding's MAC, IP and IPV6 addresses, as "KIND value" (kept in the store's index)."""
     given = binding.parameters
     return [f"{kind} {value.lower()}" for kind in ("MAC", "IP", "IPV6") for value in given.get(kind, ())]
+
+
+def address_kinds(addresses: Collection[str]) -> Set[str]:
+    """The kinds (MAC, IP, IPV6) of addresses as ``binding_addresses`` writes them."""
+    return {address.split(" ", 1)[0] for address in addresses}
 
 
 def shared_addresses(addresses: Mapping[str, Sequence[str]], ports: Collection[str]) -> List[str]:

@@ -161,11 +161,16 @@ def map_key_text(key: bytes) -> str:
     return f"0x{struct.unpack('=I', key[:4])[0]:08x}"
 
 
+def set_named(name: str) -> bytes:
+    """The netlink attributes naming a set of ours, for a request about its elements."""
+    return attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(layout.TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
+
+
 def element_list(name: str, key: bytes, end: bytes = b"") -> bytes:
     """The netlink attributes naming one element of a set of ours (``end``:
     of an interval set's element, its key's end), to delete or to get it."""
     data = attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, key))
     if end:
         data += attribute(NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, attribute(NFTA_DATA_VALUE, end))
-    return (attribute(NFTA_SET_ELEM_LIST_TABLE, cstring(layout.TABLE)) + attribute(NFTA_SET_ELEM_LIST_SET, cstring(name))
-            + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attribute(NFTA_LIST_ELEM | NLA_F_NESTED, data)))
+    return set_named(name) + attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                                       attribute(NFTA_LIST_ELEM | NLA_F_NESTED, data))
