@@ -83,12 +83,15 @@ def main() -> int:
         return 0
     from lab.netns import Lab  # pylint: disable=import-outside-toplevel
     runs = []
-    with Lab("bb") as lab:
-        for _round in range(args.rounds):
-            with tempfile.TemporaryDirectory() as root:
-                found = _child("bind", root, lab.host, args.ports)
-                found.update(_child("redefine", root, lab.host, args.ports))
-                Host(root, netns=lab.host).set_bindings([], exclusive=True)
+    # Each round's store is kept until the end and the kernel reset by a flush: deleting the previous round's
+    # files would make this round's creations slow on an ext4 without a journal (this VM's), which scans past
+    # every inode deleted in the last 30 s (recently_deleted); a host's bulk bind does not follow such churn.
+    with Lab("bb") as lab, tempfile.TemporaryDirectory() as stores:
+        for number in range(args.rounds):
+            root = os.path.join(stores, str(number))
+            found = _child("bind", root, lab.host, args.ports)
+            found.update(_child("redefine", root, lab.host, args.ports))
+            lab.nft("flush ruleset\n")
             runs.append(found)
     print(f"# bulk bind of {args.ports} ports, then a redefine of their filter, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{os.cpu_count()} cores, median of {args.rounds}, each step in a fresh process "
