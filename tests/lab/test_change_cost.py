@@ -8,12 +8,13 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from engine import host as host_module
 from engine import store as store_module
-from engine import nft_compile, nft_layout
+from engine import nft_compile, nft_delete, nft_layout
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
@@ -39,13 +40,35 @@ def test_a_removal_over_netlink_takes_exactly_the_port(lab, host, monkeypatch):
     host.bind(_clean(vm))
     before = lab.nft_list()
     sent = []
-    monkeypatch.setattr(host_module, "remove_ports", lambda *args: sent.append(args) or remove_ports(*args))
+    monkeypatch.setattr(nft_delete, "remove_ports", lambda *args: sent.append(args) or remove_ports(*args))
     learning = Binding(peer.port, peer.mac, FilterRef("clean-traffic"))  # learning: it has address-lock sets too
     host.bind(learning)
     assert "lock4" in lab.nft_list()
     result = host.unbind(peer.port)
     assert result.changed and len(sent) == 1 and lab.nft_list() == before
     assert not _spoofed_passes(lab) and not host.converge().changed
+
+
+# what a run loads only when it compiles, lists our tables to compare them, removes ports or walks a tree
+LOADED_WHEN_NEEDED = {"engine.resolver", "engine.nft_compile", "engine.integrity", "engine.nft_delete",
+                      "engine.builtin_filters"}
+
+
+def test_an_unchanged_rerun_loads_only_what_it_uses(lab, host):
+    """Ansible's payload compiles every source a module imports on every run:
+    the fleet's rerun that changes nothing imports none of that code."""
+    vm = lab.guests["vm"]
+    host.bind(_clean(vm))
+    code = ("import json, sys\nfrom engine.host import Host\nfrom engine.model import Binding, FilterRef\n"
+            f"binding = Binding({vm.port!r}, {vm.mac!r}, FilterRef('clean-traffic', {{'IP': ({vm.ip!r},)}}))\n"
+            f"result = Host({host.store.root!r}, netns={lab.host!r}).set_bindings([binding], exclusive=True)\n"
+            "print(json.dumps([result.changed, [name for name in sys.modules if name.startswith('engine.')]]))\n")
+    engine = os.path.dirname(os.path.dirname(sys.modules[Host.__module__].__file__))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=engine))
+    changed, loaded = json.loads(done.stdout)
+    assert not changed and "engine.store" in loaded
+    assert not LOADED_WHEN_NEEDED & set(loaded)
 
 
 def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch):
@@ -59,7 +82,7 @@ def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch)
                       FilterRef("clean-traffic", {"IP": (f"10.44.{i >> 8}.{i & 0xff}",)})) for i in range(700)]
     host.set_bindings([_clean(vm)] + others)
     sent = []  # only removals that netlink took whole, without falling back to nft
-    monkeypatch.setattr(host_module, "remove_ports", lambda *args: remove_ports(*args) or sent.append(args))
+    monkeypatch.setattr(nft_delete, "remove_ports", lambda *args: remove_ports(*args) or sent.append(args))
     assert host.set_bindings([_clean(vm)], exclusive=True).changed
     assert len(sent) == 1 and lab.nft_list() == before
     assert not _spoofed_passes(lab) and not host.converge().changed
@@ -159,7 +182,7 @@ def test_a_removal_falls_back_to_nft_when_netlink_fails(lab, host, monkeypatch):
 
     def refused(*_args):
         raise OSError(85, "stale generation")
-    monkeypatch.setattr(host_module, "remove_ports", refused)
+    monkeypatch.setattr(nft_delete, "remove_ports", refused)
     assert host.unbind(peer.port).changed and lab.nft_list() == before
 
 

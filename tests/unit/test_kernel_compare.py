@@ -1,6 +1,7 @@
 """Comparing what the kernel holds with what the store says (pure logic)."""
 
-from engine.integrity import BASE_CHAINS, BASE_MAPS, BASE_TABLES, FIXED_CHAINS, Kernel, base_contents, compare
+from engine.integrity import BASE_CHAINS, BASE_MAPS, BASE_TABLES, FIXED_CHAINS, base_contents, compare
+from engine.nft_layout import MAP_KEYS, Kernel
 from engine.nft_netlink import attribute
 from engine.rule_content import chain_digest
 
@@ -21,6 +22,7 @@ def _kernel():
 
 def test_the_base_layout_is_read_from_the_base_script():
     assert BASE_TABLES == {"bridge", "inet"} and ("inet", "fi") in BASE_MAPS
+    assert set(MAP_KEYS) == BASE_MAPS  # Nft.kernel reads the maps MAP_KEYS names
     assert BASE_CHAINS[("bridge", "prerouting")] == 4 and BASE_CHAINS[("inet", "forward")] == 4
     assert ("bridge", "shared_o") in FIXED_CHAINS and ("bridge", "id/to/hi/127") in FIXED_CHAINS
 

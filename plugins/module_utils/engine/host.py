@@ -16,17 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from .bounds import check_definition, check_host_rules
-from .builtin_filters import BUILTIN_FILTERS
 from .errors import NwfilterError
 from .model import Binding, Filter
-from .integrity import (BASE_CHAINS, FIXED_CHAINS, NO_PORT_USES, NO_RECORD, NOT_READ_BACK, Findings, Foreign, Kernel,
-                        base_contents, compare, foreign_members)
-from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, PortLive, digest, listed_keys, shape_parts
-from .nft_delete import remove_members, remove_ports
-from .set_members import port_prefixes
+from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, Kernel, PortLive, digest, listed_keys, shape_parts
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .overlaps import address_kinds
+from .set_members import port_prefixes
 from .lazy_map import LazyMap
 from .port_index import ADDRESSES, DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
@@ -37,14 +33,17 @@ FEW_PORTS = 16  # a report of up to this many reads their elements by key, not t
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from .integrity import Findings, Foreign
     from .networks import Networks
     from .nft_compile import PortProgram, Shape, ShapeChange
     from .ruleset import ResolvedRule, Ruleset
 
 
-# The resolver and the compiler are imported when something is compiled: a
-# change that compiles nothing (the fleet's unchanged rerun) never loads them,
-# which spares a module run about 25 ms of compiling their source from
+# The resolver and the compiler are imported when something is compiled, the
+# comparison with the kernel when our tables are listed, the netlink removals
+# when something is removed and the built-in filters when a tree is walked: a
+# change that compiles nothing (the fleet's unchanged rerun) loads none of
+# them, which spares a module run about 40 ms of compiling their source from
 # Ansible's payload.
 def _resolver() -> "ModuleType":
     from . import resolver  # pylint: disable=import-outside-toplevel
@@ -54,6 +53,21 @@ def _resolver() -> "ModuleType":
 def _compiler() -> "ModuleType":
     from . import nft_compile  # pylint: disable=import-outside-toplevel
     return nft_compile
+
+
+def _integrity() -> "ModuleType":
+    from . import integrity  # pylint: disable=import-outside-toplevel
+    return integrity
+
+
+def _nft_delete() -> "ModuleType":
+    from . import nft_delete  # pylint: disable=import-outside-toplevel
+    return nft_delete
+
+
+def _builtin_filters() -> Mapping[str, Filter]:
+    from .builtin_filters import BUILTIN_FILTERS  # pylint: disable=import-outside-toplevel
+    return BUILTIN_FILTERS
 
 
 @dataclass
@@ -171,7 +185,7 @@ class _State:
                                                     self.bindings[program.portdev]))
 
     def all_filters(self) -> Dict[str, Filter]:
-        return {**BUILTIN_FILTERS, **self.filters}
+        return {**_builtin_filters(), **self.filters}
 
 
 def _tree(filters: Mapping[str, Filter], name: str) -> Set[str]:
@@ -298,7 +312,7 @@ def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[
     ids = kernel.port_ids()
     keep = [prefix for port in kept for prefix in port_prefixes(port, ids.get(port))]
     specs = {(f, n): spec for p in programs if p.shape is not None for f, n, spec in p.shape.sets}
-    found = foreign_members(kernel, [m for p in programs for m in p.members], specs, keep)
+    found = _integrity().foreign_members(kernel, [m for p in programs for m in p.members], specs, keep)
     return [element for elements in found.values() for element in elements]
 
 
@@ -348,7 +362,7 @@ class Host:
                       index, self.store.records(index.ports, index.__contains__))
 
     def filters(self) -> Dict[str, Filter]:
-        return {**BUILTIN_FILTERS, **self.store.filters()}
+        return {**_builtin_filters(), **self.store.filters()}
 
     def user_filters(self) -> Dict[str, Filter]:
         return self.store.filters()
@@ -386,7 +400,7 @@ class Host:
         change = shapes(base)
         if not programs and not base and generation is not None and not change.dispatch_changes:
             try:
-                remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
+                _nft_delete().remove_ports(self.nft.netlink, [before[p] for p in remove if p in before], generation)
                 return False
             except OSError:
                 pass
@@ -411,7 +425,8 @@ class Host:
             return None
         kernel = self.nft.kernel()
         state.index.recount()  # every binding and shard is read here anyway
-        return compare({p: state.installed.get(p) for p in state.bindings}, kernel, self.store.kernel_contents("base")), kernel
+        records = {p: state.installed.get(p) for p in state.bindings}
+        return _integrity().compare(records, kernel, self.store.kernel_contents("base")), kernel
 
     def _not_in_force(self, state: _State, ports: Sequence[str]) -> Dict[str, Optional[str]]:
         """Per binding of ``ports``, None when the kernel holds its rules as stored, else
@@ -582,7 +597,9 @@ class Host:
         notes += found.problems
         if converted is not None and converted < max(REINSTALLED_FOR) and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
-            notes = [note for note in notes if not note.endswith((f": {NO_RECORD}", NOT_READ_BACK, NO_PORT_USES))]
+            integrity = _integrity()
+            notes = [note for note in notes if not note.endswith((f": {integrity.NO_RECORD}", integrity.NOT_READ_BACK,
+                                                                  integrity.NO_PORT_USES))]
             reasons = "; ".join(reason for version, reason in sorted(REINSTALLED_FOR.items()) if version > converted)
             notes.append(f"the store was converted from format {converted} to {STORE_VERSION}: every port's "
                          f"rules are reinstalled ({reasons})")
@@ -633,7 +650,7 @@ class Host:
             foreign = list(foreign) + _beyond(prune[0], programs, prune[1])
         unnamed = [element[:4] for element in foreign if element[4] is None]
         if unnamed:  # elements no nft syntax can name safely: first, over netlink
-            remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)
+            _nft_delete().remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)
             marker = self.generation.marker()  # still the state the check saw, less those elements
             self._checked = marker if next_to(self._checked, marker) else None
         named = [(family, name, text) for family, name, _key, _end, text in foreign if text is not None]
@@ -729,7 +746,8 @@ class Host:
                 else:
                     shape["chains"] = [list(c) for c in known["shape"]["chains"]]
         if base:
-            rewritten = list(BASE_CHAINS) + (list(FIXED_CHAINS) if ids else sorted(DISPATCH))
+            integrity = _integrity()
+            rewritten = list(integrity.BASE_CHAINS) + (list(integrity.FIXED_CHAINS) if ids else sorted(DISPATCH))
         else:
             rewritten = sorted(DISPATCH) if shapes.dispatch_changes else []
         contents = self.nft.contents(sorted(set(unread)) + rewritten, new.index.totals["rules"])
@@ -737,7 +755,7 @@ class Host:
             for chain in record["chains"] + (record["shape"]["chains"] if "shape" in record else []):
                 if len(chain) == 4:
                     chain.append(contents[(chain[0], chain[1])])
-        return records, base_contents(contents) if rewritten else None
+        return records, _integrity().base_contents(contents) if rewritten else None
 
     def _users(self, state: _State, name: str) -> List[str]:
         filters = state.all_filters()
@@ -767,7 +785,7 @@ class Host:
                 learning = self._commit(old, new, rebuild - set(unchecked), set(), check)
             except NwfilterError as exc:
                 raise exc.within(f"filter {flt.name!r} not changed") from None
-            overrides = flt.name in BUILTIN_FILTERS and flt.name not in old.filters
+            overrides = flt.name in _builtin_filters() and flt.name not in old.filters
             lost = _lost_rules(old, new, rebuild - set(unchecked)) if overrides else {}
             return ChangeResult(True, sorted(rebuild), learning, before, filter_to_xml(flt), unchecked=unchecked,
                                 lost=lost, repaired=repaired)
@@ -776,13 +794,13 @@ class Host:
         with self._changing(check):
             old, repaired = self._verified(check)
             if name not in old.filters:
-                if name in BUILTIN_FILTERS:
+                if name in _builtin_filters():
                     raise NwfilterError(f"{name!r} is a built-in filter and cannot be undefined")
                 return ChangeResult(bool(repaired), repaired=repaired)
             new = old.copy()
             del new.filters[name]
             before = filter_to_xml(old.filters[name])
-            fallback = BUILTIN_FILTERS.get(name)
+            fallback = _builtin_filters().get(name)
             if fallback is None:
                 users = [f for f, flt in new.filters.items() if name in flt.references()] + \
                     [f"binding {p}" for p in self._users(old, name)]

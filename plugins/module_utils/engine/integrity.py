@@ -12,16 +12,14 @@ read by ``Nft``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from .nft_layout import BASE, ID_MAPS, TABLE, PortLive, id_part, map_target, owner_of, portdev_of
+from .nft_layout import BASE, TABLE, Chain, Kernel, PortLive, map_target, owner_of
 from .set_members import decode, encode, keyed_port
 
-Chain = Tuple[str, str]  # (family, name)
 NO_RECORD = "the store has no record of what it installed"
 NOT_READ_BACK = "was not read back after it was installed"
 NO_PORT_USES = "which no port uses"
-Element = Tuple[str, str, str]  # (family, map, key as nft syntax)
 
 
 def _base_layout() -> Tuple[Set[str], Set[Tuple[str, str]], Dict[Chain, int]]:
@@ -50,63 +48,6 @@ def base_contents(contents: Mapping[Chain, str]) -> Dict[str, str]:
     """Our base, id and dispatch chains' content, as the store keeps it (keyed "family name")."""
     return {f"{family} {name}": contents[(family, name)] for family, name in list(BASE_CHAINS) + list(FIXED_CHAINS)
             if (family, name) in contents}
-
-
-@dataclass
-class Kernel:
-    """What our tables hold now."""
-
-    tables: Set[str] = field(default_factory=set)  # families
-    maps: Set[Tuple[str, str]] = field(default_factory=set)
-    hooked: Set[Chain] = field(default_factory=set)  # base chains with a hook
-    rules: Dict[Chain, int] = field(default_factory=dict)  # every chain's rule count
-    contents: Dict[Chain, str] = field(default_factory=dict)  # every chain's rule_content.chain_digest
-    elements: Dict[Element, str] = field(default_factory=dict)  # to the jump target
-    sets: Set[Chain] = field(default_factory=set)  # (family, name): the learning ports' address locks
-    dormant: Set[str] = field(default_factory=set)  # families whose table is dormant: its hooks see nothing
-    dropping: Set[Chain] = field(default_factory=set)  # base chains whose policy is not accept (ours all accept)
-    members: Dict[Chain, Set[Tuple[bytes, bytes]]] = field(default_factory=dict)  # the shapes' sets (set_members)
-
-    def add_map(self, vmap: Dict[str, Any]) -> None:
-        """A map as nft lists it in JSON, with its elements."""
-        self.maps.add((vmap["family"], vmap["name"]))
-        for key, verdict in vmap.get("elem", []):
-            text = f'"{key}"' if isinstance(key, str) else f"0x{key:x}"
-            target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
-            self.elements[(vmap["family"], vmap["name"], text)] = target
-
-    def live(self) -> Dict[str, PortLive]:
-        """Per port, its chains and elements in force (no digests: their rules are unknown)."""
-        ports: Dict[str, PortLive] = {}
-        for family, name in self.rules:
-            portdev = portdev_of(name)
-            if portdev:
-                ports.setdefault(portdev, PortLive(set(), set())).chains.add((family, name))
-        for element, target in self.elements.items():
-            portdev = element[2][1:-1] if element[1] in ID_MAPS else portdev_of(target)
-            if portdev:
-                ports.setdefault(portdev, PortLive(set(), set())).elements.add(element)
-                if element[1] in ID_MAPS:
-                    ports[portdev].targets[element] = target
-        for family, name in self.sets:
-            portdev = portdev_of(name)
-            if portdev:
-                ports.setdefault(portdev, PortLive(set(), set())).sets.add((family, name))
-        for (family, name), members in self.members.items():
-            if family == "bridge" and name.endswith("/ports"):  # a shape's ports, by name
-                for key, _end in members:
-                    ports.setdefault(key.rstrip(b"\0").decode(errors="replace"), PortLive(set(), set()))
-        return ports
-
-    def port_ids(self) -> Dict[str, int]:
-        """Port ids the kernel holds (the key of a port's ``fi`` element, or
-        the halves its id map elements lead to)."""
-        found = {portdev_of(target) or "": int(key, 16) for (family, vmap, key), target in self.elements.items()
-                 if (family, vmap) == ("inet", "fi") and portdev_of(target)}
-        for (_family, vmap, key), target in sorted(self.elements.items()):
-            if vmap in ("id_from_lo", "id_from_hi") and target.startswith("id/"):
-                found[key[1:-1]] = found.get(key[1:-1], 0) | id_part(vmap, target)
-        return found
 
 
 @dataclass

@@ -14,9 +14,8 @@ import struct
 from typing import Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import NwfilterError
-from .integrity import BASE_MAPS, Chain, Kernel
 from .libnftables import OUTPUT_JSON, OUTPUT_TERSE, LibNftables, library
-from .nft_layout import ID_MAPS, TABLE, PortLive, owner_of, portdev_of
+from .nft_layout import ID_MAPS, MAP_KEYS, TABLE, Chain, Kernel, PortLive, owner_of, portdev_of
 from .set_members import (NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS,
                           decode, element_list, encode, map_key, map_key_text, set_named)
 from .nft_netlink import Netlink, attribute, cstring, each_attribute, text
@@ -171,7 +170,7 @@ class Nft:
                         kernel.members[(family, name)] = self.set_members(family, name)
                     else:
                         kernel.sets.add((family, name))
-            for vmap in sorted(name for f, name in BASE_MAPS if f == family):
+            for vmap in sorted(name for f, name in MAP_KEYS if f == family):
                 try:
                     listed = json.loads(self._run(["-j", "list", "map", family, TABLE, vmap]))
                 except NwfilterError:
