@@ -9,6 +9,7 @@ import pytest
 from engine.errors import NwfilterError
 from engine.model import Binding, FilterRef
 from engine.port_index import shard_of
+from engine import store as store_module
 from engine.store import Store
 from engine.xml_form import MAX_DOCUMENT, binding_to_xml, filter_from_xml
 
@@ -116,3 +117,27 @@ def test_an_interrupted_change_is_undone(store):
     assert dict(store.records(["vnet0"])) == {"vnet0": None}
     with open(os.path.join(store.root, SHARD), encoding="utf-8") as handle:
         assert json.load(handle) == {"vnet0": entry}
+
+
+def test_many_files_are_each_fsynced_before_any_replaces_its_target(tmp_path, monkeypatch):
+    """atomic_write_many fsyncs many files a few at a time (store.fsync_all); a
+    failed fsync leaves every target as it was and no temporary file behind."""
+    targets = [str(tmp_path / f"f{number}") for number in range(100)]
+    for target in targets:
+        (tmp_path / os.path.basename(target)).write_text("old")
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    store_module.atomic_write_many([(target, "new") for target in targets])
+    staged = [path for path in synced if "/.tmp-" in path]
+    assert len(staged) == len(set(staged)) == 100 and str(tmp_path) in synced  # then the directory's
+    assert {open(target, encoding="utf-8").read() for target in targets} == {"new"}
+
+    def failing(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-57"):
+            raise OSError(5, "Input/output error")
+        real(fd)
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        store_module.atomic_write_many([(target, "newer") for target in targets])
+    assert {open(target, encoding="utf-8").read() for target in targets} == {"new"}
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(target) for target in targets)
