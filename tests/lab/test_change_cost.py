@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from engine import store as store_module
-from engine import nft_compile, nft_delete, nft_layout
+from engine import nft_compile, nft_delete, nft_layout, parallel
 from engine.host import Host
 from engine.model import Binding, FilterRef
 from engine.nft_delete import remove_ports
@@ -86,6 +86,29 @@ def test_a_removal_of_many_ports_goes_over_netlink_whole(lab, host, monkeypatch)
     assert host.set_bindings([_clean(vm)], exclusive=True).changed
     assert len(sent) == 1 and lab.nft_list() == before
     assert not _spoofed_passes(lab) and not host.converge().changed
+
+
+def test_ports_compiled_by_forked_workers_are_installed_as_one_process_does(lab, host, monkeypatch):
+    """A bulk bind shares the compiling among forked copies of the process
+    (engine.parallel): the kernel then holds what a bind compiled in one
+    process installs, chain for chain and element for element."""
+    vm = lab.guests["vm"]
+    bindings = [_clean(vm)] + [Binding(f"many{i}", f"52:54:00:45:{i >> 8:02x}:{i & 0xff:02x}",
+                                       FilterRef("clean-traffic", {"IP": (f"10.45.{i >> 8}.{i & 0xff}",)}))
+                               for i in range(300)] + [Binding("learns", "52:54:00:45:ff:01", FilterRef("clean-traffic"))]
+    forks, fork = [], os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
+    found = {}
+    for cores in (3, 1):
+        monkeypatch.setattr(parallel, "_cores", lambda cores=cores: cores)
+        host.set_bindings(bindings)
+        records = host.store.records([b.portdev for b in bindings])
+        found[cores] = (sorted(lab.nft_list().replace(",", "\n").splitlines()),
+                        {b.portdev: records[b.portdev] for b in bindings})
+        assert not _spoofed_passes(lab)
+        host.set_bindings([], exclusive=True)
+        assert len(forks) == 2  # three workers for the first bind (two forked), none for the second
+    assert found[3] == found[1]
 
 
 @pytest.mark.parametrize("change", ["bind", "change", "unbind", "define an unused filter"])

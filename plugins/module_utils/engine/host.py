@@ -11,6 +11,7 @@ changes), apply one nft transaction, then write the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
@@ -22,6 +23,7 @@ from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, Kernel, Port
 from .nft_generation import Generation, Marker, next_to
 from .nft_run import Nft
 from .overlaps import address_kinds
+from .parallel import map_on_cores
 from .set_members import port_prefixes
 from .lazy_map import LazyMap
 from .port_index import ADDRESSES, DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
@@ -640,7 +642,9 @@ class Host:
                 if port_id > MAX_PORT_ID:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
                 new.index.set(portdev, new_entry(port_id))
-        programs = [_program(new, portdev) for portdev in sorted(rebuild)]
+        if rebuild:  # loaded before the work is shared: forked workers inherit the modules
+            _resolver(), _compiler(), _builtin_filters()
+        programs = map_on_cores(functools.partial(_program, new), sorted(rebuild))
         growth = sum(p.rule_count - new.index[p.portdev][RULES] for p in programs)
         check_host_rules(new.index.totals["rules"] + growth, lambda: {
             **{p: entry[RULES] for p, entry in new.index.all().items()}, **{p.portdev: p.rule_count for p in programs}})

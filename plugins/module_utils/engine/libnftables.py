@@ -15,6 +15,8 @@ import threading
 import weakref
 from typing import Optional
 
+from .parallel import IDLE_THREAD
+
 CLONE_NEWNET = 0x40000000
 OUTPUT_JSON, OUTPUT_TERSE = 1 << 4, 1 << 11  # nft -j, nft -t (sets without their elements)
 SONAME = "libnftables.so.1"
@@ -123,7 +125,8 @@ class LibNftables:
         if self._jobs is None:
             jobs: "queue.Queue[Optional[tuple]]" = queue.Queue()
             entered: "queue.Queue[Optional[BaseException]]" = queue.Queue()
-            threading.Thread(target=_serve, args=(self.netns, jobs, entered), daemon=True).start()
+            threading.Thread(target=_serve, args=(self.netns, jobs, entered), name=f"{IDLE_THREAD} nft {self.netns}",
+                             daemon=True).start()
             failure = entered.get()
             if failure is not None:
                 raise failure
