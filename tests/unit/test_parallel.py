@@ -1,6 +1,7 @@
 """Sharing work among forked copies of the process (engine.parallel): the
 results are the sequential run's, in order, whatever happens to a worker."""
 
+import fcntl
 import os
 import threading
 
@@ -68,3 +69,24 @@ def test_no_fork_beside_a_thread_that_may_hold_a_lock():
         for thread in (idle, busy):
             if thread.is_alive():
                 thread.join()
+
+
+def _open_files(_item):
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:  # the listing's own
+            pass
+    return found
+
+
+def test_a_worker_holds_nothing_of_the_parent_open(tmp_path):
+    """Not the store's lock above all (flock: a forked copy shares it): it is
+    free the moment the parent ends, whatever a worker is still doing."""
+    lock = tmp_path / ".lock"
+    with open(lock, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        found = parallel.map_on_cores(_open_files, list(range(400)))
+    assert str(lock) in found[0]  # this process's own share
+    assert not any(str(lock) in files for files in found[1:4])  # the three workers'

@@ -15,6 +15,7 @@ IDLE_THREAD (blocked on a queue, holding nothing) may be running."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import threading
@@ -57,7 +58,12 @@ def _forked(work: Callable[[Item], Result], items: Sequence[Item]) -> Optional[t
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers or flushes its buffers
         status = 1
         try:
-            os.close(read)
+            # nothing of the parent's stays open here: its store lock (flock: shared with this copy) is free the
+            # moment the parent ends, whatever this copy is doing then
+            for name in os.listdir("/proc/self/fd"):  # not closerange: without close_range(2) it tries every number
+                if int(name) > 2 and int(name) != write:
+                    with contextlib.suppress(OSError):  # the listing's own descriptor is gone already
+                        os.close(int(name))
             data = pickle.dumps([work(item) for item in items], pickle.HIGHEST_PROTOCOL)
             with os.fdopen(write, "wb") as out:
                 out.write(data)
