@@ -11,9 +11,14 @@ from engine import parallel
 from engine.errors import NwfilterError
 
 
+FORK_SAFE = parallel.fork_safe  # before the fixture below replaces it
+
+
 @pytest.fixture(autouse=True)
 def four_cores(monkeypatch):
+    """Four cores, and the threads other tests of this process may have left are no obstacle."""
     monkeypatch.setattr(parallel, "_cores", lambda: 4)
+    monkeypatch.setattr(parallel, "fork_safe", lambda _threads: True)
 
 
 def _square_and_pid(item):
@@ -59,16 +64,25 @@ def test_no_fork_beside_a_thread_that_may_hold_a_lock():
     release = threading.Event()
     idle = threading.Thread(target=release.wait, name=f"{parallel.IDLE_THREAD} nft test")
     busy = threading.Thread(target=release.wait)
-    idle.start()
+    for thread in (idle, busy):
+        thread.start()
     try:
-        assert parallel.workers(1000) == 4  # a namespace's nft thread waiting for its next job is no obstacle
-        busy.start()
-        assert parallel.workers(1000) == 1
+        here = threading.current_thread()
+        # a namespace's nft thread waiting for its next job is no obstacle
+        assert FORK_SAFE([here, idle]) is True
+        assert FORK_SAFE([here, idle, busy]) is False
     finally:
         release.set()
         for thread in (idle, busy):
-            if thread.is_alive():
-                thread.join()
+            thread.join()
+    assert FORK_SAFE([here, idle, busy]) is True  # ended
+
+
+def test_a_thread_that_may_hold_a_lock_keeps_the_work_here(monkeypatch):
+    monkeypatch.setattr(parallel, "fork_safe", lambda _threads: False)
+    assert parallel.workers(1000) == 1
+    found = parallel.map_on_cores(_square_and_pid, list(range(1000)))
+    assert {pid for _square, pid in found} == {os.getpid()}
 
 
 def _open_files(_item):

@@ -36,11 +36,15 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def fork_safe(threads: Sequence[threading.Thread]) -> bool:
+    """Whether a process with these threads may fork: no thread but this one
+    and idle ones (IDLE_THREAD) runs."""
+    return all(t is threading.current_thread() or not t.is_alive() or t.name.startswith(IDLE_THREAD) for t in threads)
+
+
 def workers(count: int) -> int:
     """How many processes share ``count`` items: 1 when forking is not safe or not worth it."""
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()
-              and not t.name.startswith(IDLE_THREAD)]
-    if others or not hasattr(os, "fork"):
+    if not hasattr(os, "fork") or not fork_safe(threading.enumerate()):
         return 1
     return max(1, min(_cores(), count // PER_WORKER, MAX_WORKERS))
 
