@@ -254,7 +254,6 @@ class Kernel:
         return found
 
 
-
 def digest(rules: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(rules).encode()).hexdigest()[:16]
 

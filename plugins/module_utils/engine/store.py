@@ -111,7 +111,7 @@ def fsync_all(paths: Sequence[str]) -> None:
                 fsync_path(path)
             except OSError as exc:
                 errors.append(exc)
-    threads = [threading.Thread(target=work) for _ in range(PARALLEL_FSYNCS)]
+    threads = [threading.Thread(target=work) for _number in range(PARALLEL_FSYNCS)]
     for thread in threads:
         thread.start()
     for thread in threads:
