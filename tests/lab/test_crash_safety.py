@@ -4,6 +4,7 @@ renames, during the recovery of the change before, or at a random moment.
 The next call leaves kernel and store agreeing on one whole state, old or new;
 so does a removal that goes over netlink, killed after or while it commits."""
 
+import fcntl
 import multiprocessing
 import os
 import random
@@ -11,6 +12,7 @@ import re
 import signal
 import time
 
+from engine import host as host_module
 from engine import store as store_module
 from engine.host import Host
 from engine.integrity import compare
@@ -139,3 +141,62 @@ def test_kill_during_a_removal_over_netlink(lab, tmp_path):
                            host.store.kernel_contents("base")).problems
         outcomes.add((exitcode, len(state.bindings)))
     assert (-signal.SIGKILL, len(every)) in outcomes
+
+
+def _many(number):
+    return [Binding(f"w{i}", f"52:54:00:22:{i >> 8:02x}:{i & 0xff:02x}",
+                    FilterRef("clean-traffic", {"IP": (f"10.{22 + number}.{i >> 8}.{i & 0xff}",)})) for i in range(300)]
+
+
+def _slow_workers_child(root, netns, marks):
+    """A bulk change whose forked compile workers (engine.parallel) each mark
+    their start and take 10 ms a port: time to kill this process under them."""
+    parent, program = os.getpid(), host_module._program  # pylint: disable=protected-access
+
+    def slow(state, portdev):
+        if os.getpid() != parent:
+            with open(os.path.join(marks, str(os.getpid())), "w", encoding="utf-8"):
+                pass
+            time.sleep(0.01)
+        return program(state, portdev)
+    host_module._program = slow  # pylint: disable=protected-access
+    Host(root, netns=netns).set_bindings(_many(1), exclusive=True)
+    os._exit(0)  # pylint: disable=protected-access
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_while_its_workers_compile(lab, tmp_path):
+    """kill -9 of a change while its forked workers compile: the store's lock
+    is free at once, though they still run, and the next call finds the old
+    state whole (the change had not reached its journal)."""
+    root, marks = str(tmp_path / "store"), tmp_path / "workers"
+    marks.mkdir()
+    host = Host(root, netns=lab.host)
+    host.set_bindings(_many(0))
+    child = multiprocessing.get_context("fork").Process(target=_slow_workers_child, args=(root, lab.host, str(marks)))
+    child.start()
+    deadline = time.monotonic() + 60
+    while not os.listdir(marks) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(60)
+    workers = [int(name) for name in os.listdir(marks)]
+    assert workers and any(_running(pid) for pid in workers)
+    with open(os.path.join(root, ".lock"), encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while anyone holds it
+    assert not host.converge().changed and host.store.journal() is None
+    state = host._load()  # pylint: disable=protected-access
+    assert {p: b.filterref.parameters["IP"][0] for p, b in state.bindings.items()} == \
+        {b.portdev: b.filterref.parameters["IP"][0] for b in _many(0)}
+    assert not compare({p: state.installed.get(p) for p in state.bindings}, host.nft.kernel(),
+                       host.store.kernel_contents("base")).problems
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:  # they end by themselves
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers)
