@@ -98,6 +98,7 @@ def test_ports_compiled_by_forked_workers_are_installed_as_one_process_does(lab,
                                for i in range(300)] + [Binding("learns", "52:54:00:45:ff:01", FilterRef("clean-traffic"))]
     forks, fork = [], os.fork
     monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
+    monkeypatch.setattr(parallel, "fork_safe", lambda _threads: True)  # whatever threads earlier tests left
     found = {}
     for cores in (3, 1):
         monkeypatch.setattr(parallel, "_cores", lambda cores=cores: cores)
