@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -131,7 +132,8 @@ class Learner:
         # closing an AF_PACKET socket waits for an RCU grace period (about 16 ms here):
         # done off the loop, so that it never delays the next port's learning
         self.closing: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_close_forever, args=(self.closing,), name="close-captures", daemon=True).start()
+        threading.Thread(target=_close_all, args=(self.closing,), name="close-captures", daemon=True).start()
+        weakref.finalize(self, self.closing.put, None)
 
     def _drain_links(self) -> None:
         """Read the link events (only their arrival matters). When the kernel
@@ -377,9 +379,10 @@ def to_vm(pkttype: int, binding: Binding) -> bool:
     return (pkttype == PACKET_OUTGOING) != bool(binding.linkdev)
 
 
-def _close_forever(closing: queue.SimpleQueue) -> None:
-    while True:
-        closing.get().close()
+def _close_all(closing: queue.SimpleQueue) -> None:
+    """Close each socket put in ``closing`` until None comes (its Learner is gone)."""
+    for sock in iter(closing.get, None):
+        sock.close()
 
 
 def _exists(ifname: str) -> bool:

@@ -287,3 +287,14 @@ def test_dhcp_mode_learns_ipv6_from_real_dhcpv6(lab, host, learner, tmp_path):
 def _rogue_reply():
     from scapy.layers.dhcp6 import DHCP6_Reply, DHCP6OptIA_NA, DHCP6OptIAAddress  # pylint: disable=import-outside-toplevel
     return DHCP6_Reply(trid=1) / DHCP6OptIA_NA(iaid=1, ianaopts=[DHCP6OptIAAddress(addr="2001:db8::66", validlft=600)])
+
+
+def test_a_service_gone_leaves_no_thread_behind(lab, host, learner):
+    """Closing capture sockets has a thread of its own (an AF_PACKET close
+    waits for an RCU grace period): it ends with its service."""
+    _wait(lambda: "service" in learner.state)
+    closers = [t for t in threading.enumerate() if t.name == "close-captures"]
+    assert closers
+    learner.stop()
+    learner.state.clear()  # the last reference to the service
+    _wait(lambda: not any(t.is_alive() for t in closers))
