@@ -46,27 +46,32 @@ if TYPE_CHECKING:
 # when something is removed and the built-in filters when a tree is walked: a
 # change that compiles nothing (the fleet's unchanged rerun) loads none of
 # them, which spares a module run about 40 ms of compiling their source from
-# Ansible's payload.
+# Ansible's payload. Each is asked for per port: the import is looked up once.
+@functools.lru_cache(maxsize=None)
 def _resolver() -> "ModuleType":
     from . import resolver  # pylint: disable=import-outside-toplevel
     return resolver
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler() -> "ModuleType":
     from . import nft_compile  # pylint: disable=import-outside-toplevel
     return nft_compile
 
 
+@functools.lru_cache(maxsize=None)
 def _integrity() -> "ModuleType":
     from . import integrity  # pylint: disable=import-outside-toplevel
     return integrity
 
 
+@functools.lru_cache(maxsize=None)
 def _nft_delete() -> "ModuleType":
     from . import nft_delete  # pylint: disable=import-outside-toplevel
     return nft_delete
 
 
+@functools.lru_cache(maxsize=None)
 def _builtin_filters() -> Mapping[str, Filter]:
     from .builtin_filters import BUILTIN_FILTERS  # pylint: disable=import-outside-toplevel
     return BUILTIN_FILTERS

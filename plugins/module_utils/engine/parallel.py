@@ -52,7 +52,10 @@ def workers(count: int) -> int:
 def _forked(work: Callable[[Item], Result], items: Sequence[Item]) -> Optional[tuple]:
     """(pid, read end) of a child that sends back ``[work(item) ...]``
     pickled, or nothing on failure; None when no child could be forked."""
-    read, write = os.pipe()
+    try:
+        read, write = os.pipe()
+    except OSError:  # out of descriptors: no child either
+        return None
     try:
         pid = os.fork()
     except OSError:
