@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 # change that compiles nothing (the fleet's unchanged rerun) loads none of
 # them, which spares a module run about 40 ms of compiling their source from
 # Ansible's payload. Each is asked for per port: the import is looked up once.
+# One function each, not importlib: Ansible puts in a module's payload only
+# what its import statements name.
 @functools.lru_cache(maxsize=None)
 def _resolver() -> "ModuleType":
     from . import resolver  # pylint: disable=import-outside-toplevel
