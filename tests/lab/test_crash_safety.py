@@ -113,6 +113,20 @@ def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
     assert not host.set_bindings(_generation(number), exclusive=True).changed  # nothing left to repair
 
 
+def test_a_change_killed_in_its_renames_is_undone_whole(lab, tmp_path):
+    """Its port records (not journaled) are written before the renames: the
+    undo's repair must not trust them for what the shapes' sets hold, or the
+    new addresses stay in force beside the old ones (found by the loop above
+    with another sequence of kill points)."""
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    host.set_bindings(_generation(0))
+    assert _run_child(_child, (root, lab.host, 1, "renaming", 3), "renaming", None, 0) == -signal.SIGKILL
+    assert host.store.journal() is not None
+    assert host.converge().changed
+    assert _agree(host, [0, 1]) == 0
+
+
 def _removal_child(root, netns, point, keep):
     _die_at(point, 0)
     Host(root, netns=netns).set_bindings(keep, exclusive=True)

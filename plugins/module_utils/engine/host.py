@@ -623,8 +623,10 @@ class Host:
         new = state.copy()
         _adopt_port_ids(new, kernel, damaged)
         # the id chains were found whole unless something of our base was not: they stay as they are
+        # the kernel's listing has no port's elements in its shape's sets: those beyond the rebuilt ports'
+        # programs go (an interrupted change's records, not journaled, may claim the elements it added)
         self._commit(state, new, damaged, found.stale, False, kernel.live(), found.stale_shapes, found.foreign,
-                     ids=found.base)
+                     prune=(kernel, set(state.bindings) - damaged), ids=found.base)
         return new, notes
 
     def _commit(self, old: _State, new: _State, rebuild: Set[str], remove: Set[str], check: bool,
@@ -658,7 +660,7 @@ class Host:
         if check:
             return [p.portdev for p in programs if p.learning]
         if prune is not None:  # every port is rebuilt but ``prune[1]``: what else the shapes' sets hold goes
-            foreign = list(foreign) + _beyond(prune[0], programs, prune[1])
+            foreign = list(dict.fromkeys([*foreign, *_beyond(prune[0], programs, prune[1])]))
         unnamed = [element[:4] for element in foreign if element[4] is None]
         if unnamed:  # elements no nft syntax can name safely: first, over netlink
             _nft_delete().remove_members(self.nft.netlink, unnamed, self._checked[2] if self._checked else None)

@@ -121,11 +121,12 @@ def foreign_members(kernel: Kernel, members: Iterable[Tuple[str, str, str]], spe
     for family, name, element in members:
         expected.setdefault((family, name), set()).add(encode(specs[family, name], element))
     shapes = {owner_of(name) for _family, name in expected}
+    kept, lengths = set(keep), {len(prefix) for prefix in keep}  # a set: a repair keeps every port but a few
     found: Dict[Chain, List[Foreign]] = {}
     for (family, name), held in sorted(kernel.members.items()):
         if owner_of(name) in shapes:
             extra = [(key, end) for key, end in sorted(held - expected.get((family, name), set()))
-                     if not any(key.startswith(prefix) for prefix in keep)]
+                     if not any(key[:length] in kept for length in lengths)]
             if extra:
                 found[(family, name)] = [(family, name, key, end, decode(specs[family, name], key, end))
                                          for key, end in extra]
