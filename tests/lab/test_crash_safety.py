@@ -1,6 +1,6 @@
-"""kill -9 at any point of a bulk change: after the journal is written, after
-the kernel committed and before the store is written, during the store's
-renames, during the recovery of the change before, or at a random moment.
+"""kill -9 at any point of a bulk change: after the journal is written, while
+the store's files are staged, after the kernel committed and before the store
+is written, during the store's renames, during the recovery of the change before, or at a random moment.
 The next call leaves kernel and store agreeing on one whole state, old or new;
 so does a removal that goes over netlink, killed after or while it commits."""
 
@@ -35,7 +35,14 @@ def _die_at(point, renames):
         begin = store_module.Store.begin
         store_module.Store.begin = lambda self, plan: (begin(self, plan), os.kill(os.getpid(), signal.SIGKILL))
     elif point == "kernel committed":
-        store_module.Store.finish = lambda self, plan: os.kill(os.getpid(), signal.SIGKILL)
+        store_module.Store.finish = lambda self, plan, staged=None: os.kill(os.getpid(), signal.SIGKILL)
+    elif point == "staging":  # the store's writer thread, while the kernel takes the transaction or after it
+        run = store_module.Staging._run  # pylint: disable=protected-access
+
+        def stage_then_die(self):
+            run(self)
+            os.kill(os.getpid(), signal.SIGKILL)
+        store_module.Staging._run = stage_then_die  # pylint: disable=protected-access
     elif point == "renaming":
         replace, done = os.replace, []
 
@@ -93,7 +100,7 @@ def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
     root = str(tmp_path / "store")
     host = Host(root, netns=lab.host)
     host.set_bindings(_generation(0))
-    seen, kills, points = [0], 0, ["journal written", "kernel committed", "renaming", "anytime"]
+    seen, kills, points = [0], 0, ["journal written", "staging", "kernel committed", "renaming", "anytime"]
     rng = random.Random(9)
     number = 0
     while kills < KILLS and number < 3 * KILLS:

@@ -325,14 +325,14 @@ def test_no_bindings_no_tables(lab, host):
 
 def test_a_bind_the_store_cannot_follow_leaves_nothing(lab, host, monkeypatch):
     """The kernel took the change, the store could not: the old rules (here: none, so no tables) come back."""
-    write = store_module.atomic_write_many
+    stage = store_module._stage  # pylint: disable=protected-access  # what writes and fsyncs every stored file
 
-    def full(files, **options):
+    def full(files):
         if any("/bindings/" in path for path, _text in files):  # the journal goes through, the binding does not
             raise OSError(28, "No space left on device")
-        write(files, **options)
+        return stage(files)
     applied = []
-    monkeypatch.setattr(store_module, "atomic_write_many", full)
+    monkeypatch.setattr(store_module, "_stage", full)
     monkeypatch.setattr(host.nft, "apply", lambda script, apply=host.nft.apply: (applied.append(script), apply(script)))
     with pytest.raises(NwfilterError, match="cannot write the store .*: No space left on device; nothing changed"):
         _bind(lab, host)

@@ -1,6 +1,7 @@
 """The store's robustness: a damaged file is a one-line error naming it and
 why, what the store writes it can always read back, and its root is absolute."""
 
+import itertools
 import json
 import os
 
@@ -132,8 +133,10 @@ def test_many_files_are_each_fsynced_before_any_replaces_its_target(tmp_path, mo
     assert len(staged) == len(set(staged)) == 100 and str(tmp_path) in synced  # then the directory's
     assert {open(target, encoding="utf-8").read() for target in targets} == {"new"}
 
+    calls = itertools.count(1)
+
     def failing(fd):
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("-57"):
+        if "/.tmp-" in os.readlink(f"/proc/self/fd/{fd}") and next(calls) == 57:
             raise OSError(5, "Input/output error")
         real(fd)
     monkeypatch.setattr(os, "fsync", failing)
@@ -141,3 +144,34 @@ def test_many_files_are_each_fsynced_before_any_replaces_its_target(tmp_path, mo
         store_module.atomic_write_many([(target, "newer") for target in targets])
     assert {open(target, encoding="utf-8").read() for target in targets} == {"new"}
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(target) for target in targets)
+
+
+def test_staged_files_appear_only_when_the_change_finishes(store, monkeypatch):
+    """Store.stage writes and fsyncs a change's files beside the kernel's
+    transaction: nothing is visible before finish, discard leaves nothing,
+    and a failed staging is raised by finish with no file left behind."""
+    plan = (
+        [(os.path.join(store.root, "bindings", f"vnet{number}.xml"), binding_to_xml(BINDING)) for number in range(20)]
+        + [(os.path.join(store.root, "ports", "vnet0.json"), '{"chains": [], "elements": []}\n')], ["vnet0"])
+
+    def listing():
+        return sorted(name for base in ("bindings", "ports") for name in os.listdir(os.path.join(store.root, base)))
+    staged = store.stage(plan)
+    assert len(staged.wait()) == 20  # the port record is written by finish, in place
+    assert all(name.startswith(".tmp-") for name in listing())
+    staged.discard()
+    assert listing() == []
+
+    store.begin(plan)
+    store.finish(plan, store.stage(plan))
+    assert listing() == sorted([f"vnet{number}.xml" for number in range(20)] + ["vnet0.json"])
+    assert store.journal() is None
+
+    changed = ([(path, "<filterbinding/>" if path.endswith(".xml") else text) for path, text in plan[0]], plan[1])
+    store.begin(changed)
+    monkeypatch.setattr(store_module, "fsync_all", lambda paths: (_ for _ in ()).throw(OSError(28, "No space left")))
+    staged = store.stage(changed)
+    with pytest.raises(OSError, match="No space left"):
+        store.finish(changed, staged)
+    assert listing() == sorted([f"vnet{number}.xml" for number in range(20)] + ["vnet0.json"])
+    assert store.bindings()["vnet0"] == BINDING

@@ -675,10 +675,11 @@ class Host:
             new.installing(program)
         used_shapes = new.shapes()
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
-        marker, base, records, base_read = None, False, None, None
+        marker, base, records, base_read, staged = None, False, None, None, None
         if touched or live is not None:
             try:
                 self.store.begin(plan)
+                staged = self.store.stage(plan)  # written and fsynced while the kernel takes the transaction
                 if len(new.index):
                     # a removal may go over netlink, refused by the kernel if anyone committed since the check
                     checked = self._checked[2] if self._checked is not None else None
@@ -689,9 +690,13 @@ class Host:
                 else:  # nothing of ours left: no empty tables and hooks either
                     self.nft.apply(REMOVE_ALL)
             except OSError as exc:
+                if staged is not None:
+                    staged.discard()
                 raise NwfilterError(f"cannot write the store {self.store.root}: {exc.strerror or exc}; "
                                     "nothing changed") from None
             except NwfilterError:
+                if staged is not None:
+                    staged.discard()
                 self.store.end()
                 raise
             try:
@@ -708,7 +713,7 @@ class Host:
             new.installed.update(records)
             plan = self.store.with_records(plan, records, old.installed)
         try:
-            self.store.finish(plan)
+            self.store.finish(plan, staged)
         except OSError as exc:
             # the kernel has the new rules but the store could not follow: put the old ones back
             old_programs = [_program(old, p) for p in sorted(touched) if p in old.bindings]

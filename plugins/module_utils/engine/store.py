@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -120,17 +121,22 @@ def fsync_all(paths: Sequence[str]) -> None:
         raise errors[0]
 
 
-def atomic_write_many(files: Sequence[Tuple[str, str]]) -> None:
-    """Replace each ``(path, text)``: never a half-written file. Every file is
-    written first and then fsynced (``fsync_all``): the first fsync commits the journal for
-    all of them, where fsyncing as each is written would commit once per file
-    (seconds for a thousand bindings). Then the renames, then each directory's fsync."""
+# numbers the temporary files of this process: a change's files may be written by a thread of
+# their own (Staging) while another write runs
+_SERIAL = itertools.count()
+
+
+def _stage(files: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """Write each ``(path, text)`` to a temporary file beside it, then fsync
+    them all (``fsync_all``): the first fsync commits the file system's
+    journal for all of them, where fsyncing as each is written would commit
+    once per file. Returns ``(temporary, path)``; on any error none is left."""
     staged: List[Tuple[str, str]] = []
     try:
-        for number, (path, text) in enumerate(files):
-            # named by process and number: writers hold the store's lock, so a file of that name
-            # is a leftover of a killed process with the same pid (tempfile's import alone costs more)
-            tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{number}")
+        for path, text in files:
+            # named by process and number: a file of that name is a leftover of a killed process with the same
+            # pid (tempfile's import alone costs more)
+            tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{next(_SERIAL)}")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
@@ -141,15 +147,75 @@ def atomic_write_many(files: Sequence[Tuple[str, str]]) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
         fsync_all([tmp for tmp, _path in staged])
+    except BaseException:
+        _discard(staged)
+        raise
+    return staged
+
+
+def _discard(staged: Sequence[Tuple[str, str]]) -> None:
+    for tmp, _path in staged:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _put_in_place(staged: Sequence[Tuple[str, str]]) -> None:
+    """Rename staged files over their paths, then fsync each directory."""
+    try:
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
-        for tmp, _path in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        _discard(staged)  # those already renamed are gone from their temporary names
         raise
     for directory in sorted({os.path.dirname(path) for _tmp, path in staged}):
         fsync_path(directory)
+
+
+def atomic_write_many(files: Sequence[Tuple[str, str]]) -> None:
+    """Replace each ``(path, text)``: never a half-written file. All are
+    written and fsynced first (``_stage``), then renamed."""
+    _put_in_place(_stage(files))
+
+
+class Staging:
+    """A change's files staged (``_stage``) by a thread of its own, while the
+    kernel takes the change's transaction: on this VM the fsyncs of a
+    1,000-port change cost as much as nft's work. Nothing is visible before
+    they are renamed (``Store.finish``), so a crash in between leaves the old files (and
+    temporary ones that the next change's undo sweeps)."""
+
+    def __init__(self, files: Sequence[Tuple[str, str]]) -> None:
+        self._files = list(files)
+        self._staged: Optional[List[Tuple[str, str]]] = None
+        self._error: Optional[BaseException] = None
+        # daemon: a process that ends on an error does not wait for the disk; the journal undoes its change
+        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="vmguard store writes",
+                                                                    daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to be had: staged here and now
+            self._thread = None
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._staged = _stage(self._files)
+        except BaseException as exc:  # pylint: disable=broad-except  # raised again by wait
+            self._error = exc
+
+    def wait(self) -> List[Tuple[str, str]]:
+        """``(temporary, path)`` of the staged files, or what staging raised."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._staged or []
+
+    def discard(self) -> None:
+        """The change is not made: remove the staged files."""
+        if self._thread is not None:
+            self._thread.join()
+        _discard(self._staged or [])
 
 
 def write_rebuildable(files: Sequence[Tuple[str, str]]) -> None:
@@ -564,15 +630,27 @@ class Store:
         undo = {path: _text_of(path) for path, _text in writes if not self._rebuildable(path)}
         atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": undo}))
 
-    def finish(self, plan: Plan) -> None:
+    def stage(self, plan: Plan) -> Staging:
+        """The plan's files, port records aside, staged while the caller changes the kernel."""
+        return Staging([(path, text) for path, text in plan[0] if text is not None and not self._rebuildable(path)])
+
+    def finish(self, plan: Plan, staged: Optional[Staging] = None) -> None:
+        """Make the plan's writes; ``staged``: its files as ``stage`` staged
+        them (port records aside, the plan is the same: ``with_records``)."""
         writes, _ports = plan
-        removed = {os.path.dirname(path) for path, text in writes if text is None}
-        for path, text in writes:
-            if text is None:
-                _remove(path)
-        # port records first (rebuilt when lost: the kernel check reinstalls their ports), the index last
-        write_rebuildable([(path, text) for path, text in writes if text is not None and self._rebuildable(path)])
-        atomic_write_many([(path, text) for path, text in writes if text is not None and not self._rebuildable(path)])
+        in_place = staged.wait() if staged is not None else \
+            _stage([(path, text) for path, text in writes if text is not None and not self._rebuildable(path)])
+        try:
+            removed = {os.path.dirname(path) for path, text in writes if text is None}
+            for path, text in writes:
+                if text is None:
+                    _remove(path)
+            # port records first (rebuilt when lost: the kernel check reinstalls their ports), the index last
+            write_rebuildable([(path, text) for path, text in writes if text is not None and self._rebuildable(path)])
+        except BaseException:
+            _discard(in_place)
+            raise
+        _put_in_place(in_place)
         for directory in sorted(removed):
             fsync_path(directory)
         self.end()
