@@ -96,7 +96,7 @@ def test_an_interrupted_change_is_undone(store):
     index = empty.copy()
     index.set("vnet0", entry)
     old = ({}, {"vnet0": BINDING}, {}, {"vnet0": {"chains": [], "elements": []}}, index)
-    store.finish(store.plan(({}, {}, {}, {}, empty), old, ["vnet0"]))
+    store.finish(store.with_records(store.plan(({}, {}, {}, {}, empty), old, ["vnet0"]), old[3], {}))
     moved = Binding("vnet1", "52:54:00:00:00:02", FilterRef("clean-traffic"))
     after = index.copy()
     after.pop("vnet0")

@@ -711,7 +711,9 @@ class Host:
         vouched = next_to(self._checked, marker)
         if vouched and records is not None:
             new.installed.update(records)
-            plan = self.store.with_records(plan, records, old.installed)
+        else:  # what was installed, without the kernel's content: the next call compares our tables
+            records = {p.portdev: new.installed[p.portdev] for p in programs}
+        plan = self.store.with_records(plan, records, old.installed)
         try:
             self.store.finish(plan, staged)
         except OSError as exc:

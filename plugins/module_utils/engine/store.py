@@ -584,16 +584,17 @@ class Store:
         """What going from the stored state ``old`` to ``new`` (filters,
         bindings, learned, port records, index) writes: only the files that
         change, the index last, once the files it describes are in place.
-        Every file is checked to be one the store can read back."""
+        Every file is checked to be one the store can read back. Of the port
+        records, only those removed: the others are added once the kernel's
+        rules are read back (``with_records``)."""
         renders = ((lambda n, f: (f"{n}.xml", filter_to_xml(f))),
                    (lambda p, b: (f"{p}.xml", binding_to_xml(b))),
-                   (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")),
-                   (lambda p, r: (f"{p}.json", _record_text(r))))
+                   (lambda p, v: (f"{p}.json", json.dumps(v, sort_keys=True) + "\n")))
         directories = [self.dirs["filters"], self.dirs["bindings"], self.dirs["learned"], self.records_dir]
         writes: List[Tuple[str, Optional[str]]] = []
         for directory, kind, render, before, after in zip(directories, ("filter", "binding", "learned", "port record"),
-                                                          renders, old, new):
-            changed = after.changes(before) if isinstance(after, LazyMap) else \
+                                                          renders + (None,), old, new):
+            changed = [] if render is None else after.changes(before) if isinstance(after, LazyMap) else \
                 [key for key, value in after.items() if key not in before or before[key] != value]
             for key in changed:
                 name, text = render(key, after[key])
@@ -608,12 +609,12 @@ class Store:
         return writes, ports
 
     def with_records(self, plan: Plan, records: Dict[str, dict], before: Mapping[str, Optional[dict]]) -> Plan:
-        """``plan`` writing these port records instead of those it has, except
-        those the same as ``before`` (what the store holds): what the kernel
-        holds is read back after it changed, and ``begin`` journals no port record."""
-        paths = {os.path.join(self.records_dir, f"{port}.json"): port for port in records}
-        changed = [(path, _record_text(records[port])) for path, port in paths.items() if before.get(port) != records[port]]
-        return changed + [(path, text) for path, text in plan[0] if path not in paths], plan[1]
+        """``plan`` writing these port records too, except those the same as
+        ``before`` (what the store holds): what the kernel holds is read back
+        after it changed, and ``begin`` journals no port record."""
+        changed = [(os.path.join(self.records_dir, f"{port}.json"), _record_text(record))
+                   for port, record in records.items() if before.get(port) != record]
+        return changed + plan[0], plan[1]
 
     # The journal makes a change all or nothing across the kernel and the
     # files: before the kernel changes, it records the old text of every
