@@ -185,9 +185,7 @@ class _State:
         if program.sets:
             record["sets"] = sorted([f, n] for f, n, _spec in program.sets)
         if program.shape is not None:
-            record["shape"] = {"name": program.shape.name,
-                               "chains": sorted([f, n, digest(rules), len(rules)] for f, n, rules in program.shape.chains),
-                               "sets": sorted(list(s) for s in program.shape.sets)}
+            record["shape"] = _shape_record(program.shape)
             record["members"] = sorted(list(m) for m in program.members)
         self.installed[program.portdev] = record
         self.index.set(program.portdev, index_entry(self.index.id(program.portdev), record,
@@ -195,6 +193,21 @@ class _State:
 
     def all_filters(self) -> Dict[str, Filter]:
         return {**_builtin_filters(), **self.filters}
+
+
+# a shape's part of its ports' records by its name (a digest of its content), computed once:
+# the ports of a bulk change mostly share a shape, and its digests cost half of each record
+_SHAPE_RECORDS: Dict[str, Tuple[list, list]] = {}
+
+
+def _shape_record(shape: "Shape") -> dict:
+    found = _SHAPE_RECORDS.get(shape.name)
+    if found is None:
+        if len(_SHAPE_RECORDS) > 256:
+            _SHAPE_RECORDS.clear()
+        found = _SHAPE_RECORDS[shape.name] = (
+            sorted([f, n, digest(rules), len(rules)] for f, n, rules in shape.chains), sorted(list(s) for s in shape.sets))
+    return {"name": shape.name, "chains": [list(c) for c in found[0]], "sets": [list(s) for s in found[1]]}
 
 
 def _tree(filters: Mapping[str, Filter], name: str) -> Set[str]:
