@@ -12,6 +12,7 @@ in one process reuses them).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -86,6 +87,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # operation, store, namespace: one step, here
     args = parser.parse_args()
     if args.child:
+        gc.disable()  # as a module run does (module_utils/common.py: host_for)
         operation, root, netns = args.child
         print(json.dumps(bulk(root, netns, args.ports) if operation == "bind" else redefine(root, netns)))
         return 0
