@@ -95,7 +95,8 @@ def main() -> int:
     runs = []
     # Each round's store is kept until the end and the kernel reset by a flush: deleting the previous round's
     # files would make this round's creations slow on an ext4 without a journal (this VM's), which scans past
-    # every inode deleted in the last 30 s (recently_deleted); a host's bulk bind does not follow such churn.
+    # every inode deleted in the last 60 s, 360 s while its inode table block is dirty (recently_deleted); a
+    # host's bulk bind does not follow such churn.
     with Lab("bb") as lab, tempfile.TemporaryDirectory() as stores:
         for number in range(args.rounds):
             root = os.path.join(stores, str(number))
