@@ -169,7 +169,10 @@ def test_staged_files_appear_only_when_the_change_finishes(store, monkeypatch):
 
     changed = ([(path, "<filterbinding/>" if path.endswith(".xml") else text) for path, text in plan[0]], plan[1])
     store.begin(changed)
-    monkeypatch.setattr(store_module, "fsync_all", lambda paths: (_ for _ in ()).throw(OSError(28, "No space left")))
+
+    def full(paths):
+        raise OSError(28, "No space left")
+    monkeypatch.setattr(store_module, "fsync_all", full)
     staged = store.stage(changed)
     with pytest.raises(OSError, match="No space left"):
         store.finish(changed, staged)
