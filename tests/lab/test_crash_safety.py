@@ -22,10 +22,10 @@ PORTS = 40
 KILLS = 50
 
 
-def _generation(number):
+def _generation(number, filter_name="clean-traffic"):
     """The bindings of change ``number``: every address changes, and the port count."""
     count = PORTS + (number % 3) * 5
-    return [Binding(f"k{i}", f"52:54:00:20:00:{i:02x}", FilterRef("clean-traffic", {"IP": (f"10.{number % 250}.0.{i + 1}",)}))
+    return [Binding(f"k{i}", f"52:54:00:20:00:{i:02x}", FilterRef(filter_name, {"IP": (f"10.{number % 250}.0.{i + 1}",)}))
             for i in range(count)]
 
 
@@ -132,6 +132,26 @@ def test_a_change_killed_in_its_renames_is_undone_whole(lab, tmp_path):
     assert host.store.journal() is not None
     assert host.converge().changed
     assert _agree(host, [0, 1]) == 0
+
+
+def _shape_child(root, netns):
+    _die_at("renaming", 3)
+    Host(root, netns=netns).set_bindings(_generation(0, "no-ip-spoofing"), exclusive=True)
+    os._exit(0)  # pylint: disable=protected-access
+
+
+def test_a_change_of_shape_killed_in_its_renames_leaves_no_shape_behind(lab, tmp_path):
+    """The undone change had replaced the ports' shape: the repair puts the
+    old one back and deletes the new one, which no port uses."""
+    root = str(tmp_path / "store")
+    host = Host(root, netns=lab.host)
+    host.set_bindings(_generation(0))
+    assert _run_child(_shape_child, (root, lab.host), "renaming", None, 0) == -signal.SIGKILL
+    assert host.converge().changed
+    _agree(host, [0])
+    listing = host.nft._run(["list", "ruleset"])  # pylint: disable=protected-access
+    assert set(re.findall(r"chain (s/[0-9a-f]+)/", listing)) == set(host._load().shapes())  # pylint: disable=protected-access
+    assert not host.converge().changed
 
 
 def _removal_child(root, netns, point, keep):

@@ -447,7 +447,10 @@ class Host:
             return None
         kernel = self.nft.kernel()
         state.index.recount()  # every binding and shard is read here anyway
-        records = {p: state.installed.get(p) for p in state.bindings}
+        # an interrupted change wrote its port records before its renames, and the journal does not
+        # hold them: they may tell of the undone change, so its ports count as having none (reinstalled)
+        untrusted = set(interrupted or ())
+        records = {p: None if p in untrusted else state.installed.get(p) for p in state.bindings}
         return _integrity().compare(records, kernel, self.store.kernel_contents("base")), kernel
 
     def _not_in_force(self, state: _State, ports: Sequence[str]) -> Dict[str, Optional[str]]:
@@ -459,7 +462,7 @@ class Host:
             return {p: None for p in ports}
         found = checked[0]
         reasons = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in found.problems if ": " in line}
-        reasons.update({p: "a change of it was interrupted" for p in interrupted or () if p not in reasons})
+        reasons.update({p: "a change of it was interrupted" for p in interrupted or ()})
         base = "; ".join(line for line in found.problems if ": " not in line) if found.base else None
         return {p: base or reasons.get(p) for p in ports}
 
@@ -616,7 +619,7 @@ class Host:
         if checked is None:
             return state, notes
         found, kernel = checked
-        notes += found.problems
+        notes += [note for note in found.problems if note.split(": ", 1)[0] not in (interrupted or ())]
         if converted is not None and converted < max(REINSTALLED_FOR) and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
             integrity = _integrity()
@@ -687,6 +690,8 @@ class Host:
         for program in programs:
             new.installing(program)
         used_shapes = new.shapes()
+        if prune is not None:  # and the shapes the kernel holds that no port uses after the change
+            stale_shapes = {**_integrity().unused_shapes(prune[0], used_shapes), **(stale_shapes or {})}
         plan = self.store.plan(old.as_files(), new.as_files(), sorted(touched))
         marker, base, records, base_read, staged = None, False, None, None, None
         if touched or live is not None:

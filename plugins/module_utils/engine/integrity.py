@@ -156,14 +156,21 @@ def _compare_shapes(records: Mapping[str, Optional[dict]], kernel: Kernel, found
             found.problems.append(f"set {family} {name} holds elements we did not put there")
     if any(record is None for record in records.values()):
         return  # a shape no record names may be a port's without one
+    found.stale_shapes.update(unused_shapes(kernel, used))
+    for shape in sorted(found.stale_shapes):
+        found.problems.append(f"chains and sets of {shape}, {NO_PORT_USES}")
+
+
+def unused_shapes(kernel: Kernel, used: Collection[str]) -> Dict[str, Tuple[tuple, tuple]]:
+    """The chains and sets of the shapes in ``kernel`` that are not ``used``."""
+    found: Dict[str, Tuple[tuple, tuple]] = {}
     for family, name in sorted(kernel.members):
         shape = owner_of(name)
         if shape not in used:
             chains = tuple(sorted(chain for chain in kernel.rules if chain[1].startswith(f"{shape}/")))
-            sets = found.stale_shapes.setdefault(shape, (chains, ()))[1]
-            found.stale_shapes[shape] = (chains, sets + ((family, name, ""),))
-    for shape in sorted(found.stale_shapes):
-        found.problems.append(f"chains and sets of {shape}, {NO_PORT_USES}")
+            sets = found.setdefault(shape, (chains, ()))[1]
+            found[shape] = (chains, sets + ((family, name, ""),))
+    return found
 
 
 def _chain_problem(chain: list, kernel: Kernel) -> Optional[str]:
