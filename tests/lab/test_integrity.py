@@ -252,7 +252,7 @@ def test_lost_port_records_keep_the_ids_the_kernel_holds(lab, host, lost):
 def test_restore_restores_what_it_can_read(lab, host):
     vm = lab.guests["vm"]
     _bind(lab, host)
-    host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("clean-traffic", {"IP": ("192.0.2.33",)})))
+    host.bind(Binding("other0", "52:54:00:00:00:33", FilterRef("no-ip-spoofing", {"IP": ("192.0.2.33",)})))  # a shape no other port has
     before = [line for line in lab.nft_list().splitlines() if "other0" in line]
     with open(os.path.join(host.store.root, "bindings", "other0.xml"), "wb") as handle:
         handle.write(b"\xff\xfe")
