@@ -619,7 +619,8 @@ class Host:
         if checked is None:
             return state, notes
         found, kernel = checked
-        notes += [note for note in found.problems if note.split(": ", 1)[0] not in (interrupted or ())]
+        undone = set(interrupted or ())  # their ports are named once, above
+        notes += [note for note in found.problems if note.split(": ", 1)[0] not in undone]
         if converted is not None and converted < max(REINSTALLED_FOR) and state.bindings:
             # every port is reinstalled because of the conversion: one note, not one per port
             integrity = _integrity()
