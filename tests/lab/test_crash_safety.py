@@ -12,6 +12,8 @@ import re
 import signal
 import time
 
+import pytest
+
 from engine import host as host_module
 from engine import store as store_module
 from engine.host import Host
@@ -20,6 +22,9 @@ from engine.model import Binding, FilterRef
 
 PORTS = 40
 KILLS = 50
+# the kill loop's seeds: CI runs one; more find more sequences of kill points (a sequence the
+# first seed missed hid a recovery bug): VMGUARD_KILL_SEEDS="1 2 3" pytest tests/lab/test_crash_safety.py
+SEEDS = [int(seed) for seed in os.environ.get("VMGUARD_KILL_SEEDS", "9").split()]
 
 
 def _generation(number, filter_name="clean-traffic"):
@@ -96,12 +101,13 @@ def _agree(host, seen):
     return number
 
 
-def test_kill_anywhere_in_bulk_changes(lab, tmp_path):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kill_anywhere_in_bulk_changes(lab, tmp_path, seed):
     root = str(tmp_path / "store")
     host = Host(root, netns=lab.host)
     host.set_bindings(_generation(0))
     seen, kills, points = [0], 0, ["journal written", "staging", "kernel committed", "renaming", "anytime"]
-    rng = random.Random(9)
+    rng = random.Random(seed)
     number = 0
     while kills < KILLS and number < 3 * KILLS:
         number += 1
