@@ -44,8 +44,8 @@ def _die_at(point, renames):
     elif point == "staging":  # the store's writer thread, while the kernel takes the transaction or after it
         run = store_module.Staging._run  # pylint: disable=protected-access
 
-        def stage_then_die(self):
-            run(self)
+        def stage_then_die(self, files):
+            run(self, files)
             os.kill(os.getpid(), signal.SIGKILL)
         store_module.Staging._run = stage_then_die  # pylint: disable=protected-access
     elif point == "renaming":

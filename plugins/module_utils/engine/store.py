@@ -184,22 +184,21 @@ class Staging:
     they are renamed (``Store.finish``), so a crash in between leaves the old files (and
     temporary ones that the next change's undo sweeps)."""
 
-    def __init__(self, files: Sequence[Tuple[str, str]]) -> None:
-        self._files = list(files)
+    def __init__(self, files: List[Tuple[str, str]]) -> None:
         self._staged: Optional[List[Tuple[str, str]]] = None
         self._error: Optional[BaseException] = None
         # daemon: a process that ends on an error does not wait for the disk; the journal undoes its change
-        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="vmguard store writes",
-                                                                    daemon=True)
+        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, args=(files,),
+                                                                    name="vmguard store writes", daemon=True)
         try:
             self._thread.start()
         except RuntimeError:  # no thread to be had: staged here and now
             self._thread = None
-            self._run()
+            self._run(files)
 
-    def _run(self) -> None:
+    def _run(self, files: List[Tuple[str, str]]) -> None:
         try:
-            self._staged = _stage(self._files)
+            self._staged = _stage(files)
         except BaseException as exc:  # pylint: disable=broad-except  # raised again by wait
             self._error = exc
 
@@ -631,16 +630,19 @@ class Store:
         undo = {path: _text_of(path) for path, _text in writes if not self._rebuildable(path)}
         atomic_write(self._journal_path, json.dumps({"ports": ports, "undo": undo}))
 
+    def _durable(self, plan: Plan) -> List[Tuple[str, str]]:
+        """The files of the plan written atomically: all it writes but the port records."""
+        return [(path, text) for path, text in plan[0] if text is not None and not self._rebuildable(path)]
+
     def stage(self, plan: Plan) -> Staging:
-        """The plan's files, port records aside, staged while the caller changes the kernel."""
-        return Staging([(path, text) for path, text in plan[0] if text is not None and not self._rebuildable(path)])
+        """The plan's durable files, staged while the caller changes the kernel."""
+        return Staging(self._durable(plan))
 
     def finish(self, plan: Plan, staged: Optional[Staging] = None) -> None:
-        """Make the plan's writes; ``staged``: its files as ``stage`` staged
-        them (port records aside, the plan is the same: ``with_records``)."""
+        """Make the plan's writes; ``staged``: its durable files as ``stage``
+        staged them (``with_records`` changes only the port records)."""
         writes, _ports = plan
-        in_place = staged.wait() if staged is not None else \
-            _stage([(path, text) for path, text in writes if text is not None and not self._rebuildable(path)])
+        in_place = staged.wait() if staged is not None else _stage(self._durable(plan))
         try:
             removed = {os.path.dirname(path) for path, text in writes if text is None}
             for path, text in writes:
