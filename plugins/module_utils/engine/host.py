@@ -338,11 +338,40 @@ def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[
     return [element for elements in found.values() for element in elements]
 
 
-def _program(state: _State, portdev: str) -> "PortProgram":
+def _program(state: _State, portdev: str, key: Optional[tuple] = None) -> "PortProgram":
     ruleset, learning = _resolved(state, portdev)
     if ruleset is None:
         return cast("PortProgram", learning)  # _resolved gives one of the two
-    return _compiler().compile_port(state.bindings[portdev], ruleset, state.index.id(portdev))
+    return _compiler().compile_port(state.bindings[portdev], ruleset, state.index.id(portdev), key=key)
+
+
+def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
+    """The ports' programs, in their order. A port whose resolver.shape_key
+    a port compiled before had is made from that port's template (a few
+    microseconds: a bulk change mostly repeats one tree); the first of each
+    key is compiled here, the rest on every core (parallel)."""
+    resolver, compiler = _resolver(), _compiler()
+    filters = state.all_filters()
+    made: Dict[str, "PortProgram"] = {}
+    tried: Set[tuple] = set()
+    try:
+        for portdev in ports:
+            binding = state.bindings[portdev]
+            found = resolver.shape_key(filters, binding, _extra(state, binding))
+            if found is None:
+                continue
+            key, variables, derived = found
+            program = compiler.from_template(key, portdev, state.index.id(portdev), variables, derived)
+            if program is None and key not in tried:
+                tried.add(key)
+                program = _program(state, portdev, key)
+            if program is not None:
+                made[portdev] = program
+    except NwfilterError:  # the error a port-by-port compile raises first, naming the same port
+        made = {}
+    rest = map_on_cores(functools.partial(_program, state), [p for p in ports if p not in made])
+    made.update((program.portdev, program) for program in rest)
+    return [made[portdev] for portdev in ports]
 
 
 class Host:
@@ -670,7 +699,7 @@ class Host:
                 new.index.set(portdev, new_entry(port_id))
         if rebuild:  # loaded before the work is shared: forked workers inherit the modules
             _resolver(), _compiler(), _builtin_filters()
-        programs = map_on_cores(functools.partial(_program, new), sorted(rebuild))
+        programs = _programs(new, sorted(rebuild))
         growth = sum(p.rule_count - new.index[p.portdev][RULES] for p in programs)
         check_host_rules(new.index.totals["rules"] + growth, lambda: {
             **{p: entry[RULES] for p, entry in new.index.all().items()}, **{p.portdev: p.rule_count for p in programs}})

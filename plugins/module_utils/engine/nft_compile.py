@@ -11,15 +11,16 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import NwfilterError
 from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
                          dispatch_rule, id_targets, key_expression, owner_of, port_key, shape_parts)
-from .nft_matches import NotShared, bridge_matches, ct_states, ip_matches
+from .nft_matches import RECIPES, NotShared, Recipe, bridge_matches, ct_states, ip_matches
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
+from .values import parse_typed
 
 BRIDGE_VERDICT = {"accept": "accept", "drop": "drop", "reject": "drop", "return": "return", "continue": ""}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -85,7 +86,68 @@ def _rule_text(matches: Sequence[str], verdict: str) -> str:
 SHAPE = "$C"  # the shape's name in its chains' and sets' names until its digest is known
 _SHAPES: Dict[str, "Shape"] = {}
 MAX_SHAPES = 256  # distinct shapes kept; a host has a handful
-_LOOKUP = re.compile(r"\$K \. (?P<expr>[^$]*?) (?P<negate>!= )?@\$(?P<kind>[SI])(?P<value>[^$]*)\$")
+_LOOKUP = re.compile(r"\$K \. (?P<expr>[^$]*?) (?P<negate>!= )?@\$(?P<kind>[SI])(?P<value>[^$#]*)#(?P<recipe>\d+)\$")
+
+
+def _interval(value: str) -> str:
+    """The kind of set a value needs: I (interval) for a range or a prefix, else S."""
+    return "I" if any(c in value for c in "-/") else "S"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A shape as the ports of one resolver.shape_key get it: their
+    programs differ only in their keys and values, and each value is its
+    recipe (nft_matches.RECIPES) applied to the port's variables. Compiling
+    one port of a key gives the template; the others are made from it."""
+
+    shape: Shape
+    parts: FrozenSet[str]
+    values: Tuple[Tuple[str, str, str, str, Recipe], ...]  # per value set: family, name, part, kind, recipe
+
+    def program(self, portdev: str, port_id: int, values: Sequence[str]) -> PortProgram:
+        """The port's program: its values (one per value set) and its key in the port sets."""
+        members = {(family, name, f"{port_key(part, portdev, port_id)} . {value}")
+                   for (family, name, part, _kind, _recipe), value in zip(self.values, values)}
+        members.update(("bridge" if part in ("o", "i") else "inet", f"{self.shape.name}/{PORT_SETS[part]}",
+                        port_key(part, portdev, port_id)) for part in self.parts)
+        elements = tuple(("bridge", vmap, f'"{portdev}"', target)
+                         for vmap, target in id_targets(port_id).items()) if {"fi", "fo", "hi"} & self.parts else ()
+        return PortProgram(portdev, port_id, False, (), elements, (), self.shape, tuple(sorted(members)))
+
+    def apply(self, portdev: str, port_id: int, variables: Mapping[str, Tuple[str, ...]],
+              derived: Mapping[str, Tuple[str, ...]]) -> Optional[PortProgram]:
+        """The program of a port of this template's key, from its variables
+        and derived defaults (resolver.shape_key); None where a value does
+        not fit (not a valid value, or a range where the shape has a value
+        set): the full compile then says why, or builds the port's own shape."""
+        values = []
+        typed: Dict[Tuple[str, str], object] = {}
+        for _family, _name, _part, kind, (fmt, sources) in self.values:
+            args = []
+            for source in sources:
+                if source[0] == "const":
+                    args.append(source[1])
+                    continue
+                _var, variable, where, parse = source
+                text = (variables if where == "binding" else derived)[variable][0]
+                if parse is None:
+                    args.append(text)
+                    continue
+                if (parse, text) not in typed:
+                    try:
+                        typed[parse, text] = parse_typed(parse, text)
+                    except NwfilterError:
+                        return None
+                args.append(typed[parse, text])
+            value = fmt(*args)
+            if _interval(value) != kind:
+                return None
+            values.append(value)
+        return self.program(portdev, port_id, values)
+
+
+_TEMPLATES: Dict[tuple, Template] = {}
 
 
 class _Builder:
@@ -100,6 +162,7 @@ class _Builder:
         self.shared = shared
         self.chains: Dict[Tuple[str, str], List[str]] = {}
         self.elements: List[Tuple[str, str, str, str]] = []
+        self.template: Optional[Template] = None  # of a shared port, once compiled
 
     def chain(self, family: str, *parts: str) -> List[str]:
         if self.shared:
@@ -122,20 +185,20 @@ class _Builder:
     def _shared(self) -> PortProgram:
         """The shape's chains with each lookup's set named, its sets, and
         this port's elements: its values, its place in the port sets and its id."""
-        chains, sets, members = [], [], []
+        chains, sets, values = [], [], []
         parts = set()
         for (family, name), rules in self.chains.items():
             part = name.split("/")[1]
             parts.add(part)
-            key, found_by = key_expression(part), port_key(part, self.binding.portdev, self.port_id)
+            key = key_expression(part)
             typeof = "iifname" if family == "bridge" else "meta mark"
 
-            def lookup(match: "re.Match[str]", family: str = family, key: str = key, found_by: str = found_by,
+            def lookup(match: "re.Match[str]", family: str = family, key: str = key, part: str = part,
                        typeof: str = typeof) -> str:
                 name = f"{SHAPE}/v{len(sets)}"
                 flags = " flags interval;" if match["kind"] == "I" else ""
                 sets.append((family, name, f"typeof {typeof} . {match['expr']};{flags}"))
-                members.append((family, name, f"{found_by} . {match['value']}"))
+                values.append((family, name, part, match["kind"], RECIPES[int(match["recipe"])], match["value"]))
                 return f"{key} . {match['expr']} {match['negate'] or ''}@{name}"
             chains.append((family, name, tuple(_LOOKUP.sub(lookup, rule) if "$K" in rule else rule
                                                for rule in _reachable(rules))))
@@ -144,7 +207,6 @@ class _Builder:
             name = f"{SHAPE}/{PORT_SETS[part]}"
             if (family, name) not in {(f, n) for f, n, _spec in sets}:
                 sets.append((family, name, "typeof iifname;" if family == "bridge" else "type mark;"))
-            members.append((family, name, port_key(part, self.binding.portdev, self.port_id)))
         shape = f"s/{digest([repr(chains), repr(sets)])}"
         named = _SHAPES.get(shape)
         if named is None:  # ports alike make the same one: named once
@@ -153,10 +215,9 @@ class _Builder:
             named = _SHAPES[shape] = Shape(
                 shape, tuple((f, n.replace(SHAPE, shape), tuple(r.replace(SHAPE, shape) for r in rules))
                              for f, n, rules in chains), tuple((f, n.replace(SHAPE, shape), spec) for f, n, spec in sets))
-        elements = tuple(("bridge", vmap, f'"{self.binding.portdev}"', target)
-                         for vmap, target in id_targets(self.port_id).items()) if {"fi", "fo", "hi"} & parts else ()
-        return PortProgram(self.binding.portdev, self.port_id, False, (), elements, (), named,
-                           tuple(sorted({(f, n.replace(SHAPE, shape), e) for f, n, e in members})))
+        self.template = Template(named, frozenset(parts), tuple((f, n.replace(SHAPE, shape), part, kind, recipe)
+                                                                for f, n, part, kind, recipe, _value in values))
+        return self.template.program(self.binding.portdev, self.port_id, [value for *_rest, value in values])
 
 
 def _reachable(rules: List[str]) -> Tuple[str, ...]:
@@ -338,19 +399,29 @@ def _ip_layer(builder: _Builder, ruleset: Ruleset) -> None:
                 builder.chain("inet", side).append(text)
 
 
-def compile_port(binding: Binding, ruleset: Ruleset, port_id: int, share: bool = True) -> PortProgram:
+def compile_port(binding: Binding, ruleset: Ruleset, port_id: int, share: bool = True,
+                 key: Optional[tuple] = None) -> PortProgram:
     """The port's program: of its shape, unless a variable's value goes
     where no lookup can stand (nft_matches.NotShared), or not ``share``;
-    then chains of its own."""
+    then chains of its own. ``key``: the binding's resolver.shape_key,
+    under which its shape's template is kept (from_template)."""
     if share:
         try:
-            return _compiled(binding, ruleset, port_id, True)
+            return _compiled(binding, ruleset, port_id, True, key)
         except NotShared:
             pass
     return _compiled(binding, ruleset, port_id, False)
 
 
-def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool) -> PortProgram:
+def from_template(key: tuple, portdev: str, port_id: int, variables: Mapping[str, Tuple[str, ...]],
+                  derived: Mapping[str, Tuple[str, ...]]) -> Optional[PortProgram]:
+    """The program of a port whose shape_key a port compiled before had, in
+    this process; None when there is no such template or it does not fit."""
+    template = _TEMPLATES.get((key, layout.FROM_MASK, layout.TO_SHIFT))
+    return template.apply(portdev, port_id, variables, derived) if template is not None else None
+
+
+def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool, key: Optional[tuple] = None) -> PortProgram:
     builder = _Builder(binding, port_id, shared)
     try:
         _bridge_direction(builder, ruleset, "out", "from_vm", f'"{binding.portdev}"')
@@ -358,7 +429,13 @@ def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool) ->
         _ip_layer(builder, ruleset)
     except NwfilterError as exc:
         raise exc.within(f"binding {binding.portdev!r}") from None
-    return builder.program(learning=False)
+    program = builder.program(learning=False)
+    if key is not None and builder.template is not None:
+        if len(_TEMPLATES) >= MAX_SHAPES:
+            _TEMPLATES.clear()
+        # the layout's constants are in the shape's chains and the ports' keys (a test installs the previous one)
+        _TEMPLATES[key, layout.FROM_MASK, layout.TO_SHIFT] = builder.template
+    return program
 
 
 def _servers(variables: Mapping[str, Tuple[str, ...]], name: str, version: int) -> str:

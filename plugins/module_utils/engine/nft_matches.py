@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import schema
 from .errors import NwfilterError
@@ -85,10 +85,50 @@ class NotShared(Exception):
 
 
 # A comparison with a variable's value, in a chain shared by many ports:
-# "$K . <expr> [!= ]@$S<value>$" (``I``: an interval set, for ranges and
-# prefixes). nft_compile turns it into a lookup in a set of the port's values
-# keyed by the port ($K); '$' is in no other rule text (comments refuse it).
-LOOKUP = "$K . {expr} {negate}@${kind}{value}$"
+# "$K . <expr> [!= ]@$S<value>#<recipe>$" (``I``: an interval set, for ranges
+# and prefixes). nft_compile turns it into a lookup in a set of the port's
+# values keyed by the port ($K); '$' is in no other rule text (comments refuse
+# it). The recipe (RECIPES) makes the value from another port's variables.
+LOOKUP = "$K . {expr} {negate}@${kind}{value}#{recipe}$"
+# (format, its arguments): each a constant ("const", typed value or None) or a
+# variable's one value ("var", variable, where from, type for values.parse_typed)
+Recipe = Tuple[Callable[..., str], Tuple[Tuple[Any, ...], ...]]
+RECIPES: List[Recipe] = []  # by number; as many as distinct rules, whatever the number of ports
+_RECIPE_NUMBERS: Dict[Recipe, int] = {}
+
+
+def _recipe_number(recipe: Recipe) -> int:
+    number = _RECIPE_NUMBERS.get(recipe)
+    if number is None:
+        number = _RECIPE_NUMBERS[recipe] = len(RECIPES)
+        RECIPES.append(recipe)
+    return number
+
+
+# How a comparison writes the values of its attributes (None: one the rule
+# lacks); a recipe names them, so they are functions of those values alone.
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _span(low: Any, high: Any) -> str:
+    return str(low) if high is None else f"{low}-{high}"
+
+
+def _hex4(value: int) -> str:
+    return f"0x{value:04x}"
+
+
+def _raw_mac(value: str) -> str:
+    return f"0x{_mac_int(value):x}"
+
+
+def _raw_ipv4(value: str) -> str:
+    return f"0x{_ipv4_int(value):x}"
+
+
+def _raw_int(value: Any) -> str:
+    return f"0x{int(value):x}"
 
 
 @functools.lru_cache(maxsize=1 << 12)  # a port's address is written into several of its rules
@@ -109,18 +149,25 @@ class Attrs:
         for name, value, negate in rule.matches:
             self.values[_swapped(name) if swap else name] = (value, negate)
         self.used: set = set()
-        # attributes a variable gave, looked up in a set when the chain is shared
-        self.slots = {_swapped(name) if swap else name for name in rule.slots} if shared else set()
+        # attributes a variable gave, looked up in a set when the chain is shared: where their values come from
+        self.sources = {(_swapped(name) if swap else name): ("var", variable, where, kind)
+                        for name, variable, where, kind in rule.sources} if shared else {}
+        self.slots = set(self.sources)
 
-    def compare(self, expr: str, value: object, negate: bool, *names: str) -> str:
-        """``_is``, or a lookup (LOOKUP) when a variable gave one of ``names``."""
+    def compare(self, expr: str, negate: bool, fmt: Callable[..., str], *names: str) -> str:
+        """``expr`` against ``fmt`` of the values of ``names``: ``_is``, or a
+        lookup (LOOKUP) when a variable gave one of them."""
+        values = [self.values[name][0] if name in self.values else None for name in names]
+        text = fmt(*values)
         if not self.slots.intersection(names):
-            return _is(expr, value, negate)
+            return _is(expr, text, negate)
         if not lookup_width(expr):
             raise NotShared(self.element, expr)
-        text = str(value)
+        # a default of the tree is the same for every port of a shape: a constant
+        sources = tuple(self.sources[name] if name in self.sources and self.sources[name][2] != "default"
+                        else ("const", value) for name, value in zip(names, values))
         return LOOKUP.format(expr=expr, negate="!= " if negate else "", kind="I" if any(c in text for c in "-/") else "S",
-                             value=text)
+                             value=text, recipe=_recipe_number((fmt, sources)))
 
     def fixed(self, *names: str) -> None:
         """``names`` are rendered where no lookup can stand."""
@@ -155,7 +202,7 @@ def _mac(attrs: Attrs, which: str, expr: str) -> List[str]:
         return []
     mac, negate = found
     if mask is None:
-        return [attrs.compare(expr, mac, negate, f"{which}macaddr")]
+        return [attrs.compare(expr, negate, _text, f"{which}macaddr")]
     attrs.fixed(f"{which}macaddr", f"{which}macmask")
     masked = f"{_mac_int(mac) & _mac_int(mask[0]):012x}"
     network = ":".join(masked[i:i + 2] for i in range(0, 12, 2))
@@ -171,22 +218,22 @@ def _network(addr: str, prefix: Optional[int]) -> str:
 def _address(attrs: Attrs, which: str, expr: str) -> List[str]:
     out = []
     found = attrs.take(f"{which}ipaddr")
-    mask = attrs.take(f"{which}ipmask")
+    attrs.take(f"{which}ipmask")  # compare reads it
     if found is not None:
-        out.append(attrs.compare(expr, _network(found[0], mask[0] if mask else None), found[1],
-                                 f"{which}ipaddr", f"{which}ipmask"))
-    low, high = attrs.take(f"{which}ipfrom"), attrs.take(f"{which}ipto")
+        out.append(attrs.compare(expr, found[1], _network, f"{which}ipaddr", f"{which}ipmask"))
+    low = attrs.take(f"{which}ipfrom")
+    attrs.take(f"{which}ipto")  # compare reads it
     if low is not None:
-        out.append(attrs.compare(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1],
-                                 f"{which}ipfrom", f"{which}ipto"))
+        out.append(attrs.compare(expr, low[1], _span, f"{which}ipfrom", f"{which}ipto"))
     return out
 
 
 def _range(attrs: Attrs, start: str, end: str, expr: str) -> List[str]:
-    low, high = attrs.take(start), attrs.take(end)
+    low = attrs.take(start)
+    attrs.take(end)  # compare reads it
     if low is None:
         return []
-    return [attrs.compare(expr, f"{low[0]}-{high[0]}" if high else low[0], low[1], start, end)]
+    return [attrs.compare(expr, low[1], _span, start, end)]
 
 
 def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: Optional[str] = None) -> List[str]:
@@ -195,13 +242,13 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
         return []
     value, negate = found
     offset, width = field
-    number = _mac_int(value) if width == 48 else _ipv4_int(value) if width == 32 and "ip" in name \
-        else int(value)
+    fmt = _raw_mac if width == 48 else _raw_ipv4 if width == 32 and "ip" in name else _raw_int
     mask = attrs.take(mask_name) if mask_name else None
     expr = f"@{base},{offset},{width}"
     if mask is None:
-        return [attrs.compare(expr, f"0x{number:x}", negate, name)]
+        return [attrs.compare(expr, negate, fmt, name)]
     attrs.fixed(name, mask_name or name)
+    number = _mac_int(value) if fmt is _raw_mac else _ipv4_int(value) if fmt is _raw_ipv4 else int(value)
     bits = _mac_int(mask[0]) if width == 48 else (0xFFFFFFFF << (32 - mask[0])) & 0xFFFFFFFF
     return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
 
@@ -265,10 +312,10 @@ def _stp(attrs: Attrs) -> List[str]:
         if name.endswith("-address"):
             out += _raw(attrs, name, "ll", field, f"{name}-mask")
             continue
-        low, high = attrs.take(name), attrs.take(f"{name}-hi")
+        low = attrs.take(name)
+        attrs.take(f"{name}-hi")  # compare reads it
         if low is not None:
-            out.append(attrs.compare(f"@ll,{field[0]},{field[1]}", f"{low[0]}-{high[0]}" if high else low[0], low[1],
-                                     name, f"{name}-hi"))
+            out.append(attrs.compare(f"@ll,{field[0]},{field[1]}", low[1], _span, name, f"{name}-hi"))
     return out
 
 
@@ -296,12 +343,11 @@ def bridge_matches(rule: ResolvedRule, reverse: bool, shared: bool = False) -> L
     if element == "mac":
         found = attrs.take("protocolid")
         if found is not None:
-            out.append(attrs.compare("ether type", f"0x{found[0]:04x}", found[1], "protocolid"))
+            out.append(attrs.compare("ether type", found[1], _hex4, "protocolid"))
     elif element == "vlan":
         out.append("ether type 0x8100")
-        out += [attrs.compare("vlan id", v[0], v[1], "vlanid") for v in [attrs.take("vlanid")] if v]
-        out += [attrs.compare("vlan type", f"0x{v[0]:04x}", v[1], "encap-protocol")
-                for v in [attrs.take("encap-protocol")] if v]
+        out += [attrs.compare("vlan id", v[1], _text, "vlanid") for v in [attrs.take("vlanid")] if v]
+        out += [attrs.compare("vlan type", v[1], _hex4, "encap-protocol") for v in [attrs.take("encap-protocol")] if v]
     elif element == "stp":
         out += _stp(attrs)
     elif element in ("arp", "rarp"):
@@ -312,10 +358,9 @@ def bridge_matches(rule: ResolvedRule, reverse: bool, shared: bool = False) -> L
         out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
         proto = attrs.take("protocol")
         if proto is not None:
-            out.append(attrs.compare("ip protocol" if element == "ip" else "meta l4proto", proto[0], proto[1],
-                                     "protocol"))
+            out.append(attrs.compare("ip protocol" if element == "ip" else "meta l4proto", proto[1], _text, "protocol"))
         out += _ports(attrs)
-        out += [attrs.compare("ip dscp", v[0], v[1], "dscp") for v in [attrs.take("dscp")] if v]
+        out += [attrs.compare("ip dscp", v[1], _text, "dscp") for v in [attrs.take("dscp")] if v]
         out += _range(attrs, "type", "typeend", "icmpv6 type") + _range(attrs, "code", "codeend", "icmpv6 code")
         out += _nd(attrs)
     out += _comment(attrs)
@@ -334,9 +379,9 @@ def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool, shared: bool
         out.append(f"meta l4proto {spec.ip_protocol}")
     source_mac = attrs.take("dstmacaddr" if swap else "srcmacaddr")
     if source_mac is not None and not swap:
-        out.append(attrs.compare("ether saddr", source_mac[0], source_mac[1], "srcmacaddr"))
+        out.append(attrs.compare("ether saddr", source_mac[1], _text, "srcmacaddr"))
     out += _address(attrs, "src", f"{family} saddr") + _address(attrs, "dst", f"{family} daddr")
-    out += [attrs.compare(f"{family} dscp", v[0], v[1], "dscp") for v in [attrs.take("dscp")] if v]
+    out += [attrs.compare(f"{family} dscp", v[1], _text, "dscp") for v in [attrs.take("dscp")] if v]
     flags = attrs.take("flags")
     if flags is not None:
         attrs.fixed("flags")
@@ -348,9 +393,9 @@ def ip_matches(rule: ResolvedRule, swap: bool, may_skip_icmp: bool, shared: bool
         if may_skip_icmp:
             return None
         proto = "icmp" if family == "ip" else "icmpv6"
-        out.append(attrs.compare(f"{proto} type", icmp_type[0], icmp_type[1], "type"))
+        out.append(attrs.compare(f"{proto} type", icmp_type[1], _text, "type"))
         if icmp_code is not None:
-            out.append(attrs.compare(f"{proto} code", icmp_code[0], icmp_code[1], "code"))
+            out.append(attrs.compare(f"{proto} code", icmp_code[1], _text, "code"))
     if attrs.take("ipset") or attrs.take("ipsetflags"):
         raise unsupported(spec.name, "ipset")
     attrs.take("state")

@@ -29,7 +29,8 @@ from .values import eui64_link_local, parse_typed
 from .variables import VarRef, parse_reference
 
 Variables = Dict[str, Tuple[str, ...]]
-_Values = Tuple[Tuple[str, Tuple[str, ...]], ...]  # the values of the variables a rule names
+# the variables a rule names: (name, values, where they come from: "binding", "default" or "derived")
+_Values = Tuple[Tuple[str, Tuple[str, ...], str], ...]
 _Frame = Tuple[Filter, Dict[str, Tuple[str, ...]], Iterator[Entry]]
 
 
@@ -63,7 +64,7 @@ class _Instance:
         return schema.ELEMENTS[self.rule.protocol].layer if self.rule.protocol else "l2"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it keys nft_compile's templates
 class _Plan:
     """What of a binding's resolution depends only on the tree: its rules in
     libvirt's order and the chains they form (``layout``: per bridge chain,
@@ -73,6 +74,7 @@ class _Plan:
     filters: Tuple[Filter, ...]  # keeps the filters alive while their ids key the plan
     ordered: Tuple[_Instance, ...]
     unset: frozenset  # variables some rule uses that no filterref above it sets
+    uses: frozenset  # every variable some rule uses
     layout: Tuple[Tuple[str, int, Tuple[Any, ...]], ...]
 
 
@@ -122,12 +124,12 @@ def _plan(filters: Mapping[str, Filter], root: str, where: str) -> _Plan:
             raise exc.within(where) from None
         instances = _walk(filters, root, where)
         ordered = tuple(sorted(instances, key=lambda i: (i.chain != "root", i.rule.priority, i.order)))
-        unset = frozenset(ref.name for inst in instances for _attr, ref in _references(inst.rule)
-                          if ref.name not in inst.defaults)
+        refs = [(ref.name, inst) for inst in instances for _attr, ref in _references(inst.rule)]
+        unset = frozenset(name for name, inst in refs if name not in inst.defaults)
         if len(_PLANS) >= MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[key] = _Plan(tuple(flt for _name, flt in reachable if flt is not None), ordered, unset,
-                                   _layout(ordered))
+                                   frozenset(name for name, _inst in refs), _layout(ordered))
     return plan
 
 
@@ -181,7 +183,7 @@ def _axes(rule: Rule, values: _Values, where: str) -> Tuple[Tuple[Dict[str, str]
     iterator walks its lists in parallel (repeated tuples skipped), different
     iterators give the cross product. Linear in the lists' lengths, so the
     size of the product is known before it is expanded."""
-    variables = dict(values)
+    variables = {name: listed for name, listed, _where in values}
     iterators: Dict[Any, List[str]] = {0: []}
     for _attr, ref in _references(rule):
         if ref.index is not None:
@@ -252,9 +254,9 @@ def _values(instance: _Instance, variables: Mapping[str, Tuple[str, ...]],
     # Only these matter: a rule without variables, or with values many ports
     # share, is expanded once (a redefine rebuilds every port of a tree that
     # mostly repeats itself).
-    return tuple((ref.name, variables[ref.name] if ref.name in variables else
-                  instance.defaults[ref.name] if ref.name in instance.defaults else derived[ref.name])
-                 for _attr, ref in _references(instance.rule))
+    return tuple((ref.name, variables[ref.name], "binding") if ref.name in variables else
+                 (ref.name, instance.defaults[ref.name], "default") if ref.name in instance.defaults else
+                 (ref.name, derived[ref.name], "derived") for _attr, ref in _references(instance.rule))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -268,14 +270,17 @@ def _expand_rule(rule: Rule, origin: str, values: _Values) -> Tuple[ResolvedRule
     where = f"filter {origin!r}"
     rules = []
     seen = set()
-    slots = frozenset(name for name, _ref in _references(rule))
+    spec = schema.ELEMENTS[rule.protocol] if rule.protocol else None
+    where_from = {name: source for name, _listed, source in values}
+    sources = tuple((name, ref.name, where_from[ref.name], spec.attribute_type(name) if spec else None)
+                    for name, ref in _references(rule))
     for assignment in _combinations(_axes(rule, values, where)):
         matches = _instantiate(rule, assignment, where)
         if matches in seen:
             continue
         seen.add(matches)
         rules.append(ResolvedRule(rule.action, rule.direction, rule.priority, rule.protocol,
-                                  matches, rule.statematch, origin, slots))
+                                  matches, rule.statematch, origin, sources))
     return tuple(rules)
 
 
@@ -336,3 +341,19 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
         (entry,) if isinstance(entry, Jump) else expanded[entry]))) for name, priority, entries in plan.layout)
     ip_rules = tuple(r for inst, rules in zip(plan.ordered, expanded) if inst.layer == "l3" for r in rules)
     return Ruleset(chains, ip_rules, variables)
+
+
+def shape_key(filters: Mapping[str, Filter], binding: Binding,
+              extra: Optional[Mapping[str, Sequence[str]]] = None) -> Optional[Tuple[Tuple[Any, ...], Variables, Variables]]:
+    """What the binding's resolved rules are made of apart from its values:
+    its tree's plan and the names of the variables it gives, when each that
+    the tree uses has one value (each rule instance then expands to one rule,
+    whatever the values); else None. Bindings of one key resolve to the same
+    rules but for the values of their ``sources``. With the binding's variables
+    and derived defaults, where those values come from."""
+    plan = _plan(filters, binding.filterref.filter, f"binding {binding.portdev!r}")
+    variables = effective_variables(binding, extra)
+    if any(len(variables[name]) != 1 for name in plan.uses if name in variables):
+        return None
+    derived = derived_defaults(binding) if plan.uses.difference(variables) else {}  # an EUI-64 address costs
+    return (plan, tuple(sorted(name for name in variables if name in plan.uses))), variables, derived

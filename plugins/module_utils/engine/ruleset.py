@@ -24,7 +24,10 @@ class ResolvedRule:
     matches: Tuple[Tuple[str, Any, bool], ...] = ()
     statematch: bool = True
     origin: str = ""  # the filter the rule comes from
-    slots: frozenset = frozenset()  # attributes whose value a variable gave (a shared chain looks them up)
+    # per attribute a variable gave (a shared chain looks it up): (attribute, variable, where its value comes
+    # from: "binding", "default" or "derived", its type for values.parse_typed), so nft_compile can put
+    # another port's values into a shape compiled once (nft_compile.Template)
+    sources: Tuple[Tuple[str, str, str, Optional[str]], ...] = ()
 
     def get(self, attribute: str) -> Optional[Tuple[Any, bool]]:
         """(value, negate) of an attribute, or None when the rule does not match on it."""
@@ -32,6 +35,11 @@ class ResolvedRule:
             if name == attribute:
                 return value, negate
         return None
+
+    @property
+    def slots(self) -> frozenset:
+        """The attributes a variable gave."""
+        return frozenset(name for name, _variable, _where, _kind in self.sources)
 
     @property
     def layer(self) -> str:
