@@ -10,20 +10,27 @@ SAMPLES = {
     "state": "NEW,ESTABLISHED", "tcpflags": "SYN,ACK/SYN", "boolean": "true", "comment": "a comment",
     "ipsetname": "myset", "ipsetflags": "src,dst", "ndlladdr": "52:54:00:00:00:09",
 }
+# a second value of each type, as another port of the same filter gives it
+OTHER_SAMPLES = {
+    **SAMPLES, "mac": "52:54:00:ab:cd:0e", "macmask": "ff:ff:00:00:00:00", "ipv4": "198.51.100.77", "ipv4mask": "16",
+    "ipv6": "2001:db8:5::77", "ipv6mask": "48", "uint8": "200", "uint16": "0x1234", "uint32": "70000", "port": "8080",
+    "dscp": "46", "vlanid": "4000", "ethertype": "0x86dd", "ipproto": "17", "arpopcode": "Reply",
+    "ndlladdr": "52:54:00:ab:cd:0e",
+}
 REFUSED = {("arp", "gratuitous"), ("rarp", "gratuitous")} | {
     (name, attr) for name, spec in schema.ELEMENTS.items() for attr in spec.attributes if attr.startswith("ipset")}
 CASES = [(name, attr) for name, spec in sorted(schema.ELEMENTS.items()) for attr in spec.attributes]
 
 
-def attributes(element, attribute):
-    attrs = {attribute: SAMPLES[schema.ELEMENTS[element].attributes[attribute]]}
+def attributes(element, attribute, samples=SAMPLES):
+    attrs = {attribute: samples[schema.ELEMENTS[element].attributes[attribute]]}
     if element in ("ip", "ipv6") and "port" in attribute:
         attrs["protocol"] = "tcp"
     spec = schema.ELEMENTS[element]
     if attribute.endswith("mask"):
         base = attribute[:-4] + ("" if attribute.endswith("-mask") else "addr")
         base = base.rstrip("-")
-        attrs[base] = SAMPLES[spec.attributes[base]]
+        attrs[base] = samples[spec.attributes[base]]
     if attribute == "state":
         attrs[attribute] = "NEW"
     if attribute.startswith("vmguard-nd"):

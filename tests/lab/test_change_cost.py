@@ -93,8 +93,9 @@ def test_ports_compiled_by_forked_workers_are_installed_as_one_process_does(lab,
     (engine.parallel): the kernel then holds what a bind compiled in one
     process installs, chain for chain and element for element."""
     vm = lab.guests["vm"]
+    # two addresses each: no port is made from another's template (test_ports_made_from_a_template_...)
     bindings = [_clean(vm)] + [Binding(f"many{i}", f"52:54:00:45:{i >> 8:02x}:{i & 0xff:02x}",
-                                       FilterRef("clean-traffic", {"IP": (f"10.45.{i >> 8}.{i & 0xff}",)}))
+                                       FilterRef("clean-traffic", {"IP": (f"10.45.{i >> 8}.{i & 0xff}", "10.46.0.1")}))
                                for i in range(300)] + [Binding("learns", "52:54:00:45:ff:01", FilterRef("clean-traffic"))]
     forks, fork = [], os.fork
     monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
@@ -110,6 +111,30 @@ def test_ports_compiled_by_forked_workers_are_installed_as_one_process_does(lab,
         host.set_bindings([], exclusive=True)
         assert len(forks) == 2  # three workers for the first bind (two forked), none for the second
     assert found[3] == found[1]
+
+
+def test_ports_made_from_a_template_are_installed_as_compiled_ports_are(lab, host, monkeypatch):
+    """A bulk bind compiles the first port of each tree and set of variables
+    and makes the others from its template (nft_compile.Template): the
+    kernel then holds what compiling every port installs, and the records
+    say the same. With ports that cannot be made so: two addresses, learning."""
+    vm = lab.guests["vm"]
+    bindings = [_clean(vm)] + [Binding(f"many{i}", f"52:54:00:47:{i >> 8:02x}:{i & 0xff:02x}", FilterRef(
+        "clean-traffic", {"IP": (f"10.47.{i >> 8}.{i & 0xff}",) + (("10.48.0.1",) if i % 50 == 0 else ())}))
+        for i in range(300)] + [Binding("learns", "52:54:00:47:ff:01", FilterRef("clean-traffic"))]
+    made, from_template = [], nft_compile.from_template
+    monkeypatch.setattr(nft_compile, "from_template", lambda *args: made.append(from_template(*args)) or made[-1])
+    found = []
+    for templates in (True, False):
+        if not templates:
+            monkeypatch.setattr(nft_compile, "from_template", lambda *args: None)
+        host.set_bindings(bindings)
+        records = host.store.records([b.portdev for b in bindings])
+        found.append((sorted(lab.nft_list().replace(",", "\n").splitlines()), {b.portdev: records[b.portdev] for b in bindings}))
+        assert not _spoofed_passes(lab)
+        host.set_bindings([], exclusive=True)
+    assert found[0] == found[1]
+    assert sum(program is not None for program in made) >= 290
 
 
 @pytest.mark.parametrize("change", ["bind", "change", "unbind", "define an unused filter"])

@@ -11,9 +11,9 @@ import pytest
 from engine.builtin_filters import BUILTIN_FILTERS
 from engine.errors import NwfilterError
 from engine.model import Binding, Filter, FilterRef, Match, Rule
-from engine.nft_compile import compile_learning, compile_port, transaction
-from engine.resolver import resolve
-from attribute_samples import CASES, REFUSED, attributes as _attributes
+from engine.nft_compile import compile_learning, compile_port, from_template, transaction
+from engine.resolver import resolve, shape_key
+from attribute_samples import CASES, OTHER_SAMPLES, REFUSED, SAMPLES, attributes as _attributes
 
 
 def _program(rules, name="x"):
@@ -88,6 +88,78 @@ def test_every_attribute_from_a_variable_is_looked_up_or_has_chains_of_its_own(n
                 shared += programs[-1].shape is not None
     nft_check(transaction(programs, [], {}))
     assert shared > len(programs) / 2  # most of them
+
+
+def _templated_and_compiled(filters, bindings):
+    """Each binding made from the template of the first (None where there
+    is none), and compiled; the first is compiled first, keeping its template."""
+    found = []
+    for number, binding in enumerate(bindings):
+        key, variables, derived = shape_key(filters, binding)
+        templated = from_template(key, binding.portdev, number + 1, variables, derived) if number else None
+        found.append((templated, compile_port(binding, resolve(filters, binding), number + 1,
+                                              key=None if number else key)))
+    return found[1:]
+
+
+def test_ports_made_from_their_shapes_template_are_the_ports_compiled():
+    """A bulk change compiles the first port of each resolver.shape_key and
+    makes the others from its template: for every attribute a variable can
+    give, negated or not, in both halves of an inout rule, with other values
+    and another MAC, the template gives what compiling the port gives."""
+    made = 0
+    for index, (element, attribute) in enumerate(CASES):
+        if (element, attribute) in REFUSED or attribute.startswith("vmguard-nd"):
+            continue
+        for negate in (False, True):
+            names = list(_attributes(element, attribute))
+            if not all(re.fullmatch(r"[\w.:-]+", value) for value in _attributes(element, attribute).values()):
+                continue  # not a variable's value (a comment, tcp flags)
+            rule = Rule("drop", "in" if element == "stp" else "inout", protocol=element,
+                        attributes={a: Match(f"$V{number}", negate) for number, a in enumerate(names)})
+            filters = {"x": Filter("x", entries=(rule,))}
+            bindings = [Binding(f"t{index}{negate:d}{port}", mac, FilterRef("x", {
+                f"V{number}": (value,) for number, value in enumerate(_attributes(element, attribute, samples).values())}))
+                for port, (mac, samples) in enumerate((("52:54:00:00:00:01", SAMPLES), ("52:54:00:00:00:02", OTHER_SAMPLES),
+                                                       ("52:54:00:00:00:03", SAMPLES)))]
+            for templated, compiled in _templated_and_compiled(filters, bindings):
+                assert templated == (compiled if compiled.shape is not None else None), (element, attribute, negate)
+                made += templated is not None
+    assert made > len(CASES)  # most of them have a shape
+
+
+def test_ports_of_the_builtin_filters_made_from_a_template_are_the_ports_compiled():
+    """Every builtin filter, given its variables (an IPv6 link-local address
+    derived from the MAC), and a tree whose filterref gives a default."""
+    web = Filter("web", entries=(Rule("accept", "in", protocol="tcp", attributes={
+        "srcipaddr": Match("$IP"), "dstportstart": Match("$PORT")}),))
+    site = Filter("site", entries=(FilterRef("clean-traffic"), FilterRef("web", {"PORT": ("8443",)})))
+    filters = {**BUILTIN_FILTERS, "web": web, "site": site}
+    made = 0
+    for name in sorted(set(filters) - {"web"}):  # web's PORT comes from site
+        bindings = [Binding(f"b{number}", f"52:54:00:00:{number:02x}:01", FilterRef(name, {
+            "IP": (f"192.0.2.{number + 10}",), "IPV6": (f"2001:db8::{number + 10}",), "GATEWAY_MAC": ("52:54:00:00:00:fe",),
+            "RA_SERVER": ("fe80::1",), "DHCPSERVER": ("2001:db8::1",) if "v6" in name else ("192.0.2.1",)}))
+            for number in range(3)]
+        for templated, compiled in _templated_and_compiled(filters, bindings):
+            assert templated == (compiled if compiled.shape is not None else None), name
+            made += templated is not None
+    assert made >= len(BUILTIN_FILTERS)
+
+
+def test_a_value_a_template_cannot_take_is_left_to_the_compile():
+    """An invalid value makes no program: compiling the port says what is wrong."""
+    filters = {"x": Filter("x", entries=(Rule("drop", "out", protocol="ip", attributes={"srcipaddr": Match("$IP")}),))}
+    good = Binding("g0", "52:54:00:00:00:01", FilterRef("x", {"IP": ("192.0.2.1",)}))
+    key, _variables, _derived = shape_key(filters, good)
+    compile_port(good, resolve(filters, good), 1, key=key)
+    bad = Binding("g1", "52:54:00:00:00:02", FilterRef("x", {"IP": ("192.0.2.300",)}))
+    key, variables, derived = shape_key(filters, bad)
+    assert from_template(key, bad.portdev, 2, variables, derived) is None
+    with pytest.raises(NwfilterError, match="not a valid IPv4 address"):
+        resolve(filters, bad)
+    listed = Binding("g2", "52:54:00:00:00:03", FilterRef("x", {"IP": ("192.0.2.2", "192.0.2.3")}))
+    assert shape_key(filters, listed) is None  # two values: each rule may expand to several
 
 
 def test_builtin_filters_compile(nft_check):
