@@ -190,9 +190,10 @@ def test_kill_during_a_removal_over_netlink(lab, tmp_path):
     assert (-signal.SIGKILL, len(every)) in outcomes
 
 
-def _many(number):
+def _many(number, more=()):
     return [Binding(f"w{i}", f"52:54:00:22:{i >> 8:02x}:{i & 0xff:02x}",
-                    FilterRef("clean-traffic", {"IP": (f"10.{22 + number}.{i >> 8}.{i & 0xff}",)})) for i in range(300)]
+                    FilterRef("clean-traffic", {"IP": (f"10.{22 + number}.{i >> 8}.{i & 0xff}",) + more}))
+            for i in range(300)]
 
 
 def _slow_workers_child(root, netns, marks):
@@ -200,14 +201,15 @@ def _slow_workers_child(root, netns, marks):
     their start and take 10 ms a port: time to kill this process under them."""
     parent, program = os.getpid(), host_module._program  # pylint: disable=protected-access
 
-    def slow(state, portdev):
+    def slow(state, portdev, *key):
         if os.getpid() != parent:
             with open(os.path.join(marks, str(os.getpid())), "w", encoding="utf-8"):
                 pass
             time.sleep(0.01)
-        return program(state, portdev)
+        return program(state, portdev, *key)
     host_module._program = slow  # pylint: disable=protected-access
-    Host(root, netns=netns).set_bindings(_many(1), exclusive=True)
+    # two addresses each: no port is made from another's template (nft_compile.Template), all go to the workers
+    Host(root, netns=netns).set_bindings(_many(1, ("10.99.0.1",)), exclusive=True)
     os._exit(0)  # pylint: disable=protected-access
 
 

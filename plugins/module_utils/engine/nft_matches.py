@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import schema
@@ -97,11 +98,16 @@ RECIPES: List[Recipe] = []  # by number; as many as distinct rules, whatever the
 _RECIPE_NUMBERS: Dict[Recipe, int] = {}
 
 
+_RECIPES_LOCK = threading.Lock()  # the learner compiles in two threads
+
+
 def _recipe_number(recipe: Recipe) -> int:
     number = _RECIPE_NUMBERS.get(recipe)
     if number is None:
-        number = _RECIPE_NUMBERS[recipe] = len(RECIPES)
-        RECIPES.append(recipe)
+        with _RECIPES_LOCK:
+            number = _RECIPE_NUMBERS.setdefault(recipe, len(RECIPES))
+            if number == len(RECIPES):
+                RECIPES.append(recipe)
     return number
 
 

@@ -37,11 +37,6 @@ class ResolvedRule:
         return None
 
     @property
-    def slots(self) -> frozenset:
-        """The attributes a variable gave."""
-        return frozenset(name for name, _variable, _where, _kind in self.sources)
-
-    @property
     def layer(self) -> str:
         """"l2" rules go to the bridge-level chains, "l3" rules to the IP level."""
         if self.protocol is None:
