@@ -21,8 +21,10 @@ from .errors import NwfilterError
 from .model import Binding, Filter
 from .nft_layout import DISPATCH, ID_MAPS, MAX_PORT_ID, REMOVE_ALL, Kernel, PortLive, digest, listed_keys, shape_parts
 from .nft_generation import Generation, Marker, next_to
-from .nft_netlink import Netlink
+from .nft_run import Nft
 from .overlaps import address_kinds
+from .parallel import map_on_cores
+from .set_members import port_prefixes
 from .lazy_map import LazyMap
 from .port_index import ADDRESSES, DIGEST, ID, LAYER3, OWNER, ROOT, RULES, SHAPE, PortIndex, new_entry, owner_key
 from .store import DEFAULT_ROOT, REINSTALLED_FOR, STORE_VERSION, Store, binding_digest, index_entry
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from .integrity import Findings, Foreign
     from .networks import Networks
     from .nft_compile import PortProgram, Shape, ShapeChange
-    from .nft_run import Nft
     from .ruleset import ResolvedRule, Ruleset
 
 
@@ -330,7 +331,6 @@ def _resolved(state: _State, portdev: str) -> Tuple[Optional["Ruleset"], Optiona
 def _beyond(kernel: Kernel, programs: Sequence["PortProgram"], kept: Collection[str]) -> List["Foreign"]:
     """What the shapes' sets in ``kernel`` hold beyond the ``programs``'
     elements and the elements of the ports ``kept`` as they are."""
-    from .set_members import port_prefixes  # pylint: disable=import-outside-toplevel
     ids = kernel.port_ids()
     keep = [prefix for port in kept for prefix in port_prefixes(port, ids.get(port))]
     specs = {(f, n): spec for p in programs if p.shape is not None for f, n, spec in p.shape.sets}
@@ -350,6 +350,8 @@ def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
     a port compiled before had is made from that port's template (about
     0.05 ms against 0.4 ms: a bulk change mostly repeats one tree); the first
     of each key is compiled here, the rest on every core (parallel)."""
+    if not ports:  # a change that compiles nothing imports no compiler
+        return []
     resolver, compiler = _resolver(), _compiler()
     filters = state.all_filters()
     made: Dict[str, "PortProgram"] = {}
@@ -369,7 +371,6 @@ def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
                 made[portdev] = program
     except NwfilterError:  # the error a port-by-port compile raises first, naming the same port
         made = {}
-    from .parallel import map_on_cores  # pylint: disable=import-outside-toplevel
     rest = map_on_cores(functools.partial(_program, state), [p for p in ports if p not in made])
     made.update((program.portdev, program) for program in rest)
     return [made[portdev] for portdev in ports]
@@ -382,21 +383,10 @@ class Host:
         ``netns``: work in that named network namespace (tests, labs)."""
         self.store = Store(root)
         self.netns = netns
-        self._nft_argv = nft_argv
-        self._nft: Optional["Nft"] = None
+        self.nft = Nft(nft_argv, netns)
         self._networks: Optional["Networks"] = None
-        self.generation = Generation(netlink=Netlink(netns))
+        self.generation = Generation(netlink=self.nft.netlink)
         self._checked: Optional[Marker] = None  # the ruleset generation our tables were last seen right at
-
-    @property
-    def nft(self) -> "Nft":
-        """nft for our tables (transactions, listings), on the generation's
-        netlink socket; imported on first use: a run that finds the kernel
-        as it left it (the rerun of an unchanged playbook) never needs it."""
-        if self._nft is None:
-            from .nft_run import Nft  # pylint: disable=import-outside-toplevel
-            self._nft = Nft(self._nft_argv, self.netns, self.generation.netlink)
-        return self._nft
 
     @property
     def networks(self) -> "Networks":

@@ -88,8 +88,7 @@ class Nft:
     namespace), or through the nft command ``argv`` when one is given or the
     library is missing."""
 
-    def __init__(self, argv: Optional[Sequence[str]] = None, netns: Optional[str] = None,
-                 netlink: Optional[Netlink] = None) -> None:
+    def __init__(self, argv: Optional[Sequence[str]] = None, netns: Optional[str] = None) -> None:
         self.argv = list(argv or ("nft",))
         self.netns = netns
         self.lib: Optional[LibNftables] = None
@@ -97,7 +96,7 @@ class Nft:
         self._undecided = argv is None
         if argv is not None:
             self._command_in_netns()
-        self.netlink = netlink or Netlink(netns)
+        self.netlink = Netlink(netns)
 
     def _command_in_netns(self) -> None:
         if self.netns is not None:
