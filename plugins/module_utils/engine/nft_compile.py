@@ -18,7 +18,7 @@ from .model import Binding
 from . import nft_layout as layout  # the mark's layout by attribute: a test installs the previous one
 from .nft_layout import (DISPATCH, MAP_KEYS, PORT_SETS, TABLE, LiveState, PortLive, chain_name, digest,
                          dispatch_rule, id_targets, key_expression, owner_of, port_key, shape_parts)
-from .nft_matches import RECIPES, NotShared, Recipe, bridge_matches, ct_states, ip_matches
+from .nft_matches import RECIPES, NotShared, Recipe, bridge_matches, ct_states, ip_matches, set_kind
 from .ruleset import Chain, Jump, ResolvedRule, Ruleset
 from .values import parse_typed
 
@@ -89,11 +89,6 @@ MAX_SHAPES = 256  # distinct shapes kept; a host has a handful
 _LOOKUP = re.compile(r"\$K \. (?P<expr>[^$]*?) (?P<negate>!= )?@\$(?P<kind>[SI])(?P<value>[^$#]*)#(?P<recipe>\d+)\$")
 
 
-def _interval(value: str) -> str:
-    """The kind of set a value needs: I (interval) for a range or a prefix, else S."""
-    return "I" if any(c in value for c in "-/") else "S"
-
-
 @dataclass(frozen=True)
 class Template:
     """A shape as the ports of one resolver.shape_key get it: their
@@ -141,7 +136,7 @@ class Template:
                         return None
                 args.append(typed[parse, text])
             value = fmt(*args)
-            if _interval(value) != kind:
+            if set_kind(value) != kind:
                 return None
             values.append(value)
         return self.program(portdev, port_id, values)

@@ -111,6 +111,11 @@ def _recipe_number(recipe: Recipe) -> int:
     return number
 
 
+def set_kind(value: str) -> str:
+    """The set a value is looked up in: I (interval) for a range or a prefix, else S."""
+    return "I" if any(c in value for c in "-/") else "S"
+
+
 # How a comparison writes the values of its attributes (None: one the rule
 # lacks); a recipe names them, so they are functions of those values alone.
 def _text(value: Any) -> str:
@@ -172,8 +177,8 @@ class Attrs:
         # a default of the tree is the same for every port of a shape: a constant
         sources = tuple(self.sources[name] if name in self.sources and self.sources[name][2] != "default"
                         else ("const", value) for name, value in zip(names, values))
-        return LOOKUP.format(expr=expr, negate="!= " if negate else "", kind="I" if any(c in text for c in "-/") else "S",
-                             value=text, recipe=_recipe_number((fmt, sources)))
+        return LOOKUP.format(expr=expr, negate="!= " if negate else "", kind=set_kind(text), value=text,
+                             recipe=_recipe_number((fmt, sources)))
 
     def fixed(self, *names: str) -> None:
         """``names`` are rendered where no lookup can stand."""
