@@ -102,10 +102,11 @@ class Template:
 
     def program(self, portdev: str, port_id: int, values: Sequence[str]) -> PortProgram:
         """The port's program: its values (one per value set) and its key in the port sets."""
-        members = {(family, name, f"{port_key(part, portdev, port_id)} . {value}")
+        keys = {part: port_key(part, portdev, port_id) for part in self.parts}
+        members = {(family, name, f"{keys[part]} . {value}")
                    for (family, name, part, _kind, _recipe), value in zip(self.values, values)}
-        members.update(("bridge" if part in ("o", "i") else "inet", f"{self.shape.name}/{PORT_SETS[part]}",
-                        port_key(part, portdev, port_id)) for part in self.parts)
+        members.update(("bridge" if part in ("o", "i") else "inet", f"{self.shape.name}/{PORT_SETS[part]}", key)
+                       for part, key in keys.items())
         elements = tuple(("bridge", vmap, f'"{portdev}"', target)
                          for vmap, target in id_targets(port_id).items()) if {"fi", "fo", "hi"} & self.parts else ()
         return PortProgram(portdev, port_id, False, (), elements, (), self.shape, tuple(sorted(members)))
@@ -118,7 +119,12 @@ class Template:
         set): the full compile then says why, or builds the port's own shape."""
         values = []
         typed: Dict[Tuple[str, str], object] = {}
-        for _family, _name, _part, kind, (fmt, sources) in self.values:
+        written: Dict[tuple, str] = {}  # a port's value is written into several of its rules
+        for _family, _name, _part, kind, recipe in self.values:
+            if recipe in written:
+                values.append(written[recipe])
+                continue
+            fmt, sources = recipe
             args = []
             for source in sources:
                 if source[0] == "const":
@@ -135,7 +141,7 @@ class Template:
                     except NwfilterError:
                         return None
                 args.append(typed[parse, text])
-            value = fmt(*args)
+            value = written[recipe] = fmt(*args)
             if set_kind(value) != kind:
                 return None
             values.append(value)
