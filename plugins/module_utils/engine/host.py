@@ -356,10 +356,11 @@ def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
     filters = state.all_filters()
     made: Dict[str, "PortProgram"] = {}
     tried: Set[tuple] = set()
+    plans: dict = {}  # the resolver's plans of these filters, by root
     try:
         for portdev in ports:
             binding = state.bindings[portdev]
-            found = resolver.shape_key(filters, binding, _extra(state, binding))
+            found = resolver.shape_key(filters, binding, _extra(state, binding), plans)
             if found is None:
                 continue
             key, variables, derived = found

@@ -343,15 +343,22 @@ def resolve(filters: Mapping[str, Filter], binding: Binding,
     return Ruleset(chains, ip_rules, variables)
 
 
-def shape_key(filters: Mapping[str, Filter], binding: Binding,
-              extra: Optional[Mapping[str, Sequence[str]]] = None) -> Optional[Tuple[Tuple[Any, ...], Variables, Variables]]:
+def shape_key(filters: Mapping[str, Filter], binding: Binding, extra: Optional[Mapping[str, Sequence[str]]] = None,
+              plans: Optional[Dict[str, _Plan]] = None) -> Optional[Tuple[Tuple[Any, ...], Variables, Variables]]:
     """What the binding's resolved rules are made of apart from its values:
     its tree's plan and the names of the variables it gives, when each that
     the tree uses has one value (each rule instance then expands to one rule,
     whatever the values); else None. Bindings of one key resolve to the same
     rules but for the values of their ``sources``. With the binding's variables
-    and derived defaults, where those values come from."""
-    plan = _plan(filters, binding.filterref.filter, f"binding {binding.portdev!r}")
+    and derived defaults, where those values come from. ``plans``: the
+    plans of these ``filters`` found so far, by root, for a caller that asks
+    for many bindings (finding a tree's plan walks the tree)."""
+    root = binding.filterref.filter
+    plan = plans.get(root) if plans is not None else None
+    if plan is None:
+        plan = _plan(filters, root, f"binding {binding.portdev!r}")
+        if plans is not None:
+            plans[root] = plan
     variables = effective_variables(binding, extra)
     if any(len(variables[name]) != 1 for name in plan.uses if name in variables):
         return None
