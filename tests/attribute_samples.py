@@ -22,7 +22,8 @@ REFUSED = {("arp", "gratuitous"), ("rarp", "gratuitous")} | {
 CASES = [(name, attr) for name, spec in sorted(schema.ELEMENTS.items()) for attr in spec.attributes]
 
 
-def attributes(element, attribute, samples=SAMPLES):
+def attributes(element, attribute, samples=None):
+    samples = samples or SAMPLES
     attrs = {attribute: samples[schema.ELEMENTS[element].attributes[attribute]]}
     if element in ("ip", "ipv6") and "port" in attribute:
         attrs["protocol"] = "tcp"
