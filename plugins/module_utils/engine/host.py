@@ -353,6 +353,7 @@ def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
     alone in their key included, on every core (parallel)."""
     if not ports:  # a change that compiles nothing imports no compiler
         return []
+    # loaded before the work is shared: the forked workers inherit the modules and the builtin filters
     resolver, compiler = _resolver(), _compiler()
     filters = state.all_filters()
     made: Dict[str, "PortProgram"] = {}
@@ -365,7 +366,9 @@ def _programs(state: _State, ports: Sequence[str]) -> List["PortProgram"]:
             if found is not None:
                 waiting.setdefault(found[0], []).append((portdev, found[1], found[2]))
         for key, group in waiting.items():
-            for number, (portdev, variables, derived) in enumerate(group if len(group) > 1 else ()):
+            if len(group) < 2:  # compiled with the rest
+                continue
+            for number, (portdev, variables, derived) in enumerate(group):
                 program = compiler.from_template(key, portdev, state.index.id(portdev), variables, derived)
                 if program is None and not number:  # its template, if it has a shape
                     program = _program(state, portdev, key)
@@ -701,8 +704,6 @@ class Host:
                 if port_id > MAX_PORT_ID:
                     raise NwfilterError(f"more than {MAX_PORT_ID} bindings on one host")
                 new.index.set(portdev, new_entry(port_id))
-        if rebuild:  # loaded before the work is shared: forked workers inherit the modules
-            _resolver(), _compiler(), _builtin_filters()
         programs = _programs(new, sorted(rebuild))
         growth = sum(p.rule_count - new.index[p.portdev][RULES] for p in programs)
         check_host_rules(new.index.totals["rules"] + growth, lambda: {

@@ -163,14 +163,13 @@ class Attrs:
         # attributes a variable gave, looked up in a set when the chain is shared: where their values come from
         self.sources = {(_swapped(name) if swap else name): ("var", variable, where, kind)
                         for name, variable, where, kind in rule.sources} if shared else {}
-        self.slots = set(self.sources)
 
     def compare(self, expr: str, negate: bool, fmt: Callable[..., str], *names: str) -> str:
         """``expr`` against ``fmt`` of the values of ``names``: ``_is``, or a
         lookup (LOOKUP) when a variable gave one of them."""
         values = [self.values[name][0] if name in self.values else None for name in names]
         text = fmt(*values)
-        if not self.slots.intersection(names):
+        if self.sources.keys().isdisjoint(names):
             return _is(expr, text, negate)
         if not lookup_width(expr):
             raise NotShared(self.element, expr)
@@ -182,8 +181,9 @@ class Attrs:
 
     def fixed(self, *names: str) -> None:
         """``names`` are rendered where no lookup can stand."""
-        if self.slots.intersection(names):
-            raise NotShared(self.element, sorted(self.slots.intersection(names)))
+        given = self.sources.keys() & set(names)
+        if given:
+            raise NotShared(self.element, sorted(given))
 
     def take(self, name: str) -> Optional[Tuple[Any, bool]]:
         found = self.values.get(name)
