@@ -2,7 +2,10 @@
 (start to result, as profile_tasks shows them) of ping and of
 nwfilter_binding tasks in one play, and the module's own process on the
 target (interpreter, imports, engine) measured apart, so the rest is the
-controller's (payload build, transfer, result handling).
+controller's (payload build, transfer, result handling). Modules run as on
+a managed host, with the engine's bytecode cache (a directory per version
+under the bench's own temporary one) even when the caller's environment has
+PYTHONDONTWRITEBYTECODE.
 
     python -m bench.ansible_overhead [--rounds N] [--plays N] [--bindings N] [--baseline DIR]
 """
@@ -69,7 +72,8 @@ def _play(work: str, netns: str, tasks: List[dict], keep: bool = False,
     os.makedirs(os.path.dirname(book), exist_ok=True)
     with open(book, "w", encoding="utf-8") as out:
         json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], out)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(work, collections),
+    env = _target_env(work, collections)
+    env.update(ANSIBLE_COLLECTIONS_PATH=os.path.join(work, collections),
                ANSIBLE_CALLBACK_PLUGINS=os.path.join(REPO, "bench", "callback_plugins"),
                ANSIBLE_CALLBACKS_ENABLED="task_times", VMGUARD_TASK_TIMES=times,
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
@@ -88,6 +92,14 @@ def _play(work: str, netns: str, tasks: List[dict], keep: bool = False,
         return [json.loads(line) for line in lines], cpu
 
 
+def _target_env(work: str, collections: str) -> Dict[str, str]:
+    """The environment as on a managed host: the engine's bytecode cached
+    between runs (payload_import), in a cache of each version's own."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["VMGUARD_BYTECODE_CACHE"] = os.path.join(work, "bytecode", os.path.basename(os.path.normpath(collections)))
+    return env
+
+
 def _module_process(work: str, netns: str, runs: int) -> Tuple[float, float]:
     """Median wall and CPU time of the kept AnsiballZ payload of the last task
     run alone on the target: interpreter start, unzip, imports and the engine."""
@@ -97,19 +109,22 @@ def _module_process(work: str, netns: str, runs: int) -> Tuple[float, float]:
     for _run in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True)
+        subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True,
+                       env=_target_env(work, "collections"))
         walls.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _imports(module: str, path: str) -> float:
-    """Median time of a fresh interpreter that imports ``module`` from ``path`` and exits."""
+def _imports(work: str, module: str, path: str) -> float:
+    """Median time of a fresh interpreter that imports ``module`` from ``path`` and exits
+    (from the zip: the engine's bytecode cached, after the first run)."""
     samples = []
     for _run in range(5):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, env=dict(os.environ, PYTHONPATH=path))
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
+                       env=dict(_target_env(work, "imports"), PYTHONPATH=path))
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -199,10 +214,10 @@ def main() -> int:
             shutil.rmtree(os.path.join(work, "remote"))
         module = "ansible_collections.vmguard.nwfilter.plugins.modules.nwfilter_binding"
         payload, plain = _zipped(work), os.path.join(work, "collections")
-        print(f"| python -c pass | {_imports('sys', plain):.3f} s |")
+        print(f"| python -c pass | {_imports(work, 'sys', plain):.3f} s |")
         for name, path in (("from the zip", payload), ("from files, bytecode cached", plain)):
-            print(f"| import ansible.module_utils.basic, {name} | {_imports('ansible.module_utils.basic', path):.3f} s |")
-            print(f"| import nwfilter_binding (basic + engine), {name} | {_imports(module, path):.3f} s |")
+            print(f"| import ansible.module_utils.basic, {name} | {_imports(work, 'ansible.module_utils.basic', path):.3f} s |")
+            print(f"| import nwfilter_binding (basic + engine), {name} | {_imports(work, module, path):.3f} s |")
     return 0
 
 
