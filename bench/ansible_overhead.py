@@ -13,6 +13,7 @@ PYTHONDONTWRITEBYTECODE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -100,21 +101,28 @@ def _target_env(work: str, collections: str) -> Dict[str, str]:
     return env
 
 
-def _module_process(work: str, netns: str, runs: int) -> Tuple[float, float]:
-    """Median wall and CPU time of the kept AnsiballZ payload of the last task
-    run alone on the target: interpreter start, unzip, imports and the engine."""
+def _kept_payload(work: str, netns: str, task: dict, index: int) -> str:
+    """The AnsiballZ payload of ``task``, run once in a play and kept (copied out of the remote directory)."""
+    _play(work, netns, [task], keep=True)
     payload = sorted(glob.glob(os.path.join(work, "remote", "ansible-tmp-*", "AnsiballZ_*.py")),
                      key=os.path.getmtime)[-1]
-    walls, cpus = [], []
-    for _run in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True,
-                       env=_target_env(work, "collections"))
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+    kept = os.path.join(work, "payloads", f"{index}.py")
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copy(payload, kept)
+    shutil.rmtree(os.path.join(work, "remote"))
+    return kept
+
+
+def _module_process(work: str, netns: str, payload: str) -> Tuple[float, float]:
+    """Wall and CPU time of a kept AnsiballZ payload run alone on the target:
+    interpreter start, unzip, imports and the engine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, payload], capture_output=True, check=True,
+                   env=_target_env(work, "collections"))
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def _imports(work: str, module: str, path: str) -> float:
@@ -161,57 +169,65 @@ def main() -> int:
     args = parser.parse_args()
     from lab.netns import Lab  # pylint: disable=import-outside-toplevel
     print(f"# Ansible overhead, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-    with Lab("ao") as lab, tempfile.TemporaryDirectory() as work:
+    # a namespace per store: two stores in one would each find the other's rules in our tables and repair them
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as work:
+        spaces = {name: stack.enter_context(Lab(f"ao{name}")).host for name in ("one", "big", "fleet")}
         _collection(os.path.join(work, "collections"))
         many = _bindings(args.bindings, "bm")
-        roots = {name: os.path.join(work, name) for name in ("one", "big", "fleet")}
-        _store(roots["one"], lab.host, [])
-        _store(roots["big"], lab.host, _bindings(args.bindings, "bb"))
-        _store(roots["fleet"], lab.host, many)
+        roots = {name: os.path.join(work, name) for name in spaces}
+        _store(roots["one"], spaces["one"], [])
+        _store(roots["big"], spaces["big"], _bindings(args.bindings, "bb"))
+        _store(roots["fleet"], spaces["fleet"], many)
         single = {"portdev": "vone", "mac": "52:54:00:30:00:01", "filter": "bench-vm"}
-        kinds = {
-            "ping": lambda i: {"ansible.builtin.ping": {}},
-            "bind one, changed (store of 1)": lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
-                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["one"])},
-            f"bind one, changed (store of {args.bindings})": lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
-                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["big"])},
-            f"bindings: {args.bindings}, exclusive, unchanged": lambda i: {"vmguard.nwfilter.nwfilter_binding": {
-                "bindings": many, "exclusive": True, "root": roots["fleet"]}},
+        kinds = {  # each task, and the namespace of its store
+            "ping": (lambda i: {"ansible.builtin.ping": {}}, spaces["one"]),
+            "bind one, changed (store of 1)": (lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
+                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["one"])}, spaces["one"]),
+            f"bind one, changed (store of {args.bindings})": (lambda i: {"vmguard.nwfilter.nwfilter_binding": dict(
+                single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["big"])}, spaces["big"]),
+            f"bindings: {args.bindings}, exclusive, unchanged": (lambda i: {"vmguard.nwfilter.nwfilter_binding": {
+                "bindings": many, "exclusive": True, "root": roots["fleet"]}}, spaces["fleet"]),
         }
         versions = {"this tree": "collections"}
         if args.baseline:
             versions["baseline"] = _collection(os.path.join(work, "baseline"), args.baseline)
-        empty = statistics.median(_play(work, lab.host, [])[1] for _run in range(3))
+        empty = statistics.median(_play(work, spaces["one"], [])[1] for _run in range(3))
         # A play's first task of a module also builds its payload (once per module and run, for all hosts),
         # and every other task or so of a big argument meets the controller's garbage collection: the medians
-        # of all tasks, of the first tasks and of the later ones are shown apart.
-        print(f"\n| {args.rounds} tasks of one kind in a play, {args.plays} plays per version, interleaved "
-              "| version | wall per task, median | first tasks | later tasks | CPU per task "
-              "| CPU above ping |\n| --- | --- | --- | --- | --- | --- | --- |")
-        ping: Dict[str, float] = {}
-        for name, task in kinds.items():
-            walls: Dict[str, List[List[float]]] = {version: [] for version in versions}
-            cpus: Dict[str, List[float]] = {version: [] for version in versions}
-            for _play_round in range(args.plays):
+        # of all tasks, of the first tasks and of the later ones are shown apart. Kinds and versions take turns
+        # in every round: this VM's speed drifts over minutes, which would otherwise favour the kind run first.
+        walls: Dict[Tuple[str, str], List[List[float]]] = {}
+        cpus: Dict[Tuple[str, str], List[float]] = {}
+        for _play_round in range(args.plays):
+            for name, (task, netns) in kinds.items():
                 for version, path in versions.items():
-                    times, cpu = _play(work, lab.host, [task(i) for i in range(args.rounds)], collections=path)
-                    walls[version].append([t["seconds"] for t in times])
-                    cpus[version].append((cpu - empty) / args.rounds)
+                    times, cpu = _play(work, netns, [task(i) for i in range(args.rounds)], collections=path)
+                    walls.setdefault((name, version), []).append([t["seconds"] for t in times])
+                    cpus.setdefault((name, version), []).append((cpu - empty) / args.rounds)
+        print(f"\n| {args.rounds} tasks of one kind in a play, {args.plays} plays per kind and version, interleaved "
+              "| version | wall per task, median | first tasks | later tasks | later tasks above ping | CPU per task "
+              "| CPU above ping |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name in kinds:
             for version in versions:
-                per_task = statistics.median(cpus[version])
-                ping.setdefault(version, per_task)
-                every = [seconds for play in walls[version] for seconds in play]
-                first = statistics.median(play[0] for play in walls[version])
-                later = statistics.median(seconds for play in walls[version] for seconds in play[1:])
-                print(f"| {name} | {version} | {statistics.median(every):.3f} s | {first:.3f} s | {later:.3f} s "
-                      f"| {per_task:.3f} s | {per_task - ping[version]:+.3f} s |")
-        tasks = [kinds[name](99) for name in kinds]
-        print("\n| the module's process on the target, run alone (reruns: unchanged) | wall | CPU |\n| --- | --- | --- |")
-        for name, task in zip(kinds, tasks):
-            _play(work, lab.host, [task], keep=True)
-            wall, cpu = _module_process(work, lab.host, 5)
-            print(f"| {name}: AnsiballZ payload, fresh interpreter | {wall:.3f} s | {cpu:.3f} s |")
-            shutil.rmtree(os.path.join(work, "remote"))
+                plays = walls[(name, version)]
+                per_task = statistics.median(cpus[(name, version)])
+                later = statistics.median(seconds for play in plays for seconds in play[1:])
+                ping_later = statistics.median(seconds for play in walls[("ping", version)] for seconds in play[1:])
+                print(f"| {name} | {version} | {statistics.median(s for play in plays for s in play):.3f} s "
+                      f"| {statistics.median(play[0] for play in plays):.3f} s | {later:.3f} s "
+                      f"| {later - ping_later:+.3f} s | {per_task:.3f} s "
+                      f"| {per_task - statistics.median(cpus[('ping', version)]):+.3f} s |")
+        print("\n| the module's process on the target, run alone (reruns: unchanged), interleaved | wall | CPU |"
+              "\n| --- | --- | --- |")
+        payloads = {name: (_kept_payload(work, netns, task(99), index), netns)
+                    for index, (name, (task, netns)) in enumerate(kinds.items())}
+        runs: Dict[str, List[Tuple[float, float]]] = {name: [] for name in kinds}
+        for _run in range(7):
+            for name, (payload, netns) in payloads.items():
+                runs[name].append(_module_process(work, netns, payload))
+        for name, samples in runs.items():
+            print(f"| {name}: AnsiballZ payload, fresh interpreter | {statistics.median(w for w, _c in samples):.3f} s "
+                  f"| {statistics.median(c for _w, c in samples):.3f} s |")
         module = "ansible_collections.vmguard.nwfilter.plugins.modules.nwfilter_binding"
         payload, plain = _zipped(work), os.path.join(work, "collections")
         print(f"| python -c pass | {_imports(work, 'sys', plain):.3f} s |")
