@@ -21,6 +21,11 @@ requirements:
     Fedora and openSUSE) or else the C(nft) command."
   - Root on the managed host (C(become=true)); the rules are kernel firewall state.
   - Nothing on the controller or in an execution environment beyond ansible-core.
+notes:
+  - The engine's compiled code is kept between runs in C(/var/cache/vmguard/bytecode) (as root; other users
+    C($XDG_CACHE_HOME/vmguard/bytecode)), check mode included, as Python keeps its own bytecode; it is used only
+    if the directory is the user's own and no one else can write to it. The environment variable
+    C(VMGUARD_BYTECODE_CACHE) (the task's C(environment)) moves it, and an empty value turns it off.
 attributes:
   check_mode:
     description: Can run in check mode and predict the change without modifying the host.
@@ -52,6 +57,6 @@ attributes:
   check_mode:
     support: full
     details:
-      - Writes nothing. A binding whose tree names a filter not defined yet (an earlier task may define it)
-        is reported with a warning, its rules not compiled.
+      - Changes nothing in the store or the kernel. A binding whose tree names a filter not defined yet (an earlier
+        task may define it) is reported with a warning, its rules not compiled.
 """

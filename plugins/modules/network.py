@@ -90,7 +90,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Writes nothing.
+    details: Changes nothing in the store or the kernel.
   diff_mode:
     support: full
     details: The canonical network XML before and after.
