@@ -36,6 +36,15 @@ from engine.xml_form import filter_from_xml  # noqa: E402  pylint: disable=wrong
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.path.dirname(sys.executable)
 FILTER = "<filter name='bench-vm'><filterref filter='clean-traffic'/></filter>"
+# Ansible's own cost of an argument: a module that takes nwfilter_binding's bulk options and does nothing,
+# added to the bench's copy of the collection only
+NOOP_MODULE = """#!/usr/bin/python
+from ansible.module_utils.basic import AnsibleModule
+module = AnsibleModule(argument_spec=dict(bindings=dict(type="list", elements="dict"),
+                                          exclusive=dict(type="bool", default=False), root=dict(type="path")),
+                       supports_check_mode=True)
+module.exit_json(changed=False)
+"""
 
 
 def _bindings(count: int, prefix: str) -> List[dict]:
@@ -56,6 +65,8 @@ def _collection(base: str, source: str = REPO) -> str:
         shutil.copytree(os.path.join(source, part), os.path.join(target, part),
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(source, "galaxy.yml"), target)
+    with open(os.path.join(target, "plugins", "modules", "bench_noop.py"), "w", encoding="utf-8") as out:
+        out.write(NOOP_MODULE)
     return base
 
 
@@ -187,6 +198,9 @@ def main() -> int:
                 single, parameters={"IP": f"192.0.2.{10 + i}"}, root=roots["big"])}, spaces["big"]),
             f"bindings: {args.bindings}, exclusive, unchanged": (lambda i: {"vmguard.nwfilter.nwfilter_binding": {
                 "bindings": many, "exclusive": True, "root": roots["fleet"]}}, spaces["fleet"]),
+            f"a module that does nothing, given the same {args.bindings} bindings": (lambda i: {
+                "vmguard.nwfilter.bench_noop": {"bindings": many, "exclusive": True, "root": roots["fleet"]}},
+                spaces["fleet"]),
         }
         versions = {"this tree": "collections"}
         if args.baseline:
@@ -217,6 +231,12 @@ def main() -> int:
                       f"| {statistics.median(play[0] for play in plays):.3f} s | {later:.3f} s "
                       f"| {later - ping_later:+.3f} s | {per_task:.3f} s "
                       f"| {per_task - statistics.median(cpus[('ping', version)]):+.3f} s |")
+        # the controller's garbage collection walks the whole play (with a 1,000-item argument, every third
+        # task or so): by position in the play, the slow tasks show where it falls
+        print("\n| median wall per task by position in the play | version | tasks 1, 2, 3... |\n| --- | --- | --- |")
+        for (name, version), plays in walls.items():
+            positions = [statistics.median(play[i] for play in plays) for i in range(args.rounds)]
+            print(f"| {name} | {version} | {' '.join(f'{seconds:.3f}' for seconds in positions)} |")
         print("\n| the module's process on the target, run alone (reruns: unchanged), interleaved | wall | CPU |"
               "\n| --- | --- | --- |")
         payloads = {name: (_kept_payload(work, netns, task(99), index), netns)
