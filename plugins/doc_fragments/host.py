@@ -25,7 +25,8 @@ notes:
   - The engine's compiled code is kept between runs in C(/var/cache/vmguard/bytecode) (as root; other users
     C($XDG_CACHE_HOME/vmguard/bytecode)), check mode included, as Python keeps its own bytecode; it is used only
     if the directory is the user's own and no one else can write to it. The environment variable
-    C(VMGUARD_BYTECODE_CACHE) (the task's C(environment)) moves it, and an empty value turns it off.
+    C(VMGUARD_BYTECODE_CACHE) (the task's C(environment)) moves it to another absolute path, and an empty value turns
+    it off.
 attributes:
   check_mode:
     description: Can run in check mode and predict the change without modifying the host.

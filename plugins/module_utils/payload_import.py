@@ -122,14 +122,14 @@ def _cached_code(name: str, source: bytes, origin: str) -> CodeType:
 
 @functools.lru_cache(maxsize=None)
 def _cache_directory() -> Optional[str]:
-    """Our cache directory, made if need be; None when it is turned off,
-    cannot be made, or anyone but us could write there (they could make a
-    module run their code)."""
+    """Our cache directory, made if need be; None when it is turned off, is
+    not an absolute path, cannot be made, or anyone but us could write there
+    (they could make a module run their code)."""
     path = os.environ.get("VMGUARD_BYTECODE_CACHE")
     if path is None:
         base = "/var/cache" if os.geteuid() == 0 else os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         path = os.path.join(base, "vmguard", "bytecode")
-    if not path:
+    if not os.path.isabs(path):  # "" turns it off; a relative path would depend on the task's directory
         return None
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)

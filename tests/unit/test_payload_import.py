@@ -51,12 +51,13 @@ def _payload(path):
         payload.writestr("ansible/__init__.py", "")
 
 
-def _probe(path, cache="", **env):
+def _probe(path, cache="", cwd=None, **env):
     """Import the module from ``path`` in a fresh interpreter, with ``cache``
     as the bytecode cache ("": none); what it compiled and where its code says it is."""
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     environment.update(env, PYTHONPATH=path, VMGUARD_BYTECODE_CACHE=cache)
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=False, env=environment)
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=False, env=environment,
+                          cwd=cwd)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
@@ -127,6 +128,9 @@ def test_a_cache_directory_others_could_write_to_is_not_used(tmp_path):
     for cache in (shared, tmp_path / "link"):
         for _run in range(2):
             assert len(_engine(_probe(str(payload), str(cache)))) > 20
+    assert os.listdir(shared) == []
+    # nor one named relative to wherever the task runs
+    assert len(_engine(_probe(str(payload), "cache", cwd=shared))) > 20
     assert os.listdir(shared) == []
 
 
