@@ -20,6 +20,7 @@ the learner, the controller) the finder is not installed."""
 from __future__ import annotations
 
 import _imp
+import contextlib
 import functools
 import hashlib
 import marshal
@@ -115,8 +116,9 @@ def _cached_code(name: str, source: bytes, origin: str) -> CodeType:
             with os.fdopen(os.open(temporary, flags, 0o600), "wb") as out:
                 out.write(header + hashlib.sha256(blob).digest() + blob)
             os.replace(temporary, path)
-        except OSError:
-            pass  # a cache that cannot be written costs only the compile
+        except OSError:  # a cache that cannot be written costs only the compile
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)  # a disk that filled up, say: leave no part behind
     return code
 
 

@@ -141,3 +141,16 @@ def test_no_bytecode_is_written_when_python_is_told_not_to(tmp_path):
     for _run in range(2):
         assert len(_engine(_probe(str(payload), str(cache), PYTHONDONTWRITEBYTECODE="1"))) > 20
     assert os.listdir(cache) == []
+
+
+def test_a_cache_file_that_cannot_be_written_leaves_nothing_behind(tmp_path):
+    payload = tmp_path / "payload.zip"
+    _payload(payload)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    blocked = cache / f"ansible_collections.vmguard.nwfilter.plugins.module_utils.engine.host.{sys.implementation.cache_tag}"
+    blocked.mkdir()  # the file's place is taken: its replacement fails
+    assert len(_engine(_probe(str(payload), str(cache)))) > 20
+    assert _engine(_probe(str(payload), str(cache))) == {os.path.join(str(payload), COLLECTION,
+                                                                      "plugins/module_utils/engine/host.py"): 1}
+    assert not [name for name in os.listdir(cache) if name.endswith(".tmp")]
