@@ -207,7 +207,7 @@ def main() -> int:
             versions["baseline"] = _collection(os.path.join(work, "baseline"), args.baseline)
         empty = statistics.median(_play(work, spaces["one"], [])[1] for _run in range(3))
         # A play's first task of a module also builds its payload (once per module and run, for all hosts),
-        # and every other task or so of a big argument meets the controller's garbage collection: the medians
+        # and every third task or so of a big argument meets the controller's garbage collection: the medians
         # of all tasks, of the first tasks and of the later ones are shown apart. Kinds and versions take turns
         # in every round: this VM's speed drifts over minutes, which would otherwise favour the kind run first.
         walls: Dict[Tuple[str, str], List[List[float]]] = {}
