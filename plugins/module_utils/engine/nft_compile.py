@@ -418,8 +418,14 @@ def from_template(key: tuple, portdev: str, port_id: int, variables: Mapping[str
                   derived: Mapping[str, Tuple[str, ...]]) -> Optional[PortProgram]:
     """The program of a port whose shape_key a port compiled before had, in
     this process; None when there is no such template or it does not fit."""
-    template = _TEMPLATES.get((key, layout.FROM_MASK, layout.TO_SHIFT))
+    template = _TEMPLATES.get(_template_key(key))
     return template.apply(portdev, port_id, variables, derived) if template is not None else None
+
+
+def _template_key(key: tuple) -> tuple:
+    """A template's key: the layout's constants are in the shape's chains and the ports' keys too (a test
+    installs the previous layout)."""
+    return key, layout.FROM_MASK, layout.TO_SHIFT
 
 
 def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool, key: Optional[tuple] = None) -> PortProgram:
@@ -434,8 +440,7 @@ def _compiled(binding: Binding, ruleset: Ruleset, port_id: int, shared: bool, ke
     if key is not None and builder.template is not None:
         if len(_TEMPLATES) >= MAX_SHAPES:
             _TEMPLATES.clear()
-        # the layout's constants are in the shape's chains and the ports' keys (a test installs the previous one)
-        _TEMPLATES[key, layout.FROM_MASK, layout.TO_SHIFT] = builder.template
+        _TEMPLATES[_template_key(key)] = builder.template
     return program
 
 

@@ -96,8 +96,6 @@ LOOKUP = "$K . {expr} {negate}@${kind}{value}#{recipe}$"
 Recipe = Tuple[Callable[..., str], Tuple[Tuple[Any, ...], ...]]
 RECIPES: List[Recipe] = []  # by number; as many as distinct rules, whatever the number of ports
 _RECIPE_NUMBERS: Dict[Recipe, int] = {}
-
-
 _RECIPES_LOCK = threading.Lock()  # the learner compiles in two threads
 
 
@@ -149,6 +147,9 @@ def _ipv4_int(address: str) -> int:
 
 def _mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
+
+
+_RAW_NUMBER = {_raw_mac: _mac_int, _raw_ipv4: _ipv4_int, _raw_int: int}  # the number each raw format writes
 
 
 class Attrs:
@@ -259,7 +260,7 @@ def _raw(attrs: Attrs, name: str, base: str, field: Tuple[int, int], mask_name: 
     if mask is None:
         return [attrs.compare(expr, negate, fmt, name)]
     attrs.fixed(name, mask_name or name)
-    number = _mac_int(value) if fmt is _raw_mac else _ipv4_int(value) if fmt is _raw_ipv4 else int(value)
+    number = _RAW_NUMBER[fmt](value)
     bits = _mac_int(mask[0]) if width == 48 else (0xFFFFFFFF << (32 - mask[0])) & 0xFFFFFFFF
     return [f"{expr} & 0x{bits:x} {'!=' if negate else '=='} 0x{number & bits:x}"]
 
