@@ -62,6 +62,20 @@ def only_learner(root: str) -> IO[str]:
     return handle
 
 
+def stop_signals() -> int:
+    """SIGTERM (systemd's stop) and ^C end the service through its cleanup.
+    Their handler raises nothing: an exception raised from a handler can land
+    where Python only prints it (a weakref callback inside an import, as a
+    test once caught) and the service would run on. The kernel-level wakeup
+    writes a byte to the returned pipe, which the service loop watches."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda _number, _frame: None)
+    return read_end
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vmguard-learner", description=__doc__)
     parser.add_argument("--config", help="configuration file (key = value); options given here win")
@@ -91,8 +105,7 @@ def main(argv=None) -> int:
         log.info("restored %d networks", len(networks.networks))
         return 1 if result.skipped else 0
     lock = only_learner(settings["root"])  # held until the process ends
-    # SIGTERM (systemd's stop) ends the service like ^C, so that the finally below runs
-    signal.signal(signal.SIGTERM, lambda _number, _frame: sys.exit(0))
+    stop = stop_signals()
     hook_server = None
     try:
         try:  # the repair thread gets a Host (and libnftables context) of its own
@@ -104,9 +117,7 @@ def main(argv=None) -> int:
             hook_server.start()
         except OSError as exc:
             log.warning("cannot serve the libvirt hook (%s): it does its changes in its own process", exc)
-        Learner(host, Leases(settings["leases"])).run(float(settings["rescan"]))
-    except KeyboardInterrupt:
-        return 0
+        Learner(host, Leases(settings["leases"])).run(float(settings["rescan"]), stop=stop)
     finally:
         if hook_server is not None:
             hook_server.close()

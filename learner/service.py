@@ -30,6 +30,7 @@ LOG = logging.getLogger("vmguard-learner")
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # sockaddr_ll's pkttype of a frame the interface sends
 SO_ATTACH_FILTER = 26
+STOP = object()  # the selector's data for the stop descriptor
 
 
 def capture_filter(mac: str) -> list:
@@ -326,10 +327,20 @@ class Learner:
             LOG.error("%s: cannot apply the learned rules (%s); setting the interface down", portdev, exc)
             set_down(portdev)
 
-    def run(self, rescan_every: float = 1.0, until: Optional[float] = None) -> None:
-        """Serve captures and events. The store is looked at as soon as it tells
+    def run(self, rescan_every: float = 1.0, until: Optional[float] = None, stop: Optional[int] = None) -> None:
+        """Serve captures and events until ``until`` or until ``stop`` (a file
+        descriptor) is readable. The store is looked at as soon as it tells
         us it changed (inotify), otherwise every ``rescan_every`` seconds (which
         also expires leases), and in full every FULL_RESCAN seconds as a safety net."""
+        if stop is not None:
+            self.selector.register(stop, selectors.EVENT_READ, STOP)
+        try:
+            self._serve(rescan_every, until)
+        finally:
+            if stop is not None:
+                self.selector.unregister(stop)
+
+    def _serve(self, rescan_every: float, until: Optional[float]) -> None:
         next_scan, force = 0.0, False
         while until is None or time.monotonic() < until:
             if time.monotonic() >= next_scan:
@@ -346,6 +357,8 @@ class Learner:
                 wake = min(wake, until)
             for key, _events in self.selector.select(timeout=max(0.0, wake - time.monotonic())):
                 portdev = key.data
+                if portdev is STOP:
+                    return
                 if portdev is None:  # an interface came or went: look again now
                     self._drain_links()
                     next_scan, force = 0.0, True
