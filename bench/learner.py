@@ -28,9 +28,9 @@ from engine.model import Binding, FilterRef  # noqa: E402  pylint: disable=wrong
 from lab.libvirt_oracle import Oracle  # noqa: E402  pylint: disable=wrong-import-position
 from lab.netns import Lab, inside, run  # noqa: E402  pylint: disable=wrong-import-position
 from lab.ports import add_ports, vm_socket  # noqa: E402  pylint: disable=wrong-import-position
+from lab.service import clone_env  # noqa: E402  pylint: disable=wrong-import-position
 
 BR0_MAC = "52:54:00:ff:00:01"
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _mac(i: int) -> str:
@@ -38,10 +38,9 @@ def _mac(i: int) -> str:
 
 
 def _service(lab: Lab, root: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}")
     return subprocess.Popen(["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", root,
                              "--leases", os.path.join(root, "leases.json"), "--rescan", "1.0"],
-                            env=env, stderr=subprocess.DEVNULL)
+                            env=clone_env(), stderr=subprocess.DEVNULL)
 
 
 def latency(count: int) -> Tuple[Dict[str, list], int]:

@@ -8,12 +8,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
+from typing import Dict, List
 
 from .netns import Lab
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 READY = "watching nftables"  # logged once the service has compared at start and watches nftables
+
+
+def clone_env(**extra: str) -> Dict[str, str]:
+    """The environment in which ``python -m learner`` (or ``libvirt_hook``) runs this clone's code."""
+    return dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}", **extra)
 
 
 class Service:
@@ -23,8 +28,7 @@ class Service:
     def __init__(self, lab: Lab, root: str, debug: bool = False) -> None:
         self.argv = ["ip", "netns", "exec", lab.host, sys.executable, "-m", "learner", "--root", root,
                      "--leases", os.path.join(root, "leases.json"), "--rescan", "0.2"]
-        self.env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}",
-                        **({"VMGUARD_DEBUG": "1"} if debug else {}))
+        self.env = clone_env(**({"VMGUARD_DEBUG": "1"} if debug else {}))
         self.log: List[str] = []
         self.process: "subprocess.Popen[str] | None" = None
 

@@ -11,7 +11,7 @@ from engine.host import Host
 from engine.libvirt_domain import NAMESPACE
 from engine.model import Binding, FilterRef
 from lab.probes import run_probes, standard_probes
-from lab.service import Service
+from lab.service import Service, clone_env
 from libvirt_hook.handoff import socket_path
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -32,8 +32,7 @@ def domain_xml(name, interfaces, metadata=True, libvirt_filterref=False):
 
 
 def hook(lab, root, name, operation, xml, debug=False):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO}/plugins/module_utils", VMGUARD_ROOT=root,
-               **({"VMGUARD_DEBUG": "1"} if debug else {}))
+    env = clone_env(VMGUARD_ROOT=root, **({"VMGUARD_DEBUG": "1"} if debug else {}))
     return subprocess.run(["ip", "netns", "exec", lab.host, sys.executable, "-m", "libvirt_hook", name, operation,
                            "begin", "-"], input=xml, capture_output=True, text=True, env=env, check=False, cwd=REPO)
 

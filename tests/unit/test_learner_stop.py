@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from lab.service import clone_env  # noqa: E402  pylint: disable=wrong-import-position
 
 SCRIPT = """
 import os, signal, sys, time
@@ -36,8 +38,7 @@ print(f"stopped after {{time.monotonic() - started:.3f}} s")
 
 @pytest.mark.parametrize("name", ["TERM", "INT"])
 def test_a_signal_delivered_where_exceptions_are_dropped_still_stops_the_loop(tmp_path, name):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'plugins', 'module_utils')}")
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(name=name), str(tmp_path / "store")], env=env,
+    done = subprocess.run([sys.executable, "-c", SCRIPT.format(name=name), str(tmp_path / "store")], env=clone_env(),
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" not in done.stderr, done.stderr
